@@ -1,0 +1,60 @@
+//! The routed message and the per-subscriber delivery that points at it.
+//!
+//! A [`Message`] is built once per received PUBLISH and shared by `Arc` with every subscriber
+//! queue; its payload is the `Bytes` slice of the publisher's read buffer, never copied.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::codec::{Properties, QoS};
+
+/// Identifies a session inside the broker (never reused while the process runs).
+pub type SessionId = u64;
+
+/// An application message as routed: topic, payload, QoS and the v5 properties that travel with it.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Topic name (valid UTF-8, no wildcards).
+    pub topic: Arc<str>,
+    /// The same topic as bytes, ready to encode (shares the publisher's buffer).
+    pub topic_bytes: Bytes,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Properties forwarded unchanged: payload format, content type, response topic,
+    /// correlation data, user properties. Never topic alias or subscription identifiers.
+    pub properties: Properties,
+    /// When the message expires (v5 Message Expiry Interval), counted from reception.
+    pub expires_at: Option<Instant>,
+    /// The publishing session, for the v5 No Local option; `None` for will and system messages.
+    pub publisher: Option<SessionId>,
+}
+
+impl Message {
+    /// True once the message's expiry interval has elapsed.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Remaining expiry in whole seconds (at least 1 while not expired), for forwarding.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now).as_secs_f64().ceil();
+            (left as u32).max(1)
+        })
+    }
+}
+
+/// One message owed to one session: the shared message plus what the subscription decided.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub msg: Arc<Message>,
+    /// Effective QoS: the minimum of the message's and the subscription's.
+    pub qos: QoS,
+    /// Retain flag to send (retain-as-published, or true for retained-on-subscribe).
+    pub retain: bool,
+    /// v5 subscription identifiers of the matching subscriptions.
+    pub sub_ids: Vec<u32>,
+}

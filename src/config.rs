@@ -1,0 +1,386 @@
+//! Typed configuration: built-in defaults < TOML file < `DATALOOM_<SECTION>__<KEY>` environment
+//! variables < command-line flags, layered with the `config` crate, then validated.
+//!
+//! Every key has a default, so an empty file (or none) is a valid configuration. A bad value is
+//! a [`ConfigError`] whose message names the key and what is allowed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. Field names are the stable config keys of DESIGN.md.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listeners: Listeners,
+    pub http: Http,
+    pub storage: Storage,
+    pub mqtt: Mqtt,
+    pub auth: Auth,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    pub tcp: TcpListenerConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpListenerConfig {
+    /// Address of the plain MQTT listener; port 0 picks a free port.
+    pub bind: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Address of the HTTP listener (metrics, health); empty disables it.
+    pub bind: String,
+}
+
+/// Where state lives.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The embedded LSM store in `data_dir`.
+    Fjall,
+    /// Nothing is kept across restarts.
+    Memory,
+}
+
+/// When an acknowledged write is on disk.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acks wait for fsync.
+    Fsync,
+    /// Acks do not wait; data is flushed periodically.
+    Buffered,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    pub backend: Backend,
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+}
+
+/// Protocol limits. Durations are written like `"10s"` or `"1m 30s"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mqtt {
+    /// Largest packet accepted or sent, bytes (fixed header included).
+    pub max_packet_size: u32,
+    /// Time a new connection has to send CONNECT.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest keep alive accepted, seconds; v5 clients asking more are told Server Keep Alive.
+    pub max_keepalive: u16,
+    /// Unacknowledged outgoing QoS 1/2 messages per client.
+    pub max_inflight_messages: u16,
+    /// Incoming QoS 2 messages a client may have unreleased (v5 Receive Maximum).
+    pub receive_maximum: u16,
+    /// Topic aliases a v5 client may use towards the broker.
+    pub topic_alias_maximum: u16,
+    /// Messages queued per session beyond the in-flight window; more are dropped and counted.
+    pub max_queued_messages: usize,
+    /// Simultaneous client connections.
+    pub max_connections: usize,
+    /// Levels in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// User properties in one packet.
+    pub max_user_properties: usize,
+    /// Longest session expiry granted to v5 clients, seconds (`u32::MAX` = never expire).
+    pub max_session_expiry: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Accept clients without credentials on non-loopback listeners too.
+    pub allow_anonymous: bool,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A `RUST_LOG`-style filter: `info`, `dataloom=debug,warn`, ...
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: Listeners::default(),
+            http: Http { bind: "127.0.0.1:9883".into() },
+            storage: Storage::default(),
+            mqtt: Mqtt::default(),
+            auth: Auth { allow_anonymous: false },
+            log: Log { level: "info".into(), format: LogFormat::Text },
+        }
+    }
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners { tcp: TcpListenerConfig::default() }
+    }
+}
+
+impl Default for TcpListenerConfig {
+    fn default() -> Self {
+        TcpListenerConfig { bind: "127.0.0.1:1883".into() }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http { bind: "127.0.0.1:9883".into() }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            backend: Backend::Memory,
+            data_dir: PathBuf::from("./data"),
+            durability: Durability::Fsync,
+        }
+    }
+}
+
+impl Default for Mqtt {
+    fn default() -> Self {
+        Mqtt {
+            max_packet_size: 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            max_keepalive: 3600,
+            max_inflight_messages: 20,
+            receive_maximum: 20,
+            topic_alias_maximum: 10,
+            max_queued_messages: 1000,
+            max_connections: 100_000,
+            max_topic_levels: 128,
+            max_user_properties: 64,
+            max_session_expiry: u32::MAX,
+        }
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth { allow_anonymous: false }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// Why a configuration was refused. Each message names the key and what is allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    File { path: PathBuf, source: config::ConfigError },
+    #[error("config: {0}")]
+    Layer(#[from] config::ConfigError),
+    #[error("config key {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+/// Command-line values that override every other layer (`None` = not given).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub bind: Option<String>,
+    pub http_bind: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub storage: Option<Backend>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `DATALOOM_*` environment variables, then
+    /// `overrides`, and validates the result.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or key at fault.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let defaults = config::Config::try_from(&Config::default())?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.to_path_buf(),
+                source: config::ConfigError::Message(e.to_string()),
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("DATALOOM")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let layered = builder.build()?;
+        let mut cfg: Config = layered.try_deserialize().map_err(|e| match file {
+            Some(path) => ConfigError::File { path: path.to_path_buf(), source: e },
+            None => ConfigError::Layer(e),
+        })?;
+        cfg.apply(overrides);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(b) = &o.bind {
+            self.listeners.tcp.bind = b.clone();
+        }
+        if let Some(b) = &o.http_bind {
+            self.http.bind = b.clone();
+        }
+        if let Some(d) = &o.data_dir {
+            self.storage.data_dir = d.clone();
+        }
+        if let Some(s) = o.storage {
+            self.storage.backend = s;
+        }
+        if let Some(l) = &o.log_level {
+            self.log.level = l.clone();
+        }
+        if let Some(f) = o.log_format {
+            self.log.format = f;
+        }
+    }
+
+    /// Checks ranges and combinations the types cannot express.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for the first offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let tcp = parse_addr("listeners.tcp.bind", &self.listeners.tcp.bind)?;
+        if !self.http.bind.is_empty() {
+            parse_addr("http.bind", &self.http.bind)?;
+        }
+        let m = &self.mqtt;
+        if !(64..=268_435_460).contains(&m.max_packet_size) {
+            return Err(invalid("mqtt.max_packet_size", "must be between 64 and 268435460 bytes"));
+        }
+        if m.connect_timeout.is_zero() {
+            return Err(invalid("mqtt.connect_timeout", "must be longer than 0s (e.g. \"10s\")"));
+        }
+        if m.max_inflight_messages == 0 || m.receive_maximum == 0 {
+            return Err(invalid(
+                "mqtt.max_inflight_messages / mqtt.receive_maximum",
+                "must be between 1 and 65535",
+            ));
+        }
+        if m.max_connections == 0 || m.max_queued_messages == 0 {
+            return Err(invalid(
+                "mqtt.max_connections / mqtt.max_queued_messages",
+                "must be at least 1",
+            ));
+        }
+        if m.max_topic_levels == 0 {
+            return Err(invalid("mqtt.max_topic_levels", "must be at least 1"));
+        }
+        if self.storage.backend == Backend::Fjall {
+            return Err(invalid(
+                "storage.backend",
+                "\"fjall\" is not available in this build yet; use \"memory\"",
+            ));
+        }
+        if !tcp.ip().is_loopback() && !self.auth.allow_anonymous {
+            return Err(invalid(
+                "listeners.tcp.bind",
+                format!(
+                    "{tcp} is not a loopback address and no API keys exist: anonymous clients \
+                     would be open to the network; set auth.allow_anonymous = true to allow it \
+                     or bind to 127.0.0.1"
+                ),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", format!("{e} (e.g. \"info\" or \"dataloom=debug\")")))?;
+        Ok(())
+    }
+
+    /// The default configuration as a commented-free TOML document.
+    pub fn default_toml() -> String {
+        toml::to_string_pretty(&Config::default()).unwrap_or_default()
+    }
+}
+
+fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| invalid(key, format!("{value:?} is not HOST:PORT with a numeric IP (e.g. 127.0.0.1:1883)")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[mqtt]\nmax_packet_size = 2048\nconnect_timeout = \"3s\"\n")
+            .expect("write");
+        let o = Overrides { bind: Some("127.0.0.1:0".into()), ..Overrides::default() };
+        let c = Config::load(Some(&path), &o).expect("load");
+        assert_eq!(c.mqtt.max_packet_size, 2048);
+        assert_eq!(c.mqtt.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.listeners.tcp.bind, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let mut c = Config::default();
+        c.mqtt.max_packet_size = 1;
+        let e = c.validate().expect_err("must fail").to_string();
+        assert!(e.contains("mqtt.max_packet_size"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[mqtt]\nmax_pakcet_size = 2048\n").expect("write");
+        let e = Config::load(Some(&path), &Overrides::default()).expect_err("must fail");
+        assert!(e.to_string().contains("max_pakcet_size"), "{e}");
+    }
+
+    #[test]
+    fn anonymous_on_network_needs_opt_in() {
+        let mut c = Config::default();
+        c.listeners.tcp.bind = "0.0.0.0:1883".into();
+        assert!(c.validate().is_err());
+        c.auth.allow_anonymous = true;
+        c.validate().expect("explicit opt-in");
+    }
+}

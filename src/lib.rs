@@ -1,0 +1,12 @@
+//! dataloom: an MQTT-compatible state broker (library crate; the binary is `src/main.rs`).
+//!
+//! Data flows one way: bytes → [`codec`] → [`session`] → [`broker`] (→ [`store`]) → sessions →
+//! codec → bytes. [`server`] wires it together; [`config`] is the typed configuration.
+
+pub mod broker;
+pub mod codec;
+pub mod config;
+pub mod net;
+pub mod server;
+pub mod session;
+pub mod store;

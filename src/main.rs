@@ -1,0 +1,149 @@
+//! The `dataloom` command line: parse, load config, start, map errors to exit codes.
+//!
+//! Exit codes: 0 clean stop, 1 runtime failure (cannot bind, store), 2 bad configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dataloom::config::{Backend, Config, LogFormat, Overrides};
+
+#[derive(Parser, Debug)]
+#[command(name = "dataloom", version, about = "MQTT-compatible state broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+struct ConfigArgs {
+    /// TOML configuration file (defaults < file < DATALOOM_* environment < flags).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker.
+    Serve {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// MQTT/TCP listener address (listeners.tcp.bind).
+        #[arg(long)]
+        bind: Option<String>,
+        /// HTTP listener address (http.bind).
+        #[arg(long)]
+        http_bind: Option<String>,
+        /// Data directory (storage.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Storage backend (storage.backend).
+        #[arg(long, value_parser = parse_backend)]
+        storage: Option<Backend>,
+        /// Log filter, e.g. `info` or `dataloom=debug` (log.level).
+        #[arg(long)]
+        log_level: Option<String>,
+        /// Log format (log.format).
+        #[arg(long, value_parser = parse_format)]
+        log_format: Option<LogFormat>,
+    },
+    /// Validate the configuration and print the effective values.
+    CheckConfig {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Print the built-in default configuration as TOML.
+    PrintDefaultConfig,
+}
+
+fn parse_backend(s: &str) -> Result<Backend, String> {
+    match s {
+        "fjall" => Ok(Backend::Fjall),
+        "memory" => Ok(Backend::Memory),
+        _ => Err(format!("{s:?} is not a storage backend (fjall or memory)")),
+    }
+}
+
+fn parse_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("{s:?} is not a log format (text or json)")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::PrintDefaultConfig => {
+            print!("{}", Config::default_toml());
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { cfg } => match Config::load(cfg.config.as_deref(), &Overrides::default()) {
+            Ok(c) => {
+                print!("{}", toml::to_string_pretty(&c).unwrap_or_default());
+                eprintln!("dataloom: configuration is valid");
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        },
+        Command::Serve { cfg, bind, http_bind, data_dir, storage, log_level, log_format } => {
+            let o = Overrides { bind, http_bind, data_dir, storage, log_level, log_format };
+            let config = match Config::load(cfg.config.as_deref(), &o) {
+                Ok(c) => c,
+                Err(e) => return config_error(&e),
+            };
+            init_logging(&config);
+            match serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("dataloom: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn config_error(e: &dataloom::config::ConfigError) -> ExitCode {
+    eprintln!("dataloom: {e}");
+    ExitCode::from(2)
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let running = dataloom::server::start(&config).await?;
+        println!("dataloom listening on mqtt://{}", running.mqtt_addr);
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        running.shutdown(Duration::from_secs(5)).await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! The connection task: reads bytes, decodes packets, runs them through the protocol steps,
+//! drains the session's mailbox and writes everything queued with as few syscalls as it can.
+//!
+//! One `select!` loop per connection: read (paused while the output buffer is over its
+//! high-water mark, which pushes back on a client that does not read), write, mailbox
+//! wake-ups, keep alive and the kill switch (takeover, shutdown).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{Instrument, debug, info};
+
+use super::connect::{self, Accepted, WillSpec};
+use super::outbound::{Outbound, OutboundLimits};
+use super::{Close, Ctx};
+use crate::broker::Attached;
+use crate::broker::session::{Kill, KillReason, Session};
+use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, reason};
+
+/// Stop reading from a client while this much output waits for it.
+const OUT_HIGH_WATER: usize = 256 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
+
+/// A connected client after a successful CONNECT.
+pub struct Conn {
+    pub(super) ctx: Arc<Ctx>,
+    pub(super) version: ProtocolVersion,
+    pub(super) session: Arc<Session>,
+    pub(super) generation: u64,
+    pub(super) keep_alive: Duration,
+    pub(super) will: Option<WillSpec>,
+    /// Topic aliases the client set up (v5), alias -> topic.
+    pub(super) aliases_in: HashMap<u16, Bytes>,
+    pub(super) out: Outbound,
+    pub(super) wbuf: BytesMut,
+}
+
+impl Conn {
+    pub(super) fn new(
+        ctx: Arc<Ctx>,
+        version: ProtocolVersion,
+        attached: Attached,
+        keep_alive: Duration,
+        will: Option<WillSpec>,
+        limits: OutboundLimits,
+    ) -> Conn {
+        Conn {
+            ctx,
+            version,
+            session: attached.session,
+            generation: attached.generation,
+            keep_alive,
+            will,
+            aliases_in: HashMap::new(),
+            out: Outbound::new(limits),
+            wbuf: BytesMut::new(),
+        }
+    }
+
+    /// The session's expiry interval (may have been changed by DISCONNECT).
+    fn expiry(&self) -> u32 {
+        self.session.state.lock().expiry_interval
+    }
+}
+
+/// Serves one client connection from its first byte to its close. Never panics on input.
+pub async fn serve_connection<S>(stream: S, peer: String, ctx: Arc<Ctx>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
+    async move {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let kill = Arc::new(Kill::default());
+        let mut conn = match handshake(&ctx, &mut rd, &mut wr, &mut rbuf, kill.clone()).await {
+            Ok(conn) => conn,
+            Err(close) => {
+                debug!(%close, "connection closed before session");
+                return;
+            }
+        };
+        tracing::Span::current().record("client_id", &*conn.session.client_id);
+        info!(protocol = ?conn.version, keep_alive = conn.keep_alive.as_secs(), "client connected");
+        let close = conn.run(&mut rd, &mut wr, &mut rbuf, &kill).await;
+        conn.finish(&close, &mut wr).await;
+        info!(reason = %close, "client disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reads the CONNECT within the connect timeout, answers it and attaches the session.
+async fn handshake<R, W>(
+    ctx: &Arc<Ctx>,
+    rd: &mut R,
+    wr: &mut W,
+    rbuf: &mut BytesMut,
+    kill: Arc<Kill>,
+) -> Result<Box<Conn>, Close>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let connect = match tokio::time::timeout(ctx.connect_timeout(), read_connect(ctx, rd, rbuf)).await {
+        Err(_) => return Err(Close::Server(reason::MAXIMUM_CONNECT_TIME, "no CONNECT in time")),
+        Ok(Err(Close::Decode(e))) => {
+            if let Some((version, code)) = connect::refusal_for(&e, connect::sniff_version(rbuf)) {
+                let mut out = BytesMut::new();
+                connect::write_refusal(version, code, &mut out);
+                let _ = wr.write_all(&out).await;
+            }
+            debug!(error = %e, rule = e.kind(), "bad CONNECT");
+            return Err(Close::Decode(e));
+        }
+        Ok(Err(close)) => return Err(close),
+        Ok(Ok(c)) => c,
+    };
+    let mut out = BytesMut::new();
+    let accepted = connect::accept(ctx, connect, kill, &mut out);
+    let _ = wr.write_all(&out).await;
+    match accepted {
+        Accepted::Yes(conn) => Ok(conn),
+        Accepted::No(code) => Err(Close::Refused(code)),
+    }
+}
+
+async fn read_connect<R: AsyncRead + Unpin>(
+    ctx: &Ctx,
+    rd: &mut R,
+    rbuf: &mut BytesMut,
+) -> Result<codec::Connect, Close> {
+    loop {
+        match codec::decode(rbuf, None, &ctx.decode_limits) {
+            Ok(Some(Packet::Connect(c))) => return Ok(*c),
+            Ok(Some(_)) => return Err(Close::Decode(codec::DecodeError::FirstPacketNotConnect)),
+            Ok(None) => {}
+            Err(e) => return Err(Close::Decode(e)),
+        }
+        rbuf.reserve(READ_CHUNK);
+        match rd.read_buf(rbuf).await {
+            Ok(0) => return Err(Close::Io("closed before CONNECT".into())),
+            Ok(_) => {}
+            Err(e) => return Err(Close::Io(e.to_string())),
+        }
+    }
+}
+
+impl Conn {
+    /// The main loop; returns why the connection ends.
+    async fn run<R, W>(&mut self, rd: &mut R, wr: &mut W, rbuf: &mut BytesMut, kill: &Kill) -> Close
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        self.out.resend_inflight(&self.session, self.version, &mut self.wbuf);
+        let grace = self.keep_alive + self.keep_alive / 2;
+        let mut last_read = Instant::now();
+        let keepalive = tokio::time::sleep(grace.max(Duration::from_secs(1)));
+        tokio::pin!(keepalive);
+        loop {
+            if self.wbuf.len() < OUT_HIGH_WATER {
+                self.out.drain_mailbox(&self.session, self.version, &mut self.wbuf);
+            }
+            let want_mail = self.wbuf.len() < OUT_HIGH_WATER && self.out.has_window(&self.session);
+            let want_read = self.wbuf.len() < OUT_HIGH_WATER;
+            tokio::select! {
+                biased;
+                r = kill.fired() => {
+                    return match r {
+                        KillReason::TakenOver => Close::Server(reason::SESSION_TAKEN_OVER, "session taken over"),
+                        KillReason::Shutdown => Close::Server(reason::SERVER_SHUTTING_DOWN, "server shutting down"),
+                    };
+                }
+                w = wr.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
+                    if let Err(e) = w {
+                        return Close::Io(e.to_string());
+                    }
+                }
+                r = read_more(rd, rbuf), if want_read => {
+                    match r {
+                        Ok(0) => return Close::Io("closed by peer".into()),
+                        Ok(_) => last_read = Instant::now(),
+                        Err(e) => return Close::Io(e.to_string()),
+                    }
+                    if let Err(close) = self.handle_input(rbuf) {
+                        return close;
+                    }
+                }
+                _ = self.session.mailbox.notified(), if want_mail => {}
+                _ = &mut keepalive, if !self.keep_alive.is_zero() => {
+                    let deadline = last_read + grace;
+                    if Instant::now() >= deadline {
+                        return Close::Server(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                    }
+                    keepalive.as_mut().reset(deadline.into());
+                }
+            }
+            if !self.session.is_owner(self.generation) {
+                return Close::Server(reason::SESSION_TAKEN_OVER, "session taken over");
+            }
+        }
+    }
+
+    /// Decodes and handles every complete packet in `rbuf`.
+    fn handle_input(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
+        loop {
+            match codec::decode(rbuf, Some(self.version), &self.ctx.decode_limits) {
+                Ok(Some(p)) => self.handle_packet(p)?,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Close::Decode(e)),
+            }
+        }
+    }
+
+    /// Sends the closing DISCONNECT (v5), publishes or schedules the will, detaches the session.
+    async fn finish<W: AsyncWrite + Unpin>(&mut self, close: &Close, wr: &mut W) {
+        if let Close::Decode(e) = close {
+            debug!(error = %e, rule = e.kind(), "protocol violation");
+        }
+        if let (true, Some(code)) = (self.version.is_v5(), close.server_code()) {
+            let mut props = Properties::default();
+            if let Close::Server(_, why) = close {
+                props.reason_string = Some((*why).to_string());
+            }
+            let d = Disconnect { code, properties: props };
+            codec::encode(&Packet::Disconnect(d), self.version, &mut self.wbuf);
+        }
+        if !self.wbuf.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&self.wbuf)).await;
+        }
+        let _ = wr.shutdown().await;
+        let taken_over = matches!(close, Close::Server(reason::SESSION_TAKEN_OVER, _));
+        if let Some(will) = self.will.take()
+            && close.publishes_will()
+            && !taken_over
+        {
+            let msg = will.message(Instant::now());
+            self.ctx.broker.schedule_will(&self.session, self.generation, msg, will.delay);
+        }
+        self.session.mailbox.wake();
+        let expiry = self.expiry();
+        self.ctx.broker.detach(&self.session, self.generation, expiry);
+    }
+}
+
+async fn read_more<R: AsyncRead + Unpin>(rd: &mut R, rbuf: &mut BytesMut) -> std::io::Result<usize> {
+    if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
+        rbuf.reserve(READ_CHUNK);
+    }
+    rd.read_buf(rbuf).await
+}

@@ -1,0 +1,185 @@
+//! CONNECT handling: client identifier rules, keep alive, session expiry, will, the negotiated
+//! v5 limits, attaching to the broker's session and the CONNACK that says what was granted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::Ctx;
+use super::conn::Conn;
+use super::outbound::OutboundLimits;
+use crate::broker::message::Message;
+use crate::broker::session::Kill;
+use crate::codec::reason;
+use crate::codec::{
+    ConnAck, Connect, DecodeError, LastWill, Packet, Properties, ProtocolVersion, encode,
+};
+
+/// The outcome of a CONNECT: a connection ready to run, or the code it was refused with.
+pub enum Accepted {
+    Yes(Box<Conn>),
+    No(u8),
+}
+
+/// Writes the CONNACK refusing a CONNECT with v5 reason `code` (mapped for 3.x).
+pub fn write_refusal(version: ProtocolVersion, code: u8, out: &mut BytesMut) {
+    let ack = ConnAck { session_present: false, code, properties: Properties::default() };
+    encode(&Packet::ConnAck(ack), version, out);
+}
+
+/// The CONNACK (and its protocol version) owed for a CONNECT that failed to decode, if any:
+/// an unsupported protocol level gets 3.1.1 return code 1, an empty client id without clean
+/// session gets "identifier rejected", and a v5 CONNECT gets its reason code.
+pub fn refusal_for(err: &DecodeError, sniffed: Option<ProtocolVersion>) -> Option<(ProtocolVersion, u8)> {
+    match err {
+        DecodeError::UnsupportedProtocolLevel { level: 5 } => {
+            Some((ProtocolVersion::V5, reason::UNSUPPORTED_PROTOCOL_VERSION))
+        }
+        DecodeError::UnsupportedProtocolLevel { .. } => {
+            Some((ProtocolVersion::V3_1_1, reason::UNSUPPORTED_PROTOCOL_VERSION))
+        }
+        DecodeError::EmptyClientIdWithoutCleanSession => Some((
+            sniffed.unwrap_or(ProtocolVersion::V3_1_1),
+            reason::CLIENT_IDENTIFIER_NOT_VALID,
+        )),
+        DecodeError::PacketTooLarge { .. } if sniffed == Some(ProtocolVersion::V5) => {
+            Some((ProtocolVersion::V5, reason::PACKET_TOO_LARGE))
+        }
+        _ if sniffed == Some(ProtocolVersion::V5) => Some((ProtocolVersion::V5, err.reason_code())),
+        _ => None,
+    }
+}
+
+/// Reads the protocol level of a CONNECT at the front of `buf` without decoding it, so a
+/// refusal can be sent in the client's own protocol version.
+pub fn sniff_version(buf: &[u8]) -> Option<ProtocolVersion> {
+    let mut i = 1;
+    while *buf.get(i)? & 0x80 != 0 {
+        i += 1;
+    }
+    let name_len = usize::from(u16::from_be_bytes([*buf.get(i + 1)?, *buf.get(i + 2)?]));
+    match buf.get(i + 3 + name_len)? {
+        3 => Some(ProtocolVersion::V3_1),
+        4 => Some(ProtocolVersion::V3_1_1),
+        5 => Some(ProtocolVersion::V5),
+        _ => None,
+    }
+}
+
+/// Checks a decoded CONNECT, attaches the session and writes the CONNACK into `out`.
+pub fn accept(ctx: &Arc<Ctx>, c: Connect, kill: Arc<Kill>, out: &mut BytesMut) -> Accepted {
+    let v5 = c.protocol.is_v5();
+    let mut props = Properties::default();
+    if let Some(code) = refuse_reason(ctx, &c) {
+        write_refusal(c.protocol, code, out);
+        return Accepted::No(code);
+    }
+    let client_id = if c.client_id.is_empty() {
+        let id = generated_client_id();
+        props.assigned_client_identifier = v5.then(|| id.clone());
+        id
+    } else {
+        c.client_id.clone()
+    };
+    let keep_alive = if v5 && (c.keep_alive > ctx.mqtt.max_keepalive || c.keep_alive == 0) {
+        props.server_keep_alive = Some(ctx.mqtt.max_keepalive);
+        ctx.mqtt.max_keepalive
+    } else {
+        c.keep_alive
+    };
+    let expiry = session_expiry(ctx, &c, &mut props);
+    let will = c.will.as_ref().map(|w| will_message(w, expiry));
+    let attached = ctx.broker.attach(&client_id, c.clean_start, kill);
+    attached.session.state.lock().expiry_interval = expiry;
+    if v5 {
+        props.receive_maximum = Some(ctx.mqtt.receive_maximum);
+        props.maximum_packet_size = Some(ctx.mqtt.max_packet_size);
+        props.topic_alias_maximum = Some(ctx.mqtt.topic_alias_maximum);
+    }
+    let ack = ConnAck { session_present: attached.present, code: reason::SUCCESS, properties: props };
+    encode(&Packet::ConnAck(ack), c.protocol, out);
+    let limits = OutboundLimits::negotiate(ctx, &c.properties);
+    let conn = Conn::new(
+        ctx.clone(),
+        c.protocol,
+        attached,
+        Duration::from_secs(u64::from(keep_alive)),
+        will,
+        limits,
+    );
+    Accepted::Yes(Box::new(conn))
+}
+
+/// The v5 reason code to refuse this CONNECT with, if it must be refused.
+fn refuse_reason(ctx: &Ctx, c: &Connect) -> Option<u8> {
+    if c.properties.authentication_method.is_some() {
+        return Some(reason::BAD_AUTHENTICATION_METHOD);
+    }
+    if c.client_id.is_empty() && c.protocol == ProtocolVersion::V3_1 {
+        return Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
+    }
+    if !c.protocol.is_v5() && c.keep_alive > ctx.mqtt.max_keepalive {
+        // 3.x has no Server Keep Alive: refuse (return code 2, as Mosquitto does) rather
+        // than cut the client off later.
+        return Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
+    }
+    None
+}
+
+/// Session expiry in seconds: v5 from the property (capped, and the cap announced), 3.x from
+/// the clean session flag (0 = ends with the connection, never otherwise).
+fn session_expiry(ctx: &Ctx, c: &Connect, props: &mut Properties) -> u32 {
+    if !c.protocol.is_v5() {
+        return if c.clean_start { 0 } else { u32::MAX };
+    }
+    let asked = c.properties.session_expiry_interval.unwrap_or(0);
+    if asked > ctx.mqtt.max_session_expiry {
+        props.session_expiry_interval = Some(ctx.mqtt.max_session_expiry);
+        return ctx.mqtt.max_session_expiry;
+    }
+    asked
+}
+
+/// A will waiting for the connection to end.
+#[derive(Debug)]
+pub struct WillSpec {
+    pub msg: Message,
+    /// Will Delay Interval, never longer than the session.
+    pub delay: Duration,
+    /// Message Expiry Interval, counted from publication.
+    pub expiry: Option<u32>,
+}
+
+impl WillSpec {
+    /// The message to publish now, its expiry counted from `now` plus the delay.
+    pub fn message(&self, now: Instant) -> Arc<Message> {
+        let mut m = self.msg.clone();
+        m.expires_at = self.expiry.map(|s| now + self.delay + Duration::from_secs(u64::from(s)));
+        Arc::new(m)
+    }
+}
+
+fn will_message(w: &LastWill, session_expiry: u32) -> WillSpec {
+    let delay = w.properties.will_delay_interval.unwrap_or(0).min(session_expiry);
+    let topic = String::from_utf8_lossy(&w.topic);
+    let msg = Message {
+        topic: Arc::from(topic.as_ref()),
+        topic_bytes: w.topic.clone(),
+        payload: w.payload.clone(),
+        qos: w.qos,
+        retain: w.retain,
+        properties: super::inbound::forwarded_properties(&w.properties),
+        expires_at: None,
+        publisher: None,
+    };
+    WillSpec {
+        msg,
+        delay: Duration::from_secs(u64::from(delay)),
+        expiry: w.properties.message_expiry_interval,
+    }
+}
+
+fn generated_client_id() -> String {
+    format!("dataloom-{:016x}", rand::random::<u64>())
+}

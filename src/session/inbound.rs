@@ -1,0 +1,200 @@
+//! Packets from the client after CONNECT: PUBLISH (topic aliases, QoS 1/2 receive flows,
+//! exactly-once for QoS 2), acks of our messages, SUBSCRIBE/UNSUBSCRIBE, PINGREQ, DISCONNECT.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::debug;
+
+use super::Close;
+use super::conn::Conn;
+use super::outbound::write_ack;
+use crate::broker::message::Message;
+use crate::broker::session::SubOptions;
+use crate::broker::topic;
+use crate::codec::{
+    Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, encode, reason,
+};
+
+/// The properties of a PUBLISH or will that travel with the message to subscribers.
+pub fn forwarded_properties(p: &Properties) -> Properties {
+    Properties {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        ..Properties::default()
+    }
+}
+
+impl Conn {
+    /// Handles one decoded packet; an `Err` ends the connection.
+    pub(super) fn handle_packet(&mut self, p: Packet) -> Result<(), Close> {
+        match p {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(a) => {
+                self.out.on_puback(&self.session, a.pkid);
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                self.out.on_pubrec(&self.session, &a, self.version, &mut self.wbuf);
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                self.out.on_pubcomp(&self.session, a.pkid);
+                Ok(())
+            }
+            Packet::PubRel(a) => {
+                let known = self.session.state.lock().incoming_qos2.remove(&a.pkid);
+                let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
+                write_ack(Packet::PubComp, a.pkid, code, self.version, &mut self.wbuf);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(u);
+                Ok(())
+            }
+            Packet::PingReq => {
+                encode(&Packet::PingResp, self.version, &mut self.wbuf);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            Packet::Auth(_) => Err(Close::Server(reason::PROTOCOL_ERROR, "AUTH without an authentication method")),
+            other => {
+                debug!(packet = other.name(), "unexpected packet from client");
+                Err(Close::Server(reason::PROTOCOL_ERROR, "packet not allowed from a client"))
+            }
+        }
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        let topic = self.resolve_alias(&p)?;
+        if p.qos == QoS::ExactlyOnce {
+            let mut st = self.session.state.lock();
+            if st.incoming_qos2.contains(&p.pkid) {
+                drop(st);
+                write_ack(Packet::PubRec, p.pkid, reason::SUCCESS, self.version, &mut self.wbuf);
+                return Ok(());
+            }
+            if st.incoming_qos2.len() >= usize::from(self.ctx.mqtt.receive_maximum) {
+                return Err(Close::Server(reason::RECEIVE_MAXIMUM_EXCEEDED, "too many unreleased QoS 2 messages"));
+            }
+            st.incoming_qos2.insert(p.pkid);
+        }
+        let topic_str = std::str::from_utf8(&topic)
+            .map_err(|_| Close::Server(reason::TOPIC_NAME_INVALID, "topic is not UTF-8"))?;
+        let now = Instant::now();
+        let msg = Message {
+            topic: Arc::from(topic_str),
+            topic_bytes: topic.clone(),
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: forwarded_properties(&p.properties),
+            expires_at: p.properties.message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s))),
+            publisher: Some(self.session.id),
+        };
+        let code = match self.ctx.broker.publish(Arc::new(msg)) {
+            Ok(0) => reason::NO_MATCHING_SUBSCRIBERS,
+            Ok(_) => reason::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store retained message");
+                if !self.version.is_v5() && p.qos != QoS::AtMostOnce {
+                    return Err(Close::Server(reason::UNSPECIFIED_ERROR, "store failure"));
+                }
+                reason::UNSPECIFIED_ERROR
+            }
+        };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => write_ack(Packet::PubAck, p.pkid, code, self.version, &mut self.wbuf),
+            QoS::ExactlyOnce => {
+                if code >= 0x80 {
+                    self.session.state.lock().incoming_qos2.remove(&p.pkid);
+                }
+                write_ack(Packet::PubRec, p.pkid, code, self.version, &mut self.wbuf);
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves or records a v5 topic alias; returns the topic name to route on.
+    fn resolve_alias(&mut self, p: &Publish) -> Result<Bytes, Close> {
+        let Some(alias) = p.properties.topic_alias else {
+            return Ok(p.topic.clone());
+        };
+        if alias == 0 || alias > self.ctx.mqtt.topic_alias_maximum {
+            return Err(Close::Server(reason::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+        }
+        if p.topic.is_empty() {
+            return self
+                .aliases_in
+                .get(&alias)
+                .cloned()
+                .ok_or(Close::Server(reason::PROTOCOL_ERROR, "unknown topic alias"));
+        }
+        self.aliases_in.insert(alias, p.topic.clone());
+        Ok(p.topic.clone())
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        let levels = self.ctx.mqtt.max_topic_levels;
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut accepted = Vec::with_capacity(s.filters.len());
+        for f in &s.filters {
+            let (group, plain) = topic::parse_subscription(&f.filter, levels).map_err(|e| {
+                debug!(filter = %f.filter, error = %e, "invalid topic filter");
+                Close::Server(reason::MALFORMED_PACKET, "invalid topic filter")
+            })?;
+            if group.is_some() && f.no_local {
+                return Err(Close::Server(reason::PROTOCOL_ERROR, "no local on a shared subscription"));
+            }
+            codes.push(f.qos as u8);
+            accepted.push((f, group.map(str::to_owned), plain.to_owned()));
+        }
+        let ack = SubAck { pkid: s.pkid, codes, properties: Properties::default() };
+        encode(&Packet::SubAck(ack), self.version, &mut self.wbuf);
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        for (f, group, plain) in accepted {
+            let opts = SubOptions {
+                qos: f.qos,
+                no_local: f.no_local,
+                retain_as_published: f.retain_as_published,
+                retain_handling: f.retain_handling,
+                sub_id,
+            };
+            self.ctx.broker.subscribe(&self.session, &f.filter, group.as_deref(), &plain, opts);
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let codes = u
+            .filters
+            .iter()
+            .map(|f| {
+                if self.ctx.broker.unsubscribe(&self.session, f) {
+                    reason::SUCCESS
+                } else {
+                    reason::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        let ack = UnsubAck { pkid: u.pkid, codes, properties: Properties::default() };
+        encode(&Packet::UnsubAck(ack), self.version, &mut self.wbuf);
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Close> {
+        if let Some(new) = d.properties.session_expiry_interval {
+            let mut st = self.session.state.lock();
+            if st.expiry_interval == 0 && new != 0 {
+                return Err(Close::Server(reason::PROTOCOL_ERROR, "session expiry set after CONNECT said 0"));
+            }
+            st.expiry_interval = new.min(self.ctx.mqtt.max_session_expiry);
+        }
+        Err(Close::ClientDisconnect(d.code))
+    }
+}

@@ -1,0 +1,195 @@
+//! Messages from the broker to the client: draining the mailbox within the in-flight window,
+//! packet identifiers, topic aliases towards the client, the client's Maximum Packet Size,
+//! message expiry on the way out, the QoS 1/2 acknowledgement flows and DUP resend on resume.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use super::Ctx;
+use crate::broker::message::Delivery;
+use crate::broker::session::{Inflight, Phase, Session};
+use crate::codec::{Ack, Packet, Properties, ProtocolVersion, Publish, QoS, encode, encode_publish, reason};
+
+/// Deliveries taken from the mailbox per lock.
+const BATCH: usize = 64;
+/// Stop encoding once this much output is buffered.
+const OUT_FULL: usize = 256 * 1024;
+
+/// What the client allows us to send (v5 CONNECT properties, capped by our config).
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundLimits {
+    /// Unacknowledged QoS 1/2 messages at once.
+    pub window: usize,
+    /// Largest packet the client accepts.
+    pub max_packet: usize,
+    /// Topic aliases the client accepts from us.
+    pub alias_max: u16,
+}
+
+impl OutboundLimits {
+    /// Limits from the client's CONNECT properties and the broker's `max_inflight_messages`.
+    pub fn negotiate(ctx: &Ctx, props: &Properties) -> OutboundLimits {
+        let receive_max = props.receive_maximum.unwrap_or(u16::MAX);
+        OutboundLimits {
+            window: usize::from(receive_max.min(ctx.mqtt.max_inflight_messages)),
+            max_packet: props.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+            alias_max: props.topic_alias_maximum.unwrap_or(0),
+        }
+    }
+}
+
+/// Per-connection outbound state (what survives reconnects lives in the session).
+pub struct Outbound {
+    limits: OutboundLimits,
+    aliases: HashMap<Arc<str>, u16>,
+    batch: Vec<Delivery>,
+    /// Messages not sent because they exceeded the client's Maximum Packet Size.
+    pub dropped_too_large: u64,
+    /// Messages that expired while queued.
+    pub dropped_expired: u64,
+}
+
+impl Outbound {
+    pub fn new(limits: OutboundLimits) -> Outbound {
+        Outbound { limits, aliases: HashMap::new(), batch: Vec::new(), dropped_too_large: 0, dropped_expired: 0 }
+    }
+
+    /// True while another QoS 1/2 message may be sent.
+    pub fn has_window(&self, session: &Session) -> bool {
+        session.state.lock().outgoing.len() < self.limits.window
+    }
+
+    /// Encodes queued deliveries into `out` until the mailbox is empty, the window is full or
+    /// the output buffer is.
+    pub fn drain_mailbox(&mut self, session: &Session, version: ProtocolVersion, out: &mut BytesMut) {
+        let now = Instant::now();
+        while out.len() < OUT_FULL {
+            let mut st = session.state.lock();
+            if st.outgoing.len() >= self.limits.window {
+                return;
+            }
+            self.batch.clear();
+            if session.mailbox.drain_into(&mut self.batch, BATCH) == 0 {
+                return;
+            }
+            let mut batch = std::mem::take(&mut self.batch);
+            let mut rest = batch.drain(..);
+            for d in rest.by_ref() {
+                if d.msg.is_expired(now) {
+                    self.dropped_expired += 1;
+                    continue;
+                }
+                if d.qos == QoS::AtMostOnce {
+                    self.encode(&d, 0, false, version, now, out);
+                    continue;
+                }
+                let Some(pkid) = st.next_pkid() else { break };
+                let phase = if d.qos == QoS::AtLeastOnce { Phase::AwaitAck } else { Phase::AwaitRec };
+                if self.encode(&d, pkid, false, version, now, out) {
+                    st.outgoing.push_back(Inflight { pkid, delivery: d, phase });
+                }
+                if st.outgoing.len() >= self.limits.window {
+                    break;
+                }
+            }
+            let unsent: Vec<Delivery> = rest.collect();
+            session.mailbox.push_front_all(unsent);
+            self.batch = batch;
+        }
+    }
+
+    /// Re-sends everything in flight after a session resumes: PUBLISH with DUP, or PUBREL.
+    pub fn resend_inflight(&mut self, session: &Session, version: ProtocolVersion, out: &mut BytesMut) {
+        let now = Instant::now();
+        let mut st = session.state.lock();
+        let inflight: Vec<Inflight> = st.outgoing.drain(..).collect();
+        for i in inflight {
+            let keep = match i.phase {
+                Phase::AwaitComp => {
+                    write_ack(Packet::PubRel, i.pkid, reason::SUCCESS, version, out);
+                    true
+                }
+                _ => self.encode(&i.delivery, i.pkid, true, version, now, out),
+            };
+            if keep {
+                st.outgoing.push_back(i);
+            }
+        }
+    }
+
+    /// PUBACK from the client.
+    pub fn on_puback(&mut self, session: &Session, pkid: u16) {
+        let mut st = session.state.lock();
+        if let Some(pos) = st.outgoing.iter().position(|i| i.pkid == pkid && i.phase == Phase::AwaitAck) {
+            st.outgoing.remove(pos);
+        }
+    }
+
+    /// PUBREC from the client: answer PUBREL (or end the flow on a v5 error code).
+    pub fn on_pubrec(&mut self, session: &Session, ack: &Ack, version: ProtocolVersion, out: &mut BytesMut) {
+        let mut st = session.state.lock();
+        let pos = st.outgoing.iter().position(|i| i.pkid == ack.pkid && i.phase != Phase::AwaitAck);
+        match pos {
+            Some(p) if ack.code >= 0x80 => {
+                st.outgoing.remove(p);
+            }
+            Some(p) => {
+                if let Some(i) = st.outgoing.get_mut(p) {
+                    i.phase = Phase::AwaitComp;
+                }
+                write_ack(Packet::PubRel, ack.pkid, reason::SUCCESS, version, out);
+            }
+            None => write_ack(Packet::PubRel, ack.pkid, reason::PACKET_IDENTIFIER_NOT_FOUND, version, out),
+        }
+    }
+
+    /// PUBCOMP from the client.
+    pub fn on_pubcomp(&mut self, session: &Session, pkid: u16) {
+        let mut st = session.state.lock();
+        if let Some(pos) = st.outgoing.iter().position(|i| i.pkid == pkid && i.phase == Phase::AwaitComp) {
+            st.outgoing.remove(pos);
+        }
+    }
+
+    /// Encodes one PUBLISH; returns false (and writes nothing) when it exceeds the client's
+    /// Maximum Packet Size, in which case the message is dropped as the spec says.
+    fn encode(&mut self, d: &Delivery, pkid: u16, dup: bool, version: ProtocolVersion, now: Instant, out: &mut BytesMut) -> bool {
+        let mut properties = Properties::default();
+        let mut topic = d.msg.topic_bytes.clone();
+        let mut new_alias = None;
+        if version.is_v5() {
+            properties = d.msg.properties.clone();
+            properties.subscription_identifiers.clone_from(&d.sub_ids);
+            properties.message_expiry_interval = d.msg.remaining_expiry(now);
+            if let Some(&a) = self.aliases.get(&d.msg.topic) {
+                properties.topic_alias = Some(a);
+                topic = Bytes::new();
+            } else if self.aliases.len() < usize::from(self.limits.alias_max) {
+                let a = u16::try_from(self.aliases.len() + 1).unwrap_or(u16::MAX);
+                properties.topic_alias = Some(a);
+                new_alias = Some(a);
+            }
+        }
+        let p = Publish { dup, qos: d.qos, retain: d.retain, topic, pkid, properties, payload: d.msg.payload.clone() };
+        let start = out.len();
+        encode_publish(&p, version, out);
+        if out.len() - start > self.limits.max_packet {
+            out.truncate(start);
+            self.dropped_too_large += 1;
+            return false;
+        }
+        if let Some(a) = new_alias {
+            self.aliases.insert(d.msg.topic.clone(), a);
+        }
+        true
+    }
+}
+
+/// Writes PUBACK/PUBREC/PUBREL/PUBCOMP with `code` (codes are dropped for 3.x by the encoder).
+pub fn write_ack(kind: fn(Ack) -> Packet, pkid: u16, code: u8, version: ProtocolVersion, out: &mut BytesMut) {
+    let ack = Ack { pkid, code, properties: Properties::default() };
+    encode(&kind(ack), version, out);
+}
