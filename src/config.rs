@@ -22,7 +22,7 @@ pub struct Config {
     pub log: Log,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listeners {
     pub tcp: TcpListenerConfig,
@@ -99,7 +99,7 @@ pub struct Mqtt {
     pub max_session_expiry: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     /// Accept clients without credentials on non-loopback listeners too.
@@ -132,12 +132,6 @@ impl Default for Config {
             auth: Auth { allow_anonymous: false },
             log: Log { level: "info".into(), format: LogFormat::Text },
         }
-    }
-}
-
-impl Default for Listeners {
-    fn default() -> Self {
-        Listeners { tcp: TcpListenerConfig::default() }
     }
 }
 
@@ -178,12 +172,6 @@ impl Default for Mqtt {
             max_user_properties: 64,
             max_session_expiry: u32::MAX,
         }
-    }
-}
-
-impl Default for Auth {
-    fn default() -> Self {
-        Auth { allow_anonymous: false }
     }
 }
 

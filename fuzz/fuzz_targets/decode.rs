@@ -7,8 +7,11 @@ use bytes::BytesMut;
 use dataloom::codec::{Limits, Packet, ProtocolVersion, decode, decode_from_server, encode};
 use libfuzzer_sys::fuzz_target;
 
-const VERSIONS: [ProtocolVersion; 3] =
-    [ProtocolVersion::V3_1, ProtocolVersion::V3_1_1, ProtocolVersion::V5];
+const VERSIONS: [ProtocolVersion; 3] = [
+    ProtocolVersion::V3_1,
+    ProtocolVersion::V3_1_1,
+    ProtocolVersion::V5,
+];
 
 fn run(data: &[u8], version: Option<ProtocolVersion>, from_server: bool) {
     let limits = Limits::default();

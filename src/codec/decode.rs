@@ -27,7 +27,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_packet_size: 1024 * 1024, max_user_properties: 64, max_topic_levels: 128 }
+        Limits {
+            max_packet_size: 1024 * 1024,
+            max_user_properties: 64,
+            max_topic_levels: 128,
+        }
     }
 }
 
@@ -122,13 +126,17 @@ fn decode_as(
     limits: &Limits,
     sender: Sender,
 ) -> Result<Option<Packet>, DecodeError> {
-    let Some(&byte1) = buf.first() else { return Ok(None) };
+    let Some(&byte1) = buf.first() else {
+        return Ok(None);
+    };
     check_first_byte(byte1, version, sender)?;
     // Remaining length: at most 4 bytes [MQTT-1.5.5], non-minimal encodings are accepted.
     let mut remaining: u32 = 0;
     let mut header_len = 0;
     for i in 0..4 {
-        let Some(&b) = buf.get(1 + i) else { return Ok(None) };
+        let Some(&b) = buf.get(1 + i) else {
+            return Ok(None);
+        };
         remaining |= u32::from(b & 0x7F) << (7 * i);
         if b & 0x80 == 0 {
             header_len = 2 + i;
@@ -140,7 +148,10 @@ fn decode_as(
     }
     let size = header_len as u64 + u64::from(remaining);
     if size > u64::from(limits.max_packet_size) {
-        return Err(DecodeError::PacketTooLarge { size, max: limits.max_packet_size });
+        return Err(DecodeError::PacketTooLarge {
+            size,
+            max: limits.max_packet_size,
+        });
     }
     let size = size as usize;
     if buf.len() < size {
@@ -166,7 +177,13 @@ fn decode_body(
     let packet = match byte1 >> 4 {
         1 => connect::decode_connect(&mut r, limits)?,
         2 => connect::decode_connack(&mut r, version, limits)?,
-        3 => Packet::Publish(publish::decode_publish(&mut r, byte1, version, limits, from_client)?),
+        3 => Packet::Publish(publish::decode_publish(
+            &mut r,
+            byte1,
+            version,
+            limits,
+            from_client,
+        )?),
         4 => Packet::PubAck(publish::decode_ack(&mut r, version, limits, "PUBACK")?),
         5 => Packet::PubRec(publish::decode_ack(&mut r, version, limits, "PUBREC")?),
         6 => Packet::PubRel(publish::decode_ack(&mut r, version, limits, "PUBREL")?),

@@ -36,7 +36,10 @@ trait Sink {
     }
     /// Binary data / UTF-8 string with a two-byte length prefix.
     fn bin(&mut self, b: &[u8]) {
-        debug_assert!(b.len() <= usize::from(u16::MAX), "string or binary longer than 65535");
+        debug_assert!(
+            b.len() <= usize::from(u16::MAX),
+            "string or binary longer than 65535"
+        );
         self.u16(b.len() as u16);
         self.put(b);
     }
@@ -278,7 +281,11 @@ fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, s: &mut S) {
                 s.put(&a.codes);
             } else {
                 for &c in &a.codes {
-                    s.u8(if c >= 0x80 { reason::v3::SUBACK_FAILURE } else { c });
+                    s.u8(if c >= 0x80 {
+                        reason::v3::SUBACK_FAILURE
+                    } else {
+                        c
+                    });
                 }
             }
         }

@@ -42,7 +42,9 @@ const MODES: [Mode; 7] = [
 fn check(input: &[u8], (v, from_server, connect): Mode) -> usize {
     let mut buf = BytesMut::from(input);
     for n in 0..4 {
-        let Ok(Some(p)) = decode_as(&mut buf, v, from_server, connect) else { return n };
+        let Ok(Some(p)) = decode_as(&mut buf, v, from_server, connect) else {
+            return n;
+        };
         let ev = match &p {
             Packet::Connect(c) => c.protocol,
             _ => v,
@@ -51,7 +53,10 @@ fn check(input: &[u8], (v, from_server, connect): Mode) -> usize {
         encode(&p, ev, &mut out);
         let again = decode_as(&mut out, ev, from_server, connect);
         assert_eq!(again, Ok(Some(p)), "round trip of {input:02x?} in {v:?}");
-        assert!(out.is_empty(), "encoder wrote more than one packet for {input:02x?}");
+        assert!(
+            out.is_empty(),
+            "encoder wrote more than one packet for {input:02x?}"
+        );
     }
     4
 }

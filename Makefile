@@ -1,0 +1,33 @@
+# dataloom — `make run` starts the broker on its defaults, `make test` installs what the
+# tests need and runs them all. See README.md.
+
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run build test test-deps lint fmt clean
+
+build:
+	$(CARGO) build --release
+
+run: build
+	./target/release/dataloom serve
+
+# Debian packages the tests use: mosquitto_pub/mosquitto_sub.
+test-deps:
+	@command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null || { \
+	  echo "installing mosquitto-clients"; \
+	  $(SUDO) apt-get install -y mosquitto-clients >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y mosquitto-clients; }; }
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: test-deps lint
+	$(CARGO) test --all-targets
+
+fmt:
+	$(CARGO) fmt
+
+clean:
+	$(CARGO) clean
