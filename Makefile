@@ -12,12 +12,16 @@ build:
 run: build
 	./target/release/dataloom serve
 
-# Debian packages the tests use: mosquitto_pub/mosquitto_sub.
+# Debian packages the tests use: mosquitto_pub/mosquitto_sub, prometheus/promtool (tests/metrics.rs).
 test-deps:
 	@command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null || { \
 	  echo "installing mosquitto-clients"; \
 	  $(SUDO) apt-get install -y mosquitto-clients >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y mosquitto-clients; }; }
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  echo "installing prometheus"; \
+	  $(SUDO) apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y --no-install-recommends prometheus; }; }
 
 lint:
 	$(CARGO) fmt --check

@@ -57,4 +57,7 @@ pub struct Delivery {
     pub retain: bool,
     /// v5 subscription identifiers of the matching subscriptions.
     pub sub_ids: Vec<u32>,
+    /// Position in the session's durable queue, when the delivery is stored (persistent
+    /// session, QoS 1/2); the store forgets it once the client acknowledges.
+    pub seq: Option<u64>,
 }

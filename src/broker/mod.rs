@@ -1,12 +1,14 @@
-//! The shared broker: sessions by client id, the subscription trie and fan-out, retained
-//! messages, session expiry and delayed wills.
+//! The shared broker: sessions by client id, subscriptions, session expiry and delayed wills.
+//! Routing and retained state live in `route`, restoring from the store in `recovery`.
 //!
-//! Publishers only take the subscription trie's read lock (they never block each other) and
-//! push into subscriber mailboxes; nothing here waits on a socket.
+//! Every durable effect (persistent session records, subscriptions) is submitted to the
+//! [`Store`] and the returned [`Commit`] tells the caller when it may acknowledge.
 
 pub mod mailbox;
 pub mod message;
+mod recovery;
 pub mod retained_tree;
+mod route;
 pub mod session;
 pub mod subtree;
 pub mod topic;
@@ -14,17 +16,18 @@ pub mod topic;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::codec::{QoS, RetainHandling};
-use crate::store::{Store, StoreError};
-use mailbox::Dropped;
-use message::{Delivery, Message, SessionId};
+use crate::codec::RetainHandling;
+use crate::store::{Commit, Op, SessionRecord, Store, StoreError};
+use message::{Message, SessionId};
 use retained_tree::RetainedTree;
 use session::{Kill, KillReason, Session, SubOptions};
 use subtree::SubscriptionTree;
+
+pub use route::Published;
 
 /// A subscription as the trie stores it: the session to deliver to and the options.
 #[derive(Debug, Clone)]
@@ -57,6 +60,8 @@ pub struct Attached {
     pub present: bool,
     /// Ownership generation; pass it back to [`Broker::detach`].
     pub generation: u64,
+    /// Resolves when the session record is durable; CONNACK waits for it.
+    pub commit: Commit,
 }
 
 /// The broker's shared state.
@@ -67,85 +72,132 @@ pub struct Broker {
     subs: RwLock<SubscriptionTree<SessionId, SubEntry>>,
     retained: RwLock<RetainedTree<Arc<Message>>>,
     next_session: AtomicU64,
+    /// Next position in the durable per-session queues (shared counter, strictly increasing).
+    next_seq: AtomicU64,
     store: Arc<dyn Store>,
     pub stats: Stats,
 }
 
 impl Broker {
-    /// A broker over `store`, with the retained messages the store holds.
+    /// A broker over `store`, restored from what the store holds. Must run inside a tokio
+    /// runtime (expiry timers of restored sessions are spawned).
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be read.
     pub fn new(limits: BrokerLimits, store: Arc<dyn Store>) -> Result<Arc<Broker>, StoreError> {
-        let mut retained = RetainedTree::new();
-        for m in store.load_retained()? {
-            let topic = m.topic.clone();
-            retained.set(&topic, m);
-        }
-        Ok(Arc::new(Broker {
+        let recovered = store.recover()?;
+        let broker = Arc::new(Broker {
             limits,
             sessions: Mutex::new(HashMap::new()),
             subs: RwLock::new(SubscriptionTree::new()),
-            retained: RwLock::new(retained),
+            retained: RwLock::new(RetainedTree::new()),
             next_session: AtomicU64::new(1),
+            next_seq: AtomicU64::new(1),
             store,
             stats: Stats::default(),
-        }))
+        });
+        broker.restore(recovered);
+        Ok(broker)
+    }
+
+    /// The store behind the broker.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn new_session(&self, client_id: Arc<str>) -> Arc<Session> {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Session::new(id, client_id, self.limits.max_queued_messages))
     }
 
     /// Attaches a connection to the session of `client_id`: resumes it unless `clean_start`,
-    /// and takes it over from any connection that holds it (that one is told [`KillReason::TakenOver`]).
-    pub fn attach(&self, client_id: &str, clean_start: bool, kill: Arc<Kill>) -> Attached {
+    /// and takes it over from any connection that holds it (that one is told
+    /// [`KillReason::TakenOver`]). `expiry` is the session expiry interval the connection asked for.
+    pub fn attach(&self, client_id: &str, clean_start: bool, expiry: u32, kill: Arc<Kill>) -> Attached {
+        let mut ops = Vec::new();
         let mut map = self.sessions.lock();
-        if let Some(existing) = map.get(client_id).cloned() {
-            if !clean_start {
-                let generation = existing.take_ownership(kill);
-                return Attached { session: existing, present: true, generation };
+        let existing = map.get(client_id).cloned();
+        let (session, present) = match existing {
+            Some(s) if !clean_start => (s, true),
+            other => {
+                if let Some(old) = other {
+                    old.kill(KillReason::TakenOver);
+                    old.take_ownership(Arc::new(Kill::default()));
+                    map.remove(client_id);
+                    if old.is_persistent() {
+                        ops.push(Op::DeleteSession(old.client_id.clone()));
+                    }
+                    self.drop_subscriptions(&old);
+                }
+                let s = self.new_session(Arc::from(client_id));
+                map.insert(s.client_id.clone(), s.clone());
+                (s, false)
             }
-            existing.kill(KillReason::TakenOver);
-            existing.take_ownership(Arc::new(Kill::default()));
-            map.remove(client_id);
-            self.drop_subscriptions(&existing);
-        }
-        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let cid: Arc<str> = Arc::from(client_id);
-        let session = Arc::new(Session::new(id, cid.clone(), self.limits.max_queued_messages));
+        };
+        drop(map);
         let generation = session.take_ownership(kill);
-        map.insert(cid, session.clone());
-        Attached { session, present: false, generation }
+        let was_persistent = session.is_persistent();
+        session.set_expiry(expiry);
+        if expiry > 0 {
+            ops.push(Op::PutSession(session_record(&session)));
+        } else if was_persistent {
+            ops.push(Op::DeleteSession(session.client_id.clone()));
+        }
+        let commit = self.submit(ops, true);
+        Attached { session, present, generation, commit }
     }
 
-    /// Detaches the connection of `generation`; the session ends now when `expiry` is 0, or
-    /// after `expiry` seconds offline (`u32::MAX`: never).
-    pub fn detach(self: &Arc<Self>, session: &Arc<Session>, generation: u64, expiry: u32) {
+    /// Records a new session expiry interval (v5 DISCONNECT may change it).
+    pub fn set_expiry(&self, session: &Session, expiry: u32) -> Commit {
+        let was = session.is_persistent();
+        session.set_expiry(expiry);
+        let op = match (was, expiry > 0) {
+            (_, true) => Op::PutSession(session_record(session)),
+            (true, false) => Op::DeleteSession(session.client_id.clone()),
+            (false, false) => return Commit::done(),
+        };
+        self.submit(vec![op], true)
+    }
+
+    /// Detaches the connection of `generation`; the session ends now when its expiry is 0, or
+    /// after that many seconds offline (`u32::MAX`: never).
+    pub fn detach(self: &Arc<Self>, session: &Arc<Session>, generation: u64) {
         if !session.release(generation) {
             return;
         }
-        match expiry {
+        match session.expiry() {
             0 => self.end_session(session),
-            u32::MAX => {}
-            secs => {
-                let broker = Arc::downgrade(self);
-                let session = session.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
-                    if let Some(b) = broker.upgrade()
-                        && session.generation() == generation
-                    {
-                        b.end_session(&session);
-                    }
-                });
-            }
+            secs => self.schedule_expiry(session, generation, secs),
         }
     }
 
-    /// Removes a session and its subscriptions if it is still the one registered.
+    /// Ends `session` after `secs` unless a connection takes it first.
+    fn schedule_expiry(self: &Arc<Self>, session: &Arc<Session>, generation: u64, secs: u32) {
+        if secs == u32::MAX {
+            return;
+        }
+        let broker = Arc::downgrade(self);
+        let session = session.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+            if let Some(b) = broker.upgrade()
+                && session.generation() == generation
+            {
+                b.end_session(&session);
+            }
+        });
+    }
+
+    /// Removes a session, its subscriptions and its stored state, if it is still the one registered.
     fn end_session(&self, session: &Arc<Session>) {
         let mut map = self.sessions.lock();
         if map.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
             map.remove(&session.client_id);
         }
         drop(map);
+        if session.is_persistent() {
+            let _ = self.submit(vec![Op::DeleteSession(session.client_id.clone())], false);
+        }
         self.drop_subscriptions(session);
     }
 
@@ -162,9 +214,17 @@ impl Broker {
         self.sessions.lock().len()
     }
 
-    /// Adds or replaces a subscription (filter already validated) and queues the retained
-    /// messages it asks for. Returns whether the subscription existed before.
-    pub fn subscribe(&self, session: &Arc<Session>, filter: &str, group: Option<&str>, plain: &str, opts: SubOptions) -> bool {
+    /// Adds or replaces a subscription (`filter` as written, `group`/`plain` as parsed and
+    /// validated) and queues the retained messages it asks for. Returns whether it existed
+    /// before, and the commit of the updated session record.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        group: Option<&str>,
+        plain: &str,
+        opts: SubOptions,
+    ) -> (bool, Commit) {
         let entry = SubEntry { session: session.clone(), opts };
         let existed = {
             let mut subs = self.subs.write();
@@ -184,120 +244,29 @@ impl Broker {
             let found = self.retained_matching(plain, opts);
             session.mailbox.push_all_unbounded(found);
         }
-        existed
+        (existed, self.persist_session(session))
     }
 
-    /// Removes a subscription; returns whether it existed.
-    pub fn unsubscribe(&self, session: &Session, filter: &str) -> bool {
+    /// Removes a subscription; returns whether it existed, and the commit of the session record.
+    pub fn unsubscribe(&self, session: &Session, filter: &str) -> (bool, Commit) {
         if session.state.lock().subscriptions.remove(filter).is_none() {
-            return false;
+            return (false, Commit::done());
         }
         remove_sub(&mut self.subs.write(), filter, session.id);
-        true
+        (true, self.persist_session(session))
     }
 
-    fn retained_matching(&self, filter: &str, opts: SubOptions) -> Vec<Delivery> {
-        let now = Instant::now();
-        let mut out = Vec::new();
-        self.retained.read().for_each_match(filter, |_, m| {
-            if !m.is_expired(now) {
-                out.push(Delivery {
-                    msg: m.clone(),
-                    qos: m.qos.min(opts.qos),
-                    retain: true,
-                    sub_ids: opts.sub_id.into_iter().collect(),
-                });
-            }
-        });
-        out
-    }
-
-    /// Number of retained messages.
-    pub fn retained_count(&self) -> usize {
-        self.retained.read().len()
-    }
-
-    /// Routes a message: updates retained state when `msg.retain`, then queues it for every
-    /// matching subscription. Returns the number of sessions it was queued for.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the retained state could not be stored; nothing was routed.
-    pub fn publish(&self, msg: Arc<Message>) -> Result<usize, StoreError> {
-        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-        if msg.retain {
-            self.set_retained(&msg)?;
+    fn persist_session(&self, session: &Session) -> Commit {
+        if !session.is_persistent() {
+            return Commit::done();
         }
-        let routed = self.fan_out(&msg);
-        if routed == 0 {
-            self.stats.dropped_no_subscribers.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(routed)
-    }
-
-    fn set_retained(&self, msg: &Arc<Message>) -> Result<(), StoreError> {
-        if msg.payload.is_empty() {
-            self.store.delete_retained(&msg.topic)?;
-            self.retained.write().remove(&msg.topic);
-        } else {
-            self.store.put_retained(msg)?;
-            self.retained.write().set(&msg.topic, msg.clone());
-        }
-        Ok(())
-    }
-
-    fn fan_out(&self, msg: &Arc<Message>) -> usize {
-        let subs = self.subs.read();
-        let mut plain: Vec<(SessionId, &SubEntry)> = Vec::new();
-        let mut routed = 0;
-        subs.for_each_match(
-            &msg.topic,
-            |_| true,
-            |key, entry, group| {
-                if group.is_some() {
-                    routed += usize::from(self.deliver(msg, entry, &[entry]));
-                } else if !(entry.opts.no_local && msg.publisher == Some(key)) {
-                    plain.push((key, entry));
-                }
-            },
-        );
-        plain.sort_unstable_by_key(|(k, _)| *k);
-        for group in plain.chunk_by(|a, b| a.0 == b.0) {
-            let entries: Vec<&SubEntry> = group.iter().map(|(_, e)| *e).collect();
-            routed += usize::from(self.deliver(msg, entries[0], &entries));
-        }
-        routed
-    }
-
-    /// Queues one delivery for the session of `first`, merging overlapping subscriptions:
-    /// highest QoS, every subscription identifier, retain if any asks to retain-as-published.
-    fn deliver(&self, msg: &Arc<Message>, first: &SubEntry, entries: &[&SubEntry]) -> bool {
-        let granted = entries.iter().map(|e| e.opts.qos).max().unwrap_or(QoS::AtMostOnce);
-        let d = Delivery {
-            msg: msg.clone(),
-            qos: msg.qos.min(granted),
-            retain: msg.retain && entries.iter().any(|e| e.opts.retain_as_published),
-            sub_ids: entries.iter().filter_map(|e| e.opts.sub_id).collect(),
-        };
-        match first.session.mailbox.push(d) {
-            Ok(()) => {
-                self.stats.messages_routed.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Err(Dropped::QueueFull) => {
-                self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-            Err(Dropped::Offline) => {
-                self.stats.dropped_offline_qos0.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-        }
+        self.submit(vec![Op::PutSession(session_record(session))], true)
     }
 
     /// Publishes `will` after `delay` unless the session was resumed (generation changed) first.
     pub fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, generation: u64, will: Arc<Message>, delay: Duration) {
         if delay.is_zero() {
-            let _ = self.publish(will);
+            let _ = self.publish(will, Vec::new());
             return;
         }
         let broker = Arc::downgrade(self);
@@ -307,7 +276,7 @@ impl Broker {
             if let Some(b) = broker.upgrade()
                 && session.generation() == generation
             {
-                let _ = b.publish(will);
+                let _ = b.publish(will, Vec::new());
             }
         });
     }
@@ -317,6 +286,47 @@ impl Broker {
         for s in self.sessions.lock().values() {
             s.kill(reason);
         }
+    }
+
+    /// Submits `ops` to the store (nothing when empty).
+    pub fn submit(&self, ops: Vec<Op>, durable: bool) -> Commit {
+        if ops.is_empty() {
+            return Commit::done();
+        }
+        self.store.submit(ops, durable)
+    }
+
+    /// The acknowledged (or dropped) stored delivery `seq` of `session` leaves the store.
+    pub fn forget(&self, session: &Session, seq: Option<u64>) {
+        if let Some(seq) = seq {
+            let _ = self.submit(vec![Op::Dequeue { client_id: session.client_id.clone(), seq }], false);
+        }
+    }
+
+    /// Records that stored delivery `seq` was sent as `pkid` (and whether PUBREL was sent).
+    pub fn mark_inflight(&self, session: &Session, seq: Option<u64>, pkid: u16, released: bool) {
+        if let Some(seq) = seq {
+            let op = Op::SetInflight { client_id: session.client_id.clone(), seq, pkid, released };
+            let _ = self.submit(vec![op], false);
+        }
+    }
+
+    /// Closes the store after a final sync.
+    ///
+    /// # Errors
+    /// The store's final [`StoreError`].
+    pub fn close_store(&self) -> Result<(), StoreError> {
+        self.store.close()
+    }
+}
+
+/// The durable record of a session's identity, expiry and subscriptions.
+fn session_record(session: &Session) -> SessionRecord {
+    let st = session.state.lock();
+    SessionRecord {
+        client_id: session.client_id.clone(),
+        expiry: st.expiry_interval,
+        subscriptions: st.subscriptions.iter().map(|(f, o)| (f.clone(), *o)).collect(),
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -132,6 +132,8 @@ pub struct Session {
     pub state: Mutex<SessionState>,
     generation: AtomicU64,
     owner: Mutex<Owner>,
+    /// Session expiry > 0: its state and QoS 1/2 queue are stored durably.
+    persistent: AtomicBool,
 }
 
 impl Session {
@@ -143,6 +145,7 @@ impl Session {
             state: Mutex::new(SessionState::default()),
             generation: AtomicU64::new(0),
             owner: Mutex::new(Owner::default()),
+            persistent: AtomicBool::new(false),
         }
     }
 
@@ -177,6 +180,22 @@ impl Session {
     /// Current generation (changes whenever a connection takes the session).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
+    }
+
+    /// True when the session outlives its connection and is stored durably.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Relaxed)
+    }
+
+    /// Session expiry interval in seconds.
+    pub fn expiry(&self) -> u32 {
+        self.state.lock().expiry_interval
+    }
+
+    /// Sets the session expiry interval (and so whether the session is persistent).
+    pub fn set_expiry(&self, secs: u32) {
+        self.state.lock().expiry_interval = secs;
+        self.persistent.store(secs > 0, Ordering::Relaxed);
     }
 
     /// Fires the owner's kill switch, if connected.

@@ -15,6 +15,7 @@ use tracing::{Instrument, debug, info};
 
 use super::connect::{self, Accepted, WillSpec};
 use super::outbound::{Outbound, OutboundLimits};
+use super::pending::Pending;
 use super::{Close, Ctx};
 use crate::broker::Attached;
 use crate::broker::session::{Kill, KillReason, Session};
@@ -23,6 +24,8 @@ use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, reason
 /// Stop reading from a client while this much output waits for it.
 const OUT_HIGH_WATER: usize = 256 * 1024;
 const READ_CHUNK: usize = 8 * 1024;
+/// Stop reading from a client while this many responses wait for the store.
+const MAX_PENDING: usize = 1024;
 
 /// A connected client after a successful CONNECT.
 pub struct Conn {
@@ -35,6 +38,8 @@ pub struct Conn {
     /// Topic aliases the client set up (v5), alias -> topic.
     pub(super) aliases_in: HashMap<u16, Bytes>,
     pub(super) out: Outbound,
+    /// Responses waiting for the store, in request order.
+    pub(super) pending: Pending,
     pub(super) wbuf: BytesMut,
 }
 
@@ -56,14 +61,11 @@ impl Conn {
             will,
             aliases_in: HashMap::new(),
             out: Outbound::new(limits),
+            pending: Pending::default(),
             wbuf: BytesMut::new(),
         }
     }
 
-    /// The session's expiry interval (may have been changed by DISCONNECT).
-    fn expiry(&self) -> u32 {
-        self.session.state.lock().expiry_interval
-    }
 }
 
 /// Serves one client connection from its first byte to its close. Never panics on input.
@@ -120,11 +122,24 @@ where
         Ok(Ok(c)) => c,
     };
     let mut out = BytesMut::new();
-    let accepted = connect::accept(ctx, connect, kill, &mut out);
-    let _ = wr.write_all(&out).await;
-    match accepted {
-        Accepted::Yes(conn) => Ok(conn),
-        Accepted::No(code) => Err(Close::Refused(code)),
+    let version = connect.protocol;
+    match connect::accept(ctx, connect, kill, &mut out) {
+        Accepted::Yes(conn, commit) => {
+            if let Err(e) = commit.wait().await {
+                tracing::error!(error = %e, "cannot store the session; refusing CONNECT");
+                ctx.broker.detach(&conn.session, conn.generation);
+                out.clear();
+                connect::write_refusal(version, reason::UNSPECIFIED_ERROR, &mut out);
+                let _ = wr.write_all(&out).await;
+                return Err(Close::Refused(reason::UNSPECIFIED_ERROR));
+            }
+            let _ = wr.write_all(&out).await;
+            Ok(conn)
+        }
+        Accepted::No(code) => {
+            let _ = wr.write_all(&out).await;
+            Err(Close::Refused(code))
+        }
     }
 }
 
@@ -156,17 +171,17 @@ impl Conn {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        self.out.resend_inflight(&self.session, self.version, &mut self.wbuf);
+        self.out.resend_inflight(&self.ctx.broker, &self.session, self.version, &mut self.wbuf);
         let grace = self.keep_alive + self.keep_alive / 2;
         let mut last_read = Instant::now();
         let keepalive = tokio::time::sleep(grace.max(Duration::from_secs(1)));
         tokio::pin!(keepalive);
         loop {
             if self.wbuf.len() < OUT_HIGH_WATER {
-                self.out.drain_mailbox(&self.session, self.version, &mut self.wbuf);
+                self.out.drain_mailbox(&self.ctx.broker, &self.session, self.version, &mut self.wbuf);
             }
             let want_mail = self.wbuf.len() < OUT_HIGH_WATER && self.out.has_window(&self.session);
-            let want_read = self.wbuf.len() < OUT_HIGH_WATER;
+            let want_read = self.wbuf.len() < OUT_HIGH_WATER && self.pending.len() < MAX_PENDING;
             tokio::select! {
                 biased;
                 r = kill.fired() => {
@@ -188,6 +203,12 @@ impl Conn {
                     }
                     if let Err(close) = self.handle_input(rbuf) {
                         return close;
+                    }
+                }
+                r = self.pending.next_ready(), if !self.pending.is_empty() => {
+                    if let Err(e) = self.pending.complete_front(r, &mut self.wbuf) {
+                        tracing::error!(error = %e, "store failed; closing connection");
+                        return Close::Server(reason::UNSPECIFIED_ERROR, "store failure");
                     }
                 }
                 _ = self.session.mailbox.notified(), if want_mail => {}
@@ -221,6 +242,14 @@ impl Conn {
         if let Close::Decode(e) = close {
             debug!(error = %e, rule = e.kind(), "protocol violation");
         }
+        while !self.pending.is_empty() {
+            let Ok(r) = tokio::time::timeout(Duration::from_secs(1), self.pending.next_ready()).await else {
+                break;
+            };
+            if self.pending.complete_front(r, &mut self.wbuf).is_err() {
+                break;
+            }
+        }
         if let (true, Some(code)) = (self.version.is_v5(), close.server_code()) {
             let mut props = Properties::default();
             if let Close::Server(_, why) = close {
@@ -232,7 +261,6 @@ impl Conn {
         if !self.wbuf.is_empty() {
             let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&self.wbuf)).await;
         }
-        let _ = wr.shutdown().await;
         let taken_over = matches!(close, Close::Server(reason::SESSION_TAKEN_OVER, _));
         if let Some(will) = self.will.take()
             && close.publishes_will()
@@ -242,8 +270,10 @@ impl Conn {
             self.ctx.broker.schedule_will(&self.session, self.generation, msg, will.delay);
         }
         self.session.mailbox.wake();
-        let expiry = self.expiry();
-        self.ctx.broker.detach(&self.session, self.generation, expiry);
+        self.ctx.broker.detach(&self.session, self.generation);
+        // Close the socket last: a client that sees the close and reconnects at once must find
+        // the will published and a clean session already ended.
+        let _ = wr.shutdown().await;
     }
 }
 

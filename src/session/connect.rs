@@ -11,6 +11,7 @@ use super::conn::Conn;
 use super::outbound::OutboundLimits;
 use crate::broker::message::Message;
 use crate::broker::session::Kill;
+use crate::store::Commit;
 use crate::codec::reason;
 use crate::codec::{
     ConnAck, Connect, DecodeError, LastWill, Packet, Properties, ProtocolVersion, encode,
@@ -18,7 +19,8 @@ use crate::codec::{
 
 /// The outcome of a CONNECT: a connection ready to run, or the code it was refused with.
 pub enum Accepted {
-    Yes(Box<Conn>),
+    /// Accepted: the CONNACK may be sent once the commit (session record) is durable.
+    Yes(Box<Conn>, Commit),
     No(u8),
 }
 
@@ -90,8 +92,8 @@ pub fn accept(ctx: &Arc<Ctx>, c: Connect, kill: Arc<Kill>, out: &mut BytesMut) -
     };
     let expiry = session_expiry(ctx, &c, &mut props);
     let will = c.will.as_ref().map(|w| will_message(w, expiry));
-    let attached = ctx.broker.attach(&client_id, c.clean_start, kill);
-    attached.session.state.lock().expiry_interval = expiry;
+    let mut attached = ctx.broker.attach(&client_id, c.clean_start, expiry, kill);
+    let commit = std::mem::replace(&mut attached.commit, Commit::done());
     if v5 {
         props.receive_maximum = Some(ctx.mqtt.receive_maximum);
         props.maximum_packet_size = Some(ctx.mqtt.max_packet_size);
@@ -108,7 +110,7 @@ pub fn accept(ctx: &Arc<Ctx>, c: Connect, kill: Arc<Kill>, out: &mut BytesMut) -
         will,
         limits,
     );
-    Accepted::Yes(Box::new(conn))
+    Accepted::Yes(Box::new(conn), commit)
 }
 
 /// The v5 reason code to refuse this CONNECT with, if it must be refused.

@@ -13,8 +13,9 @@ use super::outbound::write_ack;
 use crate::broker::message::Message;
 use crate::broker::session::SubOptions;
 use crate::broker::topic;
+use crate::store::{Commit, Op};
 use crate::codec::{
-    Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, encode, reason,
+    Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, encode, reason,
 };
 
 /// The properties of a PUBLISH or will that travel with the message to subscribers.
@@ -35,21 +36,27 @@ impl Conn {
         match p {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
-                self.out.on_puback(&self.session, a.pkid);
+                self.out.on_puback(&self.ctx.broker, &self.session, a.pkid);
                 Ok(())
             }
             Packet::PubRec(a) => {
-                self.out.on_pubrec(&self.session, &a, self.version, &mut self.wbuf);
+                self.out.on_pubrec(&self.ctx.broker, &self.session, &a, self.version, &mut self.wbuf);
                 Ok(())
             }
             Packet::PubComp(a) => {
-                self.out.on_pubcomp(&self.session, a.pkid);
+                self.out.on_pubcomp(&self.ctx.broker, &self.session, a.pkid);
                 Ok(())
             }
             Packet::PubRel(a) => {
                 let known = self.session.state.lock().incoming_qos2.remove(&a.pkid);
                 let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
-                write_ack(Packet::PubComp, a.pkid, code, self.version, &mut self.wbuf);
+                let commit = if known && self.session.is_persistent() {
+                    let op = Op::DeleteIncomingQos2 { client_id: self.session.client_id.clone(), pkid: a.pkid };
+                    self.ctx.broker.submit(vec![op], true)
+                } else {
+                    Commit::done()
+                };
+                self.ack(Packet::PubComp, a.pkid, commit, code);
                 Ok(())
             }
             Packet::Subscribe(s) => self.on_subscribe(s),
@@ -72,17 +79,21 @@ impl Conn {
 
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
         let topic = self.resolve_alias(&p)?;
+        let mut extra = Vec::new();
         if p.qos == QoS::ExactlyOnce {
             let mut st = self.session.state.lock();
             if st.incoming_qos2.contains(&p.pkid) {
                 drop(st);
-                write_ack(Packet::PubRec, p.pkid, reason::SUCCESS, self.version, &mut self.wbuf);
+                self.ack(Packet::PubRec, p.pkid, Commit::done(), reason::SUCCESS);
                 return Ok(());
             }
             if st.incoming_qos2.len() >= usize::from(self.ctx.mqtt.receive_maximum) {
                 return Err(Close::Server(reason::RECEIVE_MAXIMUM_EXCEEDED, "too many unreleased QoS 2 messages"));
             }
             st.incoming_qos2.insert(p.pkid);
+            if self.session.is_persistent() {
+                extra.push(Op::PutIncomingQos2 { client_id: self.session.client_id.clone(), pkid: p.pkid });
+            }
         }
         let topic_str = std::str::from_utf8(&topic)
             .map_err(|_| Close::Server(reason::TOPIC_NAME_INVALID, "topic is not UTF-8"))?;
@@ -97,28 +108,32 @@ impl Conn {
             expires_at: p.properties.message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s))),
             publisher: Some(self.session.id),
         };
-        let code = match self.ctx.broker.publish(Arc::new(msg)) {
-            Ok(0) => reason::NO_MATCHING_SUBSCRIBERS,
-            Ok(_) => reason::SUCCESS,
+        let (code, commit) = match self.ctx.broker.publish(Arc::new(msg), extra) {
+            Ok(published) if published.routed == 0 => (reason::NO_MATCHING_SUBSCRIBERS, published.commit),
+            Ok(published) => (reason::SUCCESS, published.commit),
             Err(e) => {
-                tracing::error!(error = %e, "cannot store retained message");
+                tracing::error!(error = %e, "store refuses writes; message not accepted");
                 if !self.version.is_v5() && p.qos != QoS::AtMostOnce {
                     return Err(Close::Server(reason::UNSPECIFIED_ERROR, "store failure"));
                 }
-                reason::UNSPECIFIED_ERROR
+                self.session.state.lock().incoming_qos2.remove(&p.pkid);
+                (reason::UNSPECIFIED_ERROR, Commit::done())
             }
         };
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => write_ack(Packet::PubAck, p.pkid, code, self.version, &mut self.wbuf),
-            QoS::ExactlyOnce => {
-                if code >= 0x80 {
-                    self.session.state.lock().incoming_qos2.remove(&p.pkid);
-                }
-                write_ack(Packet::PubRec, p.pkid, code, self.version, &mut self.wbuf);
-            }
+            QoS::AtLeastOnce => self.ack(Packet::PubAck, p.pkid, commit, code),
+            QoS::ExactlyOnce => self.ack(Packet::PubRec, p.pkid, commit, code),
         }
         Ok(())
+    }
+
+    /// Sends an ack with `code` once `commit` is durable; a failed commit is answered with
+    /// 0x80 in v5 and closes a 3.x connection (which has no negative ack).
+    fn ack(&mut self, kind: fn(Ack) -> Packet, pkid: u16, commit: Commit, code: u8) {
+        let version = self.version;
+        let fail = version.is_v5().then_some(reason::UNSPECIFIED_ERROR);
+        self.pending.respond(commit, &mut self.wbuf, code, fail, |c, out| write_ack(kind, pkid, c, version, out));
     }
 
     /// Resolves or records a v5 topic alias; returns the topic name to route on.
@@ -155,9 +170,8 @@ impl Conn {
             codes.push(f.qos as u8);
             accepted.push((f, group.map(str::to_owned), plain.to_owned()));
         }
-        let ack = SubAck { pkid: s.pkid, codes, properties: Properties::default() };
-        encode(&Packet::SubAck(ack), self.version, &mut self.wbuf);
         let sub_id = s.properties.subscription_identifiers.first().copied();
+        let mut commit = Commit::done();
         for (f, group, plain) in accepted {
             let opts = SubOptions {
                 qos: f.qos,
@@ -166,34 +180,43 @@ impl Conn {
                 retain_handling: f.retain_handling,
                 sub_id,
             };
-            self.ctx.broker.subscribe(&self.session, &f.filter, group.as_deref(), &plain, opts);
+            let (_, c) = self.ctx.broker.subscribe(&self.session, &f.filter, group.as_deref(), &plain, opts);
+            commit = c;
         }
+        let version = self.version;
+        let fail = version.is_v5().then_some(reason::UNSPECIFIED_ERROR);
+        let pkid = s.pkid;
+        self.pending.respond(commit, &mut self.wbuf, 0, fail, |c, out| {
+            let codes = if c == 0 { codes.clone() } else { vec![c; codes.len()] };
+            encode(&Packet::SubAck(SubAck { pkid, codes, properties: Properties::default() }), version, out);
+        });
         Ok(())
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
-        let codes = u
-            .filters
-            .iter()
-            .map(|f| {
-                if self.ctx.broker.unsubscribe(&self.session, f) {
-                    reason::SUCCESS
-                } else {
-                    reason::NO_SUBSCRIPTION_EXISTED
-                }
-            })
-            .collect();
-        let ack = UnsubAck { pkid: u.pkid, codes, properties: Properties::default() };
-        encode(&Packet::UnsubAck(ack), self.version, &mut self.wbuf);
+        let mut commit = Commit::done();
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            let (existed, c) = self.ctx.broker.unsubscribe(&self.session, f);
+            codes.push(if existed { reason::SUCCESS } else { reason::NO_SUBSCRIPTION_EXISTED });
+            if existed {
+                commit = c;
+            }
+        }
+        let (version, pkid) = (self.version, u.pkid);
+        let fail = version.is_v5().then_some(reason::UNSPECIFIED_ERROR);
+        self.pending.respond(commit, &mut self.wbuf, 0, fail, |c, out| {
+            let codes = if c == 0 { codes.clone() } else { vec![c; codes.len()] };
+            encode(&Packet::UnsubAck(UnsubAck { pkid, codes, properties: Properties::default() }), version, out);
+        });
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Close> {
         if let Some(new) = d.properties.session_expiry_interval {
-            let mut st = self.session.state.lock();
-            if st.expiry_interval == 0 && new != 0 {
+            if self.session.expiry() == 0 && new != 0 {
                 return Err(Close::Server(reason::PROTOCOL_ERROR, "session expiry set after CONNECT said 0"));
             }
-            st.expiry_interval = new.min(self.ctx.mqtt.max_session_expiry);
+            let _ = self.ctx.broker.set_expiry(&self.session, new.min(self.ctx.mqtt.max_session_expiry));
         }
         Err(Close::ClientDisconnect(d.code))
     }

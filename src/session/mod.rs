@@ -10,6 +10,7 @@ mod conn;
 mod connect;
 mod inbound;
 mod outbound;
+mod pending;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::Ctx;
+use crate::broker::Broker;
 use crate::broker::message::Delivery;
 use crate::broker::session::{Inflight, Phase, Session};
 use crate::codec::{Ack, Packet, Properties, ProtocolVersion, Publish, QoS, encode, encode_publish, reason};
@@ -64,7 +65,7 @@ impl Outbound {
 
     /// Encodes queued deliveries into `out` until the mailbox is empty, the window is full or
     /// the output buffer is.
-    pub fn drain_mailbox(&mut self, session: &Session, version: ProtocolVersion, out: &mut BytesMut) {
+    pub fn drain_mailbox(&mut self, broker: &Broker, session: &Session, version: ProtocolVersion, out: &mut BytesMut) {
         let now = Instant::now();
         while out.len() < OUT_FULL {
             let mut st = session.state.lock();
@@ -80,6 +81,7 @@ impl Outbound {
             for d in rest.by_ref() {
                 if d.msg.is_expired(now) {
                     self.dropped_expired += 1;
+                    broker.forget(session, d.seq);
                     continue;
                 }
                 if d.qos == QoS::AtMostOnce {
@@ -89,7 +91,10 @@ impl Outbound {
                 let Some(pkid) = st.next_pkid() else { break };
                 let phase = if d.qos == QoS::AtLeastOnce { Phase::AwaitAck } else { Phase::AwaitRec };
                 if self.encode(&d, pkid, false, version, now, out) {
+                    broker.mark_inflight(session, d.seq, pkid, false);
                     st.outgoing.push_back(Inflight { pkid, delivery: d, phase });
+                } else {
+                    broker.forget(session, d.seq);
                 }
                 if st.outgoing.len() >= self.limits.window {
                     break;
@@ -102,7 +107,7 @@ impl Outbound {
     }
 
     /// Re-sends everything in flight after a session resumes: PUBLISH with DUP, or PUBREL.
-    pub fn resend_inflight(&mut self, session: &Session, version: ProtocolVersion, out: &mut BytesMut) {
+    pub fn resend_inflight(&mut self, broker: &Broker, session: &Session, version: ProtocolVersion, out: &mut BytesMut) {
         let now = Instant::now();
         let mut st = session.state.lock();
         let inflight: Vec<Inflight> = st.outgoing.drain(..).collect();
@@ -116,29 +121,36 @@ impl Outbound {
             };
             if keep {
                 st.outgoing.push_back(i);
+            } else {
+                broker.forget(session, i.delivery.seq);
             }
         }
     }
 
     /// PUBACK from the client.
-    pub fn on_puback(&mut self, session: &Session, pkid: u16) {
+    pub fn on_puback(&mut self, broker: &Broker, session: &Session, pkid: u16) {
         let mut st = session.state.lock();
-        if let Some(pos) = st.outgoing.iter().position(|i| i.pkid == pkid && i.phase == Phase::AwaitAck) {
-            st.outgoing.remove(pos);
+        if let Some(pos) = st.outgoing.iter().position(|i| i.pkid == pkid && i.phase == Phase::AwaitAck)
+            && let Some(done) = st.outgoing.remove(pos)
+        {
+            broker.forget(session, done.delivery.seq);
         }
     }
 
     /// PUBREC from the client: answer PUBREL (or end the flow on a v5 error code).
-    pub fn on_pubrec(&mut self, session: &Session, ack: &Ack, version: ProtocolVersion, out: &mut BytesMut) {
+    pub fn on_pubrec(&mut self, broker: &Broker, session: &Session, ack: &Ack, version: ProtocolVersion, out: &mut BytesMut) {
         let mut st = session.state.lock();
         let pos = st.outgoing.iter().position(|i| i.pkid == ack.pkid && i.phase != Phase::AwaitAck);
         match pos {
             Some(p) if ack.code >= 0x80 => {
-                st.outgoing.remove(p);
+                if let Some(done) = st.outgoing.remove(p) {
+                    broker.forget(session, done.delivery.seq);
+                }
             }
             Some(p) => {
                 if let Some(i) = st.outgoing.get_mut(p) {
                     i.phase = Phase::AwaitComp;
+                    broker.mark_inflight(session, i.delivery.seq, i.pkid, true);
                 }
                 write_ack(Packet::PubRel, ack.pkid, reason::SUCCESS, version, out);
             }
@@ -147,10 +159,12 @@ impl Outbound {
     }
 
     /// PUBCOMP from the client.
-    pub fn on_pubcomp(&mut self, session: &Session, pkid: u16) {
+    pub fn on_pubcomp(&mut self, broker: &Broker, session: &Session, pkid: u16) {
         let mut st = session.state.lock();
-        if let Some(pos) = st.outgoing.iter().position(|i| i.pkid == pkid && i.phase == Phase::AwaitComp) {
-            st.outgoing.remove(pos);
+        if let Some(pos) = st.outgoing.iter().position(|i| i.pkid == pkid && i.phase == Phase::AwaitComp)
+            && let Some(done) = st.outgoing.remove(pos)
+        {
+            broker.forget(session, done.delivery.seq);
         }
     }
 

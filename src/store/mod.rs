@@ -1,55 +1,177 @@
-//! Persistence behind one interface: what the broker must keep across restarts.
+//! Persistence behind one interface: what the broker must keep across restarts and crashes.
 //!
-//! The broker calls the [`Store`] for every retained-state change and reads it back at start.
-//! `memory` keeps nothing (state lives only in the broker's in-memory index); the fjall backend
-//! joins behind the same trait.
+//! The broker describes every durable effect as an [`Op`] and submits the ops of one message
+//! together; the store applies them in submission order, in batches (group commit), and a
+//! [`Commit`] resolves once they are on disk. Acknowledgements wait for it. At start the broker
+//! reads everything back with [`Store::recover`]. `memory` keeps nothing; `fjall` is the
+//! embedded LSM store. Nothing outside this module touches fjall.
+
+pub mod memory;
 
 use std::sync::Arc;
 
-use crate::broker::message::Message;
+use crate::broker::message::{Delivery, Message};
+use crate::broker::session::SubOptions;
 
-/// A storage failure; the message names the path or operation.
-#[derive(Debug, thiserror::Error)]
+pub use memory::MemoryStore;
+
+/// A storage failure; the message names the path or operation and what to do.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store I/O on {path}: {message}")]
     Io { path: String, message: String },
+    #[error("data directory {path} is locked by another dataloom process; stop it or use another --data-dir")]
+    Locked { path: String },
+    #[error("data directory {path} is corrupt or unreadable: {message}; restore a backup or move it away")]
+    Corrupt { path: String, message: String },
+    #[error("data directory {path} has format version {found}, this build reads up to {supported}; upgrade dataloom")]
+    NewerFormat { path: String, found: u32, supported: u32 },
+    #[error("store is out of space: {0}")]
+    DiskFull(String),
+    #[error("store failed an fsync and stopped accepting writes: {0}; restart the broker")]
+    Poisoned(String),
+}
+
+/// The durable part of a session: who it is, how long it lives, what it subscribes to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    pub client_id: Arc<str>,
+    /// Session expiry interval, seconds (`u32::MAX` never expires).
+    pub expiry: u32,
+    /// Subscriptions by the filter as the client wrote it (including `$share/g/`).
+    pub subscriptions: Vec<(String, SubOptions)>,
+}
+
+/// One durable effect.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Sets the retained state of the message's topic.
+    PutRetained(Arc<Message>),
+    /// Deletes the retained state of a topic.
+    DeleteRetained(Arc<str>),
+    /// Creates or replaces a session record (not its queue).
+    PutSession(SessionRecord),
+    /// Deletes a session and everything under it (queue, in-flight, QoS 2 ids).
+    DeleteSession(Arc<str>),
+    /// A message queued for a persistent session, in `seq` order.
+    Enqueue { client_id: Arc<str>, seq: u64, delivery: Delivery },
+    /// The message with `seq` was acknowledged (or dropped) and leaves the queue.
+    Dequeue { client_id: Arc<str>, seq: u64 },
+    /// The message with `seq` was sent with packet id `pkid`; `released` once PUBREL was sent.
+    SetInflight { client_id: Arc<str>, seq: u64, pkid: u16, released: bool },
+    /// An incoming QoS 2 packet id was received (PUBREC owed, duplicates suppressed).
+    PutIncomingQos2 { client_id: Arc<str>, pkid: u16 },
+    /// An incoming QoS 2 packet id was released by PUBREL.
+    DeleteIncomingQos2 { client_id: Arc<str>, pkid: u16 },
+}
+
+/// A queued message of a recovered session.
+#[derive(Debug, Clone)]
+pub struct RecoveredMessage {
+    pub seq: u64,
+    pub delivery: Delivery,
+    /// Packet id and whether PUBREL was sent, if it was in flight.
+    pub inflight: Option<(u16, bool)>,
+}
+
+/// A session read back at start.
+#[derive(Debug, Clone)]
+pub struct RecoveredSession {
+    pub record: SessionRecord,
+    /// Queued and in-flight messages in `seq` order.
+    pub queue: Vec<RecoveredMessage>,
+    pub incoming_qos2: Vec<u16>,
+}
+
+/// Everything a store holds, read back at start. Expired messages are already left out.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub retained: Vec<Arc<Message>>,
+    pub sessions: Vec<RecoveredSession>,
+}
+
+/// Resolves when submitted ops are durable (or at once when nobody needs to wait).
+#[derive(Debug)]
+pub struct Commit(Option<tokio::sync::oneshot::Receiver<Result<(), StoreError>>>);
+
+impl Commit {
+    /// A commit that is already complete.
+    pub fn done() -> Commit {
+        Commit(None)
+    }
+
+    /// A commit completed through `rx`.
+    pub fn pending(rx: tokio::sync::oneshot::Receiver<Result<(), StoreError>>) -> Commit {
+        Commit(Some(rx))
+    }
+
+    /// True when there is nothing to wait for.
+    pub fn is_done(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Waits until the ops are on disk without consuming the commit (usable in `select!`);
+    /// afterwards the commit is done.
+    ///
+    /// # Errors
+    /// As [`Commit::wait`].
+    pub async fn wait_mut(&mut self) -> Result<(), StoreError> {
+        let r = match self.0.as_mut() {
+            None => return Ok(()),
+            Some(rx) => rx.await.unwrap_or_else(|_| Err(StoreError::Poisoned("store writer stopped".into()))),
+        };
+        self.0 = None;
+        r
+    }
+
+    /// The result if the commit completed already, without waiting.
+    pub fn try_result(&mut self) -> Option<Result<(), StoreError>> {
+        let r = match self.0.as_mut() {
+            None => return Some(Ok(())),
+            Some(rx) => match rx.try_recv() {
+                Ok(r) => r,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
+                Err(_) => Err(StoreError::Poisoned("store writer stopped".into())),
+            },
+        };
+        self.0 = None;
+        Some(r)
+    }
+
+    /// Waits until the ops are on disk.
+    ///
+    /// # Errors
+    /// The [`StoreError`] that made the batch fail; the message must not be acknowledged.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => rx.await.unwrap_or_else(|_| Err(StoreError::Poisoned("store writer stopped".into()))),
+        }
+    }
 }
 
 /// Durable state of the broker.
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Retained messages to restore at start.
+    /// Reads back everything stored, dropping what expired.
     ///
     /// # Errors
-    /// [`StoreError`] when the store cannot be read.
-    fn load_retained(&self) -> Result<Vec<Arc<Message>>, StoreError>;
+    /// [`StoreError::Corrupt`] when a record cannot be decoded.
+    fn recover(&self) -> Result<Recovered, StoreError>;
 
-    /// Records `msg` as the retained state of its topic.
+    /// Queues `ops` for the next group commit, applied after every earlier submission.
+    /// With `durable`, the returned [`Commit`] resolves once they are fsync'ed (under
+    /// `storage.durability = "buffered"` it resolves at once); without, it is already done.
+    fn submit(&self, ops: Vec<Op>, durable: bool) -> Commit;
+
+    /// Set once a write or fsync failed: the broker must stop acknowledging and exit.
+    fn poisoned(&self) -> Option<StoreError>;
+
+    /// Flushes everything submitted and syncs it (graceful shutdown).
     ///
     /// # Errors
-    /// [`StoreError`] when the write fails; the caller must not acknowledge the message.
-    fn put_retained(&self, msg: &Arc<Message>) -> Result<(), StoreError>;
+    /// [`StoreError`] when the final sync fails.
+    fn close(&self) -> Result<(), StoreError>;
 
-    /// Deletes the retained state of `topic`.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the write fails.
-    fn delete_retained(&self, topic: &str) -> Result<(), StoreError>;
-}
-
-/// The `memory` backend: keeps nothing across restarts.
-#[derive(Debug, Default)]
-pub struct MemoryStore;
-
-impl Store for MemoryStore {
-    fn load_retained(&self) -> Result<Vec<Arc<Message>>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    fn put_retained(&self, _msg: &Arc<Message>) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    fn delete_retained(&self, _topic: &str) -> Result<(), StoreError> {
-        Ok(())
-    }
+    /// Bytes the store uses on disk (0 for memory).
+    fn disk_bytes(&self) -> u64;
 }

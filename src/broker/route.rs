@@ -1,0 +1,147 @@
+//! Routing one message: retained state, matching subscriptions (merged per session), the
+//! durable copies owed to persistent sessions, then the subscriber mailboxes.
+//!
+//! The store ops of a message (retained state, queued copies, the publisher's QoS 2 id) go
+//! to the store in one submission *before* any subscriber can see the message, so an
+//! acknowledgement from a subscriber is always stored after the copy it removes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::mailbox::Dropped;
+use super::message::{Delivery, Message, SessionId};
+use super::session::{Session, SubOptions};
+use super::{Broker, SubEntry};
+use crate::codec::QoS;
+use crate::store::{Commit, Op, StoreError};
+
+/// What routing a message did.
+#[derive(Debug)]
+pub struct Published {
+    /// Sessions the message was queued for.
+    pub routed: usize,
+    /// Resolves once every durable effect is on disk (QoS 1/2 acks wait for it).
+    pub commit: Commit,
+}
+
+impl Broker {
+    /// Routes a message: updates retained state when `msg.retain`, stores copies for
+    /// persistent sessions (QoS 1/2), queues it for every matching subscription. `extra` ops
+    /// (e.g. the publisher's QoS 2 receive state) join the same store submission.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store refuses writes (poisoned); nothing was routed.
+    pub fn publish(&self, msg: Arc<Message>, mut extra: Vec<Op>) -> Result<Published, StoreError> {
+        if let Some(e) = self.store.poisoned() {
+            return Err(e);
+        }
+        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        if msg.retain {
+            extra.push(self.set_retained(&msg));
+        }
+        let mut targets = self.fan_out(&msg);
+        for (session, d) in &mut targets {
+            if d.qos != QoS::AtMostOnce && session.is_persistent() && session.mailbox.len() < self.limits.max_queued_messages {
+                let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                d.seq = Some(seq);
+                extra.push(Op::Enqueue { client_id: session.client_id.clone(), seq, delivery: d.clone() });
+            }
+        }
+        let commit = self.submit(extra, msg.qos != QoS::AtMostOnce);
+        let mut routed = 0;
+        for (session, d) in targets {
+            routed += usize::from(self.enqueue(&session, d));
+        }
+        if routed == 0 {
+            self.stats.dropped_no_subscribers.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Published { routed, commit })
+    }
+
+    /// Updates the in-memory retained index and returns the store op for it.
+    fn set_retained(&self, msg: &Arc<Message>) -> Op {
+        if msg.payload.is_empty() {
+            self.retained.write().remove(&msg.topic);
+            Op::DeleteRetained(msg.topic.clone())
+        } else {
+            self.retained.write().set(&msg.topic, msg.clone());
+            Op::PutRetained(msg.clone())
+        }
+    }
+
+    /// One delivery per matching session (overlaps merged) and one per matching shared group.
+    fn fan_out(&self, msg: &Arc<Message>) -> Vec<(Arc<Session>, Delivery)> {
+        let subs = self.subs.read();
+        let mut plain: Vec<(SessionId, &SubEntry)> = Vec::new();
+        let mut out = Vec::new();
+        subs.for_each_match(
+            &msg.topic,
+            |_| true,
+            |key, entry, group| {
+                if group.is_some() {
+                    out.push((entry.session.clone(), delivery(msg, &[entry])));
+                } else if !(entry.opts.no_local && msg.publisher == Some(key)) {
+                    plain.push((key, entry));
+                }
+            },
+        );
+        plain.sort_unstable_by_key(|(k, _)| *k);
+        for group in plain.chunk_by(|a, b| a.0 == b.0) {
+            let entries: Vec<&SubEntry> = group.iter().map(|(_, e)| *e).collect();
+            out.push((entries[0].session.clone(), delivery(msg, &entries)));
+        }
+        out
+    }
+
+    /// Queues a delivery; a stored copy that cannot be queued is removed from the store again.
+    fn enqueue(&self, session: &Session, d: Delivery) -> bool {
+        let seq = d.seq;
+        match session.mailbox.push(d) {
+            Ok(()) => {
+                self.stats.messages_routed.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            Err(Dropped::QueueFull) => self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed),
+            Err(Dropped::Offline) => self.stats.dropped_offline_qos0.fetch_add(1, Ordering::Relaxed),
+        };
+        self.forget(session, seq);
+        false
+    }
+
+    /// Retained messages matching `filter`, as deliveries for a new subscription.
+    pub(super) fn retained_matching(&self, filter: &str, opts: SubOptions) -> Vec<Delivery> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        self.retained.read().for_each_match(filter, |_, m| {
+            if !m.is_expired(now) {
+                out.push(Delivery {
+                    msg: m.clone(),
+                    qos: m.qos.min(opts.qos),
+                    retain: true,
+                    sub_ids: opts.sub_id.into_iter().collect(),
+                    seq: None,
+                });
+            }
+        });
+        out
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().len()
+    }
+}
+
+/// The delivery for one session from its matching subscriptions: highest QoS, every
+/// subscription identifier, retain kept if any subscription asks for retain-as-published.
+fn delivery(msg: &Arc<Message>, entries: &[&SubEntry]) -> Delivery {
+    let granted = entries.iter().map(|e| e.opts.qos).max().unwrap_or(QoS::AtMostOnce);
+    Delivery {
+        msg: msg.clone(),
+        qos: msg.qos.min(granted),
+        retain: msg.retain && entries.iter().any(|e| e.opts.retain_as_published),
+        sub_ids: entries.iter().filter_map(|e| e.opts.sub_id).collect(),
+        seq: None,
+    }
+}

@@ -1,0 +1,708 @@
+//! The versioned binary encoding of what the fjall store keeps: messages, deliveries, queued
+//! deliveries (with their in-flight state) and session records.
+//!
+//! Every record starts with one version byte ([`RECORD_V1`]); a reader refuses a version it does
+//! not know. Lengths and counts are LEB128 varints, fixed-size numbers are big-endian. Message
+//! expiry is stored as wall-clock UNIX milliseconds (an [`Instant`] means nothing after a
+//! restart) and converted through a [`Clock`] snapshot. Decoding never panics: garbage yields a
+//! [`RecordError`].
+//!
+//! Layouts (v1):
+//! - message body: `flags` (bits 0-1 QoS, 2 retain, 3 expiry, 4 payload format, 5 content type,
+//!   6 response topic, 7 correlation data), `[expiry u64]`, `[payload format u8]`, topic,
+//!   `[content type]`, `[response topic]`, `[correlation data]`, user property count + pairs,
+//!   payload. Strings and byte strings are varint length + bytes.
+//! - retained record: `v1`, message body.
+//! - delivery body: `qos | retain << 2`, sub id count + varints, message body.
+//! - delivery record: `v1`, delivery body.
+//! - queued record: `v1`, `inflight flags` (bit 0 in flight, bit 1 PUBREL sent), `pkid u16`,
+//!   delivery body. The in-flight part sits at a fixed offset so [`set_queued_inflight`] patches
+//!   it without decoding the message.
+//! - session record: `v1`, `expiry u32`, subscription count, then per subscription the filter,
+//!   an options byte (bits 0-1 QoS, 2 no local, 3 retain as published, 4-5 retain handling,
+//!   6 has subscription id) and `[sub id varint]`. The client id is the record's key.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes};
+
+use super::SessionRecord;
+use crate::broker::message::{Delivery, Message};
+use crate::broker::session::SubOptions;
+use crate::codec::{Properties, QoS, RetainHandling};
+
+/// The first (and so far only) record version.
+pub const RECORD_V1: u8 = 1;
+
+/// Why a record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("empty record")]
+    Empty,
+    #[error("unknown record version {0}")]
+    Version(u8),
+    #[error("record truncated while reading {0}")]
+    Truncated(&'static str),
+    #[error("invalid {0} in record")]
+    Invalid(&'static str),
+    #[error("{0} in record is not UTF-8")]
+    Utf8(&'static str),
+    #[error("{0} unexpected trailing bytes in record")]
+    Trailing(usize),
+}
+
+/// One reading of both clocks, to convert expiry between [`Instant`] and UNIX milliseconds
+/// consistently across many records.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub instant: Instant,
+    pub unix_ms: u64,
+}
+
+impl Clock {
+    /// Reads both clocks now.
+    pub fn now() -> Clock {
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Clock { instant: Instant::now(), unix_ms }
+    }
+
+    /// The wall-clock time of `at`, UNIX milliseconds.
+    pub fn to_unix_ms(&self, at: Instant) -> u64 {
+        if at >= self.instant {
+            let ahead = u64::try_from(at.duration_since(self.instant).as_millis()).unwrap_or(u64::MAX);
+            self.unix_ms.saturating_add(ahead)
+        } else {
+            let behind = u64::try_from(self.instant.duration_since(at).as_millis()).unwrap_or(u64::MAX);
+            self.unix_ms.saturating_sub(behind)
+        }
+    }
+
+    /// The monotonic time of `unix_ms`; a time already past maps to an instant not after
+    /// `self.instant`, so [`Message::is_expired`] holds for it.
+    pub fn to_instant(&self, unix_ms: u64) -> Instant {
+        if unix_ms > self.unix_ms {
+            let ahead = Duration::from_millis(unix_ms - self.unix_ms);
+            self.instant.checked_add(ahead).unwrap_or(self.instant + Duration::from_secs(100 * 365 * 86_400))
+        } else {
+            let behind = Duration::from_millis(self.unix_ms - unix_ms);
+            self.instant.checked_sub(behind).unwrap_or(self.instant)
+        }
+    }
+}
+
+// ---- encoding -------------------------------------------------------------------------------
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_varint(out, b.len() as u64);
+    out.put_slice(b);
+}
+
+const M_EXPIRY: u8 = 1 << 3;
+const M_PFI: u8 = 1 << 4;
+const M_CONTENT_TYPE: u8 = 1 << 5;
+const M_RESPONSE_TOPIC: u8 = 1 << 6;
+const M_CORRELATION: u8 = 1 << 7;
+
+fn put_message_body(out: &mut Vec<u8>, m: &Message, clock: &Clock) {
+    let p = &m.properties;
+    let mut flags = m.qos as u8 & 0b11;
+    if m.retain {
+        flags |= 1 << 2;
+    }
+    if m.expires_at.is_some() {
+        flags |= M_EXPIRY;
+    }
+    if p.payload_format_indicator.is_some() {
+        flags |= M_PFI;
+    }
+    if p.content_type.is_some() {
+        flags |= M_CONTENT_TYPE;
+    }
+    if p.response_topic.is_some() {
+        flags |= M_RESPONSE_TOPIC;
+    }
+    if p.correlation_data.is_some() {
+        flags |= M_CORRELATION;
+    }
+    out.put_u8(flags);
+    if let Some(at) = m.expires_at {
+        out.put_u64(clock.to_unix_ms(at));
+    }
+    if let Some(pfi) = p.payload_format_indicator {
+        out.put_u8(pfi);
+    }
+    put_bytes(out, m.topic.as_bytes());
+    if let Some(ct) = &p.content_type {
+        put_bytes(out, ct.as_bytes());
+    }
+    if let Some(rt) = &p.response_topic {
+        put_bytes(out, rt.as_bytes());
+    }
+    if let Some(cd) = &p.correlation_data {
+        put_bytes(out, cd);
+    }
+    put_varint(out, p.user_properties.len() as u64);
+    for (k, v) in &p.user_properties {
+        put_bytes(out, k.as_bytes());
+        put_bytes(out, v.as_bytes());
+    }
+    put_bytes(out, &m.payload);
+}
+
+fn put_delivery_body(out: &mut Vec<u8>, d: &Delivery, clock: &Clock) {
+    out.put_u8((d.qos as u8 & 0b11) | (u8::from(d.retain) << 2));
+    put_varint(out, d.sub_ids.len() as u64);
+    for id in &d.sub_ids {
+        put_varint(out, u64::from(*id));
+    }
+    put_message_body(out, &d.msg, clock);
+}
+
+fn message_size_hint(m: &Message) -> usize {
+    64 + m.topic.len() + m.payload.len()
+}
+
+/// Encodes a retained (or any standalone) message record.
+pub fn encode_message(m: &Message, clock: &Clock) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message_size_hint(m));
+    out.put_u8(RECORD_V1);
+    put_message_body(&mut out, m, clock);
+    out
+}
+
+/// Encodes a delivery record (message plus what the subscription decided).
+pub fn encode_delivery(d: &Delivery, clock: &Clock) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message_size_hint(&d.msg) + 8);
+    out.put_u8(RECORD_V1);
+    put_delivery_body(&mut out, d, clock);
+    out
+}
+
+const Q_INFLIGHT: u8 = 1;
+const Q_RELEASED: u8 = 2;
+/// Length of the queued record's header: version, in-flight flags, packet id.
+const QUEUED_HEADER: usize = 4;
+
+fn inflight_header(inflight: Option<(u16, bool)>) -> [u8; 3] {
+    match inflight {
+        None => [0, 0, 0],
+        Some((pkid, released)) => {
+            let [hi, lo] = pkid.to_be_bytes();
+            let flags = Q_INFLIGHT | if released { Q_RELEASED } else { 0 };
+            [flags, hi, lo]
+        }
+    }
+}
+
+/// Encodes a queued delivery with its in-flight state (packet id, PUBREL sent).
+pub fn encode_queued(d: &Delivery, inflight: Option<(u16, bool)>, clock: &Clock) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message_size_hint(&d.msg) + 12);
+    out.put_u8(RECORD_V1);
+    out.put_slice(&inflight_header(inflight));
+    put_delivery_body(&mut out, d, clock);
+    out
+}
+
+/// Rewrites the in-flight part of an encoded queued record, leaving the delivery untouched.
+///
+/// # Errors
+/// [`RecordError`] when `record` is not a queued record this build reads.
+pub fn set_queued_inflight(record: &[u8], inflight: Option<(u16, bool)>) -> Result<Vec<u8>, RecordError> {
+    check_version(record)?;
+    if record.len() < QUEUED_HEADER {
+        return Err(RecordError::Truncated("in-flight state"));
+    }
+    let mut out = record.to_vec();
+    out[1..QUEUED_HEADER].copy_from_slice(&inflight_header(inflight));
+    Ok(out)
+}
+
+fn options_byte(o: &SubOptions) -> u8 {
+    let rh = match o.retain_handling {
+        RetainHandling::OnSubscribe => 0,
+        RetainHandling::OnNewSubscribe => 1,
+        RetainHandling::Never => 2,
+    };
+    (o.qos as u8 & 0b11)
+        | (u8::from(o.no_local) << 2)
+        | (u8::from(o.retain_as_published) << 3)
+        | (rh << 4)
+        | (u8::from(o.sub_id.is_some()) << 6)
+}
+
+/// Encodes a session record (the client id is the key, not part of the record).
+pub fn encode_session(s: &SessionRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + s.subscriptions.iter().map(|(f, _)| f.len() + 8).sum::<usize>());
+    out.put_u8(RECORD_V1);
+    out.put_u32(s.expiry);
+    put_varint(&mut out, s.subscriptions.len() as u64);
+    for (filter, opts) in &s.subscriptions {
+        put_bytes(&mut out, filter.as_bytes());
+        out.put_u8(options_byte(opts));
+        if let Some(id) = opts.sub_id {
+            put_varint(&mut out, u64::from(id));
+        }
+    }
+    out
+}
+
+// ---- decoding -------------------------------------------------------------------------------
+
+/// A cursor over a record that refuses to read past its end.
+struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    fn u8(&mut self, what: &'static str) -> Result<u8, RecordError> {
+        if self.buf.has_remaining() { Ok(self.buf.get_u8()) } else { Err(RecordError::Truncated(what)) }
+    }
+
+    fn u16(&mut self, what: &'static str) -> Result<u16, RecordError> {
+        if self.buf.remaining() >= 2 { Ok(self.buf.get_u16()) } else { Err(RecordError::Truncated(what)) }
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, RecordError> {
+        if self.buf.remaining() >= 4 { Ok(self.buf.get_u32()) } else { Err(RecordError::Truncated(what)) }
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, RecordError> {
+        if self.buf.remaining() >= 8 { Ok(self.buf.get_u64()) } else { Err(RecordError::Truncated(what)) }
+    }
+
+    fn varint(&mut self, what: &'static str) -> Result<u64, RecordError> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8(what)?;
+            let part = u64::from(b & 0x7f);
+            if shift == 63 && part > 1 {
+                return Err(RecordError::Invalid(what));
+            }
+            v |= part << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(RecordError::Invalid(what))
+    }
+
+    fn varint_u32(&mut self, what: &'static str) -> Result<u32, RecordError> {
+        u32::try_from(self.varint(what)?).map_err(|_| RecordError::Invalid(what))
+    }
+
+    /// A count of items that each take at least `min_item` bytes (bounds the allocation).
+    fn count(&mut self, what: &'static str, min_item: usize) -> Result<usize, RecordError> {
+        let n = self.varint(what)?;
+        let n = usize::try_from(n).map_err(|_| RecordError::Invalid(what))?;
+        if n.saturating_mul(min_item) > self.buf.remaining() {
+            return Err(RecordError::Truncated(what));
+        }
+        Ok(n)
+    }
+
+    fn bytes(&mut self, what: &'static str) -> Result<Bytes, RecordError> {
+        let len = self.varint(what)?;
+        let len = usize::try_from(len).map_err(|_| RecordError::Truncated(what))?;
+        if len > self.buf.remaining() {
+            return Err(RecordError::Truncated(what));
+        }
+        Ok(self.buf.split_to(len))
+    }
+
+    fn string(&mut self, what: &'static str) -> Result<String, RecordError> {
+        let b = self.bytes(what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| RecordError::Utf8(what))
+    }
+
+    fn finish(&self) -> Result<(), RecordError> {
+        match self.buf.remaining() {
+            0 => Ok(()),
+            n => Err(RecordError::Trailing(n)),
+        }
+    }
+}
+
+fn check_version(record: &[u8]) -> Result<(), RecordError> {
+    match record.first() {
+        None => Err(RecordError::Empty),
+        Some(&RECORD_V1) => Ok(()),
+        Some(&v) => Err(RecordError::Version(v)),
+    }
+}
+
+/// Checks the version byte and returns a reader positioned after it.
+fn open(record: Bytes) -> Result<Reader, RecordError> {
+    check_version(&record)?;
+    let mut r = Reader { buf: record };
+    r.buf.advance(1);
+    Ok(r)
+}
+
+fn qos(bits: u8, what: &'static str) -> Result<QoS, RecordError> {
+    QoS::from_u8(bits & 0b11).ok_or(RecordError::Invalid(what))
+}
+
+fn read_message_body(r: &mut Reader, clock: &Clock) -> Result<Message, RecordError> {
+    let flags = r.u8("message flags")?;
+    let qos = qos(flags, "message QoS")?;
+    let retain = flags & (1 << 2) != 0;
+    let expires_at = if flags & M_EXPIRY != 0 { Some(clock.to_instant(r.u64("expiry")?)) } else { None };
+    let mut properties = Properties::default();
+    if flags & M_PFI != 0 {
+        properties.payload_format_indicator = Some(r.u8("payload format")?);
+    }
+    let topic_bytes = r.bytes("topic")?;
+    let topic: Arc<str> = std::str::from_utf8(&topic_bytes).map_err(|_| RecordError::Utf8("topic"))?.into();
+    if flags & M_CONTENT_TYPE != 0 {
+        properties.content_type = Some(r.string("content type")?);
+    }
+    if flags & M_RESPONSE_TOPIC != 0 {
+        properties.response_topic = Some(r.string("response topic")?);
+    }
+    if flags & M_CORRELATION != 0 {
+        properties.correlation_data = Some(r.bytes("correlation data")?);
+    }
+    let n = r.count("user properties", 2)?;
+    properties.user_properties.reserve_exact(n);
+    for _ in 0..n {
+        let k = r.string("user property name")?;
+        let v = r.string("user property value")?;
+        properties.user_properties.push((k, v));
+    }
+    let payload = r.bytes("payload")?;
+    let message = Message { topic, topic_bytes, payload, qos, retain, properties, expires_at, publisher: None };
+    let mut message = message;
+    message.properties.message_expiry_interval = message.remaining_expiry(clock.instant);
+    Ok(message)
+}
+
+fn read_delivery_body(r: &mut Reader, clock: &Clock) -> Result<Delivery, RecordError> {
+    let b = r.u8("delivery flags")?;
+    if b & !0b111 != 0 {
+        return Err(RecordError::Invalid("delivery flags"));
+    }
+    let qos = qos(b, "delivery QoS")?;
+    let retain = b & (1 << 2) != 0;
+    let n = r.count("subscription identifiers", 1)?;
+    let mut sub_ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        sub_ids.push(r.varint_u32("subscription identifier")?);
+    }
+    let msg = Arc::new(read_message_body(r, clock)?);
+    Ok(Delivery { msg, qos, retain, sub_ids })
+}
+
+/// Decodes a record made by [`encode_message`]. An expired message decodes with an
+/// `expires_at` not after `clock.instant`.
+///
+/// # Errors
+/// [`RecordError`] when the record is not a v1 message record.
+pub fn decode_message(record: Bytes, clock: &Clock) -> Result<Message, RecordError> {
+    let mut r = open(record)?;
+    let m = read_message_body(&mut r, clock)?;
+    r.finish()?;
+    Ok(m)
+}
+
+/// Decodes a record made by [`encode_delivery`].
+///
+/// # Errors
+/// [`RecordError`] when the record is not a v1 delivery record.
+pub fn decode_delivery(record: Bytes, clock: &Clock) -> Result<Delivery, RecordError> {
+    let mut r = open(record)?;
+    let d = read_delivery_body(&mut r, clock)?;
+    r.finish()?;
+    Ok(d)
+}
+
+/// A queued delivery with its in-flight state: packet id and whether PUBREL was sent.
+pub type Queued = (Delivery, Option<(u16, bool)>);
+
+/// Decodes a record made by [`encode_queued`].
+///
+/// # Errors
+/// [`RecordError`] when the record is not a v1 queued record.
+pub fn decode_queued(record: Bytes, clock: &Clock) -> Result<Queued, RecordError> {
+    let mut r = open(record)?;
+    let flags = r.u8("in-flight flags")?;
+    let pkid = r.u16("packet id")?;
+    let inflight = match flags {
+        0 => None,
+        Q_INFLIGHT => Some((pkid, false)),
+        f if f == Q_INFLIGHT | Q_RELEASED => Some((pkid, true)),
+        _ => return Err(RecordError::Invalid("in-flight flags")),
+    };
+    let d = read_delivery_body(&mut r, clock)?;
+    r.finish()?;
+    Ok((d, inflight))
+}
+
+/// Decodes a record made by [`encode_session`] for the session keyed `client_id`.
+///
+/// # Errors
+/// [`RecordError`] when the record is not a v1 session record.
+pub fn decode_session(client_id: Arc<str>, record: Bytes) -> Result<SessionRecord, RecordError> {
+    let mut r = open(record)?;
+    let expiry = r.u32("session expiry")?;
+    let n = r.count("subscriptions", 2)?;
+    let mut subscriptions = Vec::with_capacity(n);
+    for _ in 0..n {
+        let filter = r.string("topic filter")?;
+        let b = r.u8("subscription options")?;
+        if b & 0x80 != 0 {
+            return Err(RecordError::Invalid("subscription options"));
+        }
+        let retain_handling = match (b >> 4) & 0b11 {
+            0 => RetainHandling::OnSubscribe,
+            1 => RetainHandling::OnNewSubscribe,
+            2 => RetainHandling::Never,
+            _ => return Err(RecordError::Invalid("retain handling")),
+        };
+        let sub_id = if b & (1 << 6) != 0 { Some(r.varint_u32("subscription identifier")?) } else { None };
+        let opts = SubOptions {
+            qos: qos(b, "subscription QoS")?,
+            no_local: b & (1 << 2) != 0,
+            retain_as_published: b & (1 << 3) != 0,
+            retain_handling,
+            sub_id,
+        };
+        subscriptions.push((filter, opts));
+    }
+    r.finish()?;
+    Ok(SessionRecord { client_id, expiry, subscriptions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock() -> Clock {
+        Clock::now()
+    }
+
+    fn full_message(clock: &Clock) -> Message {
+        Message {
+            topic: "sensors/a/temp".into(),
+            topic_bytes: Bytes::from_static(b"sensors/a/temp"),
+            payload: Bytes::from_static(b"{\"t\":21.5}"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            properties: Properties {
+                payload_format_indicator: Some(1),
+                content_type: Some("application/json".into()),
+                response_topic: Some("reply/here".into()),
+                correlation_data: Some(Bytes::from_static(&[0, 1, 2, 255])),
+                user_properties: vec![("k".into(), "v".into()), ("k".into(), "ü".into())],
+                ..Properties::default()
+            },
+            expires_at: Some(clock.instant + Duration::from_secs(3600)),
+            publisher: Some(7),
+        }
+    }
+
+    fn minimal_message() -> Message {
+        Message {
+            topic: "t".into(),
+            topic_bytes: Bytes::from_static(b"t"),
+            payload: Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::default(),
+            expires_at: None,
+            publisher: None,
+        }
+    }
+
+    fn assert_same(a: &Message, b: &Message, clock: &Clock) {
+        assert_eq!(a.topic, b.topic);
+        assert_eq!(a.topic_bytes, b.topic_bytes);
+        assert_eq!(a.payload, b.payload);
+        assert_eq!(a.qos, b.qos);
+        assert_eq!(a.retain, b.retain);
+        let p = &a.properties;
+        let q = &b.properties;
+        assert_eq!(p.payload_format_indicator, q.payload_format_indicator);
+        assert_eq!(p.content_type, q.content_type);
+        assert_eq!(p.response_topic, q.response_topic);
+        assert_eq!(p.correlation_data, q.correlation_data);
+        assert_eq!(p.user_properties, q.user_properties);
+        match (a.expires_at, b.expires_at) {
+            (None, None) => {}
+            (Some(x), Some(y)) => {
+                let diff = if x > y { x - y } else { y - x };
+                assert!(diff <= Duration::from_millis(2), "expiry drifted by {diff:?}");
+                assert_eq!(a.remaining_expiry(clock.instant), b.remaining_expiry(clock.instant));
+            }
+            other => panic!("expiry mismatch: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn message_round_trips_with_every_property() {
+        let c = clock();
+        let m = full_message(&c);
+        let back = decode_message(Bytes::from(encode_message(&m, &c)), &c).unwrap();
+        assert_same(&m, &back, &c);
+        assert_eq!(back.publisher, None);
+        assert_eq!(back.properties.message_expiry_interval, Some(3600));
+    }
+
+    #[test]
+    fn minimal_message_round_trips_and_is_compact() {
+        let c = clock();
+        let m = minimal_message();
+        let rec = encode_message(&m, &c);
+        assert_eq!(rec.len(), 1 + 1 + 2 + 1 + 1);
+        let back = decode_message(Bytes::from(rec), &c).unwrap();
+        assert_same(&m, &back, &c);
+        assert_eq!(back.properties.message_expiry_interval, None);
+    }
+
+    #[test]
+    fn expiry_survives_as_wall_clock_and_past_expiry_decodes_expired() {
+        let c = clock();
+        let mut m = minimal_message();
+        m.expires_at = Some(c.instant + Duration::from_secs(10));
+        let rec = encode_message(&m, &c);
+        // "Restart" 20 s later: the wall clock moved on, the monotonic clock restarted.
+        let later = Clock { instant: Instant::now(), unix_ms: c.unix_ms + 20_000 };
+        let back = decode_message(Bytes::from(rec.clone()), &later).unwrap();
+        assert!(back.is_expired(later.instant));
+        // 5 s later it still has about 5 s left.
+        let sooner = Clock { instant: Instant::now(), unix_ms: c.unix_ms + 5_000 };
+        let back = decode_message(Bytes::from(rec), &sooner).unwrap();
+        assert!(!back.is_expired(sooner.instant));
+        assert_eq!(back.remaining_expiry(sooner.instant), Some(5));
+    }
+
+    #[test]
+    fn delivery_and_queued_round_trip() {
+        let c = clock();
+        let d = Delivery { msg: Arc::new(full_message(&c)), qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![1, 268_435_455] };
+        let back = decode_delivery(Bytes::from(encode_delivery(&d, &c)), &c).unwrap();
+        assert_same(&d.msg, &back.msg, &c);
+        assert_eq!((back.qos, back.retain, back.sub_ids.clone()), (d.qos, d.retain, d.sub_ids.clone()));
+
+        for inflight in [None, Some((1, false)), Some((65535, true))] {
+            let rec = encode_queued(&d, inflight, &c);
+            let (back, got) = decode_queued(Bytes::from(rec.clone()), &c).unwrap();
+            assert_eq!(got, inflight);
+            assert_same(&d.msg, &back.msg, &c);
+            assert_eq!(back.sub_ids, d.sub_ids);
+            let patched = set_queued_inflight(&rec, Some((42, true))).unwrap();
+            let (_, got) = decode_queued(Bytes::from(patched), &c).unwrap();
+            assert_eq!(got, Some((42, true)));
+        }
+    }
+
+    #[test]
+    fn session_round_trips_every_option() {
+        let mut subs = Vec::new();
+        for (i, rh) in [RetainHandling::OnSubscribe, RetainHandling::OnNewSubscribe, RetainHandling::Never].into_iter().enumerate() {
+            for q in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                subs.push((
+                    format!("$share/g/a/{i}/+/#"),
+                    SubOptions { qos: q, no_local: i == 1, retain_as_published: i != 1, retain_handling: rh, sub_id: (i > 0).then_some(i as u32 * 1000) },
+                ));
+            }
+        }
+        let s = SessionRecord { client_id: "c1".into(), expiry: u32::MAX, subscriptions: subs };
+        let back = decode_session("c1".into(), Bytes::from(encode_session(&s))).unwrap();
+        assert_eq!(back, s);
+        let empty = SessionRecord { client_id: "c".into(), expiry: 0, subscriptions: vec![] };
+        assert_eq!(decode_session("c".into(), Bytes::from(encode_session(&empty))).unwrap(), empty);
+    }
+
+    #[test]
+    fn unknown_version_and_empty_records_are_refused() {
+        let c = clock();
+        assert_eq!(decode_message(Bytes::new(), &c).unwrap_err(), RecordError::Empty);
+        let mut rec = encode_message(&minimal_message(), &c);
+        rec[0] = 9;
+        assert_eq!(decode_message(Bytes::from(rec.clone()), &c).unwrap_err(), RecordError::Version(9));
+        assert_eq!(set_queued_inflight(&rec, None).unwrap_err(), RecordError::Version(9));
+        assert_eq!(set_queued_inflight(&[RECORD_V1, 0], None).unwrap_err(), RecordError::Truncated("in-flight state"));
+    }
+
+    #[test]
+    fn every_truncation_and_trailing_garbage_is_an_error() {
+        let c = clock();
+        let d = Delivery { msg: Arc::new(full_message(&c)), qos: QoS::ExactlyOnce, retain: true, sub_ids: vec![5] };
+        let s = SessionRecord {
+            client_id: "c".into(),
+            expiry: 30,
+            subscriptions: vec![("a/#".into(), SubOptions { qos: QoS::AtLeastOnce, no_local: true, retain_as_published: true, retain_handling: RetainHandling::Never, sub_id: Some(3) })],
+        };
+        let msg = encode_message(&d.msg, &c);
+        let queued = encode_queued(&d, Some((9, false)), &c);
+        let session = encode_session(&s);
+        for len in 0..msg.len() {
+            assert!(decode_message(Bytes::copy_from_slice(&msg[..len]), &c).is_err(), "message cut at {len}");
+        }
+        for len in 0..queued.len() {
+            assert!(decode_queued(Bytes::copy_from_slice(&queued[..len]), &c).is_err(), "queued cut at {len}");
+        }
+        for len in 0..session.len() {
+            assert!(decode_session("c".into(), Bytes::copy_from_slice(&session[..len])).is_err(), "session cut at {len}");
+        }
+        let mut long = msg.clone();
+        long.push(0);
+        assert_eq!(decode_message(Bytes::from(long), &c).unwrap_err(), RecordError::Trailing(1));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let c = clock();
+        // A small deterministic generator: no dependency, reproducible failures.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let templates = [encode_message(&full_message(&c), &c), encode_session(&SessionRecord { client_id: "c".into(), expiry: 1, subscriptions: vec![("a".into(), SubOptions { qos: QoS::AtLeastOnce, no_local: false, retain_as_published: false, retain_handling: RetainHandling::OnSubscribe, sub_id: Some(1) })] })];
+        for i in 0..20_000u32 {
+            let mut rec: Vec<u8> = if i % 2 == 0 {
+                let len = (next() % 64) as usize;
+                (0..len).map(|_| next() as u8).collect()
+            } else {
+                let mut t = templates[(i as usize / 2) % 2].clone();
+                for _ in 0..(1 + next() % 3) {
+                    if !t.is_empty() {
+                        let at = (next() as usize) % t.len();
+                        t[at] = next() as u8;
+                    }
+                }
+                t
+            };
+            if i % 3 == 0 && !rec.is_empty() {
+                rec[0] = RECORD_V1;
+            }
+            let b = Bytes::from(rec.clone());
+            let _ = decode_message(b.clone(), &c);
+            let _ = decode_delivery(b.clone(), &c);
+            let _ = decode_queued(b.clone(), &c);
+            let _ = decode_session("c".into(), b);
+            let _ = set_queued_inflight(&rec, Some((1, true)));
+        }
+        // Huge declared lengths and counts fail without allocating them.
+        let huge = [RECORD_V1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert!(decode_message(Bytes::copy_from_slice(&huge), &c).is_err());
+        let overlong = [RECORD_V1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert!(decode_message(Bytes::copy_from_slice(&overlong), &c).is_err());
+        let many_subs = [RECORD_V1, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(decode_session("c".into(), Bytes::copy_from_slice(&many_subs)).is_err());
+    }
+}
