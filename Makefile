@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run build test test-deps lint fmt clean
+.PHONY: run build test test-deps lint fmt clean certs
 
 build:
 	$(CARGO) build --release
@@ -35,3 +35,8 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+# Development CA, server certificate (localhost, 127.0.0.1) and client certificate in certs/,
+# made with the openssl CLI; see certs/README.md. Keeps an existing CA. Never commit the keys.
+certs:
+	sh certs/gen.sh certs

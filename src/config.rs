@@ -19,6 +19,7 @@ pub struct Config {
     pub storage: Storage,
     pub mqtt: Mqtt,
     pub auth: Auth,
+    pub schemas: Schemas,
     pub log: Log,
 }
 
@@ -26,6 +27,9 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct Listeners {
     pub tcp: TcpListenerConfig,
+    pub tls: TlsListenerConfig,
+    pub ws: WsListenerConfig,
+    pub wss: WssListenerConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -33,6 +37,67 @@ pub struct Listeners {
 pub struct TcpListenerConfig {
     /// Address of the plain MQTT listener; port 0 picks a free port.
     pub bind: String,
+    /// Simultaneous connections on this listener; 0 = only `mqtt.max_connections` applies.
+    pub max_connections: usize,
+    /// Time from accept to CONNECT on this listener; unset = `mqtt.connect_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+}
+
+/// MQTT over TLS. Runs only when `certfile` and `keyfile` are set (a TLS listener without a
+/// certificate cannot start); then `bind` (default `0.0.0.0:8883`) is where it listens.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsListenerConfig {
+    pub bind: String,
+    /// PEM certificate chain of the server, leaf first; empty = listener off.
+    pub certfile: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the server; empty = listener off.
+    pub keyfile: PathBuf,
+    /// PEM CA certificates that client certificates are verified against; empty = no client
+    /// certificates are asked for.
+    pub cafile: PathBuf,
+    /// Refuse clients without a certificate signed by `cafile`.
+    pub require_certificate: bool,
+    /// The client certificate's subject CN becomes the CONNECT username.
+    pub use_identity_as_username: bool,
+    /// Simultaneous connections on this listener; 0 = only `mqtt.max_connections` applies.
+    pub max_connections: usize,
+    /// Time from accept to CONNECT, TLS handshake included; unset = `mqtt.connect_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+}
+
+/// MQTT over WebSocket. Runs only when `bind` is set (default empty = off).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsListenerConfig {
+    pub bind: String,
+    /// HTTP path of the WebSocket endpoint; other paths get 404.
+    pub path: String,
+    /// Simultaneous connections on this listener; 0 = only `mqtt.max_connections` applies.
+    pub max_connections: usize,
+    /// Time from accept to CONNECT, WebSocket handshake included; unset = `mqtt.connect_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+}
+
+/// MQTT over WebSocket over TLS. Runs only when `certfile` and `keyfile` are set; then `bind`
+/// (default `0.0.0.0:8084`) is where it listens. The TLS keys mean what they mean in
+/// `[listeners.tls]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WssListenerConfig {
+    pub bind: String,
+    pub path: String,
+    pub certfile: PathBuf,
+    pub keyfile: PathBuf,
+    pub cafile: PathBuf,
+    pub require_certificate: bool,
+    pub use_identity_as_username: bool,
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -97,6 +162,10 @@ pub struct Mqtt {
     pub max_user_properties: usize,
     /// Longest session expiry granted to v5 clients, seconds (`u32::MAX` = never expire).
     pub max_session_expiry: u32,
+    /// How often the `$SYS/broker/...` topics are published (Mosquitto's `sys_interval`);
+    /// `"0s"` turns them off. Default `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub sys_interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -130,6 +199,7 @@ impl Default for Config {
             storage: Storage::default(),
             mqtt: Mqtt::default(),
             auth: Auth { allow_anonymous: false },
+            schemas: Schemas::default(),
             log: Log { level: "info".into(), format: LogFormat::Text },
         }
     }
@@ -137,7 +207,70 @@ impl Default for Config {
 
 impl Default for TcpListenerConfig {
     fn default() -> Self {
-        TcpListenerConfig { bind: "127.0.0.1:1883".into() }
+        TcpListenerConfig { bind: "127.0.0.1:1883".into(), max_connections: 0, connect_timeout: None }
+    }
+}
+
+impl Default for TlsListenerConfig {
+    fn default() -> Self {
+        TlsListenerConfig {
+            bind: "0.0.0.0:8883".into(),
+            certfile: PathBuf::new(),
+            keyfile: PathBuf::new(),
+            cafile: PathBuf::new(),
+            require_certificate: false,
+            use_identity_as_username: false,
+            max_connections: 0,
+            connect_timeout: None,
+        }
+    }
+}
+
+impl Default for WsListenerConfig {
+    fn default() -> Self {
+        WsListenerConfig {
+            bind: String::new(),
+            path: "/mqtt".into(),
+            max_connections: 0,
+            connect_timeout: None,
+        }
+    }
+}
+
+impl Default for WssListenerConfig {
+    fn default() -> Self {
+        WssListenerConfig {
+            bind: "0.0.0.0:8084".into(),
+            path: "/mqtt".into(),
+            certfile: PathBuf::new(),
+            keyfile: PathBuf::new(),
+            cafile: PathBuf::new(),
+            require_certificate: false,
+            use_identity_as_username: false,
+            max_connections: 0,
+            connect_timeout: None,
+        }
+    }
+}
+
+impl TlsListenerConfig {
+    /// True when the listener runs: both `certfile` and `keyfile` are set.
+    pub fn enabled(&self) -> bool {
+        !self.certfile.as_os_str().is_empty() && !self.keyfile.as_os_str().is_empty()
+    }
+}
+
+impl WsListenerConfig {
+    /// True when the listener runs: `bind` is set.
+    pub fn enabled(&self) -> bool {
+        !self.bind.is_empty()
+    }
+}
+
+impl WssListenerConfig {
+    /// True when the listener runs: both `certfile` and `keyfile` are set.
+    pub fn enabled(&self) -> bool {
+        !self.certfile.as_os_str().is_empty() && !self.keyfile.as_os_str().is_empty()
     }
 }
 
@@ -149,11 +282,7 @@ impl Default for Http {
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage {
-            backend: Backend::Memory,
-            data_dir: PathBuf::from("./data"),
-            durability: Durability::Fsync,
-        }
+        Storage { backend: Backend::Fjall, data_dir: PathBuf::from("./data"), durability: Durability::Fsync }
     }
 }
 
@@ -171,6 +300,7 @@ impl Default for Mqtt {
             max_topic_levels: 128,
             max_user_properties: 64,
             max_session_expiry: u32::MAX,
+            sys_interval: Duration::from_secs(10),
         }
     }
 }
@@ -178,6 +308,44 @@ impl Default for Mqtt {
 impl Default for Log {
     fn default() -> Self {
         Log { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// What happens to a PUBLISH refused by a JSON Schema when no negative ack can say so
+/// (MQTT 3.1.1, and MQTT 5 at QoS 0). MQTT 5 QoS 1/2 always get PUBACK/PUBREC 0x99.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInvalid {
+    /// Close the connection (MQTT 5: DISCONNECT 0x99 with the reason), so a misbehaving
+    /// device is visible.
+    Disconnect,
+    /// Drop the message, count it, keep the connection.
+    Drop,
+}
+
+/// `[schemas]`: the `$schema/` registry (see `src/schema/`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Schemas {
+    /// Directory of schema files loaded at start (`sensors/+/temperature.json` registers
+    /// `sensors/+/temperature`); empty: none. A missing directory is not an error.
+    pub dir: PathBuf,
+    /// Refused messages without a negative ack: `"disconnect"` (default) or `"drop"`.
+    pub on_invalid: OnInvalid,
+    /// Republish refused messages to `$dead/<original topic>` with the reason as user properties.
+    pub dead_letter: bool,
+    /// Refuse to start (exit code 2) when a file in `dir` is not a valid schema.
+    pub strict: bool,
+}
+
+impl Default for Schemas {
+    fn default() -> Self {
+        Schemas {
+            dir: PathBuf::from("./schemas"),
+            on_invalid: OnInvalid::Disconnect,
+            dead_letter: false,
+            strict: false,
+        }
     }
 }
 
@@ -265,7 +433,7 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] for the first offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let tcp = parse_addr("listeners.tcp.bind", &self.listeners.tcp.bind)?;
+        let binds = self.validate_listeners()?;
         if !self.http.bind.is_empty() {
             parse_addr("http.bind", &self.http.bind)?;
         }
@@ -283,29 +451,28 @@ impl Config {
             ));
         }
         if m.max_connections == 0 || m.max_queued_messages == 0 {
-            return Err(invalid(
-                "mqtt.max_connections / mqtt.max_queued_messages",
-                "must be at least 1",
-            ));
+            return Err(invalid("mqtt.max_connections / mqtt.max_queued_messages", "must be at least 1"));
         }
         if m.max_topic_levels == 0 {
             return Err(invalid("mqtt.max_topic_levels", "must be at least 1"));
         }
-        if self.storage.backend == Backend::Fjall {
+        if self.storage.backend == Backend::Fjall && self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid(
-                "storage.backend",
-                "\"fjall\" is not available in this build yet; use \"memory\"",
+                "storage.data_dir",
+                "must name a directory when storage.backend = \"fjall\"",
             ));
         }
-        if !tcp.ip().is_loopback() && !self.auth.allow_anonymous {
-            return Err(invalid(
-                "listeners.tcp.bind",
-                format!(
-                    "{tcp} is not a loopback address and no API keys exist: anonymous clients \
-                     would be open to the network; set auth.allow_anonymous = true to allow it \
-                     or bind to 127.0.0.1"
-                ),
-            ));
+        for (key, addr) in binds {
+            if !addr.ip().is_loopback() && !self.auth.allow_anonymous {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{addr} is not a loopback address and no API keys exist: anonymous clients \
+                         would be open to the network; set auth.allow_anonymous = true to allow it \
+                         or bind to 127.0.0.1"
+                    ),
+                ));
+            }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{e} (e.g. \"info\" or \"dataloom=debug\")")))?;
@@ -318,10 +485,100 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Checks the `[listeners.*]` sections and returns the bind address of every listener that
+    /// runs, with its config key, for the anonymous-access check.
+    fn validate_listeners(&self) -> Result<Vec<(&'static str, SocketAddr)>, ConfigError> {
+        let l = &self.listeners;
+        let mut binds = vec![("listeners.tcp.bind", parse_addr("listeners.tcp.bind", &l.tcp.bind)?)];
+        let timeouts = [
+            ("listeners.tcp.connect_timeout", l.tcp.connect_timeout),
+            ("listeners.tls.connect_timeout", l.tls.connect_timeout),
+            ("listeners.ws.connect_timeout", l.ws.connect_timeout),
+            ("listeners.wss.connect_timeout", l.wss.connect_timeout),
+        ];
+        for (key, t) in timeouts {
+            if t.is_some_and(|t| t.is_zero()) {
+                return Err(invalid(key, "must be longer than 0s (e.g. \"10s\")"));
+            }
+        }
+        let tls = TlsKeys {
+            section: "listeners.tls",
+            certfile: &l.tls.certfile,
+            keyfile: &l.tls.keyfile,
+            cafile: &l.tls.cafile,
+            require_certificate: l.tls.require_certificate,
+            use_identity_as_username: l.tls.use_identity_as_username,
+        };
+        if tls.check()? {
+            binds.push(("listeners.tls.bind", parse_addr("listeners.tls.bind", &l.tls.bind)?));
+        }
+        if l.ws.enabled() {
+            check_path("listeners.ws.path", &l.ws.path)?;
+            binds.push(("listeners.ws.bind", parse_addr("listeners.ws.bind", &l.ws.bind)?));
+        }
+        let wss = TlsKeys {
+            section: "listeners.wss",
+            certfile: &l.wss.certfile,
+            keyfile: &l.wss.keyfile,
+            cafile: &l.wss.cafile,
+            require_certificate: l.wss.require_certificate,
+            use_identity_as_username: l.wss.use_identity_as_username,
+        };
+        if wss.check()? {
+            check_path("listeners.wss.path", &l.wss.path)?;
+            binds.push(("listeners.wss.bind", parse_addr("listeners.wss.bind", &l.wss.bind)?));
+        }
+        Ok(binds)
+    }
+}
+
+/// The TLS keys of `[listeners.tls]` or `[listeners.wss]`, for validation.
+struct TlsKeys<'a> {
+    section: &'static str,
+    certfile: &'a Path,
+    keyfile: &'a Path,
+    cafile: &'a Path,
+    require_certificate: bool,
+    use_identity_as_username: bool,
+}
+
+impl TlsKeys<'_> {
+    /// Ok(true) when the listener runs, Ok(false) when it is off, Err for a half-set section.
+    fn check(&self) -> Result<bool, ConfigError> {
+        let (cert, key) = (!self.certfile.as_os_str().is_empty(), !self.keyfile.as_os_str().is_empty());
+        let client_certs = self.require_certificate || self.use_identity_as_username;
+        if cert != key || (!cert && client_certs) {
+            return Err(ConfigError::Invalid {
+                key: self.section,
+                message:
+                    "certfile and keyfile must both be set to run this listener (or neither to turn it off)"
+                        .into(),
+            });
+        }
+        if client_certs && self.cafile.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: self.section,
+                message: "require_certificate and use_identity_as_username need cafile (the CA that signs \
+                          client certificates)"
+                    .into(),
+            });
+        }
+        Ok(cert)
+    }
+}
+
+fn check_path(key: &'static str, path: &str) -> Result<(), ConfigError> {
+    if !path.starts_with('/') {
+        return Err(invalid(key, format!("{path:?} must be an HTTP path starting with / (e.g. \"/mqtt\")")));
+    }
+    Ok(())
+}
+
 fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| invalid(key, format!("{value:?} is not HOST:PORT with a numeric IP (e.g. 127.0.0.1:1883)")))
+    value.parse().map_err(|_| {
+        invalid(key, format!("{value:?} is not HOST:PORT with a numeric IP (e.g. 127.0.0.1:1883)"))
+    })
 }
 
 #[cfg(test)]
@@ -337,8 +594,7 @@ mod tests {
     fn file_then_overrides() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[mqtt]\nmax_packet_size = 2048\nconnect_timeout = \"3s\"\n")
-            .expect("write");
+        std::fs::write(&path, "[mqtt]\nmax_packet_size = 2048\nconnect_timeout = \"3s\"\n").expect("write");
         let o = Overrides { bind: Some("127.0.0.1:0".into()), ..Overrides::default() };
         let c = Config::load(Some(&path), &o).expect("load");
         assert_eq!(c.mqtt.max_packet_size, 2048);

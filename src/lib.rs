@@ -6,7 +6,11 @@
 pub mod broker;
 pub mod codec;
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod net;
+pub mod schema;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod sys;

@@ -1,6 +1,7 @@
 //! The `dataloom` command line: parse, load config, start, map errors to exit codes.
 //!
-//! Exit codes: 0 clean stop, 1 runtime failure (cannot bind, store), 2 bad configuration.
+//! Exit codes: 0 clean stop, 1 runtime failure (cannot bind, store), 2 bad configuration (a bad
+//! schema file under `schemas.strict = true` included). `schema check`: 0 valid, 1 not.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,23 @@ enum Command {
     },
     /// Print the built-in default configuration as TOML.
     PrintDefaultConfig,
+    /// JSON Schema tools (`$schema/` registry).
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SchemaCommand {
+    /// Check that SCHEMA is a valid JSON Schema and, if given, that PAYLOAD is valid under it.
+    /// Prints the broker's message; exit code 0 when valid, 1 when not.
+    Check {
+        /// The schema document (its file name maps to the filter, as in `schemas/`).
+        schema: PathBuf,
+        /// A JSON payload to validate.
+        payload: Option<PathBuf>,
+    },
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
@@ -81,6 +99,18 @@ fn main() -> ExitCode {
             print!("{}", Config::default_toml());
             ExitCode::SUCCESS
         }
+        Command::Schema { command: SchemaCommand::Check { schema, payload } } => {
+            match dataloom::schema::check_files(&schema, payload.as_deref()) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(line) => {
+                    eprintln!("{line}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::CheckConfig { cfg } => match Config::load(cfg.config.as_deref(), &Overrides::default()) {
             Ok(c) => {
                 print!("{}", toml::to_string_pretty(&c).unwrap_or_default());
@@ -100,7 +130,11 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("dataloom: {e:#}");
-                    ExitCode::from(1)
+                    // A bad schema file under `schemas.strict` is a configuration error.
+                    match e.downcast_ref::<dataloom::server::StartError>() {
+                        Some(dataloom::server::StartError::Schemas(_)) => ExitCode::from(2),
+                        _ => ExitCode::from(1),
+                    }
                 }
             }
         }
@@ -113,9 +147,21 @@ fn config_error(e: &dataloom::config::ConfigError) -> ExitCode {
 }
 
 fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The storage engine's own info lines (one per LSM tree) are noise at our info level.
+    let quiet = |level: &str| {
+        let mut f = level.to_string();
+        for dep in ["fjall", "lsm_tree"] {
+            if !level.contains(dep) {
+                f.push_str(&format!(",{dep}=warn"));
+            }
+        }
+        f
+    };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(quiet(&v)).ok())
+        .or_else(|| tracing_subscriber::EnvFilter::try_new(quiet(&cfg.log.level)).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cfg.log.format {
         LogFormat::Json => builder.json().init(),
@@ -131,19 +177,45 @@ fn serve(config: Config) -> anyhow::Result<()> {
     rt.block_on(async move {
         let running = dataloom::server::start(&config).await?;
         println!("dataloom listening on mqtt://{}", running.mqtt_addr);
-        wait_for_signal().await?;
+        if let Some(a) = running.tls_addr {
+            println!("dataloom listening on mqtts://{a}");
+        }
+        if let Some(a) = running.ws_addr {
+            println!("dataloom listening on ws://{a}");
+        }
+        if let Some(a) = running.wss_addr {
+            println!("dataloom listening on wss://{a}");
+        }
+        let stop = wait_for_signal(&running).await;
         tracing::info!("shutting down");
         running.shutdown(Duration::from_secs(5)).await;
-        Ok(())
+        stop
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+fn running_store_failed(e: &dataloom::store::StoreError) {
+    tracing::error!(error = %e, "store failed; exiting so a supervisor can restart the broker");
+}
+
+/// Waits for SIGINT or SIGTERM (or a store failure); SIGHUP meanwhile reloads the TLS certificates.
+async fn wait_for_signal(running: &dataloom::server::Running) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            r = &mut ctrl_c => return r.context("cannot listen for SIGINT"),
+            _ = term.recv() => return Ok(()),
+            e = running.store_failed() => {
+                running_store_failed(&e);
+                return Err(anyhow::Error::new(e).context("stopping: the store can no longer write"));
+            }
+            _ = hup.recv() => {
+                // reload_certs logs each failure; the old certificates stay in force.
+                let _ = running.reload_certs();
+            }
+        }
     }
-    Ok(())
 }

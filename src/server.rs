@@ -12,17 +12,20 @@ use crate::broker::session::KillReason;
 use crate::broker::{Broker, BrokerLimits};
 use crate::config::{Backend, Config};
 use crate::session::Ctx;
-use crate::store::{MemoryStore, Store, StoreError};
+use crate::store::{FjallStore, MemoryStore, Store, StoreError};
 
 /// Why a broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
+    /// A bad file in `schemas.dir` with `schemas.strict = true` (exit code 2).
+    #[error(transparent)]
+    Schemas(#[from] crate::schema::LoadError),
+    #[error(transparent)]
     Bind(#[from] std::io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("storage backend {0:?} is not available in this build")]
-    Backend(Backend),
+    #[error(transparent)]
+    Listen(#[from] crate::net::listener::ListenError),
 }
 
 /// A running broker.
@@ -30,10 +33,20 @@ pub enum StartError {
 pub struct Running {
     /// Where the MQTT/TCP listener is bound.
     pub mqtt_addr: SocketAddr,
+    /// Where the MQTT/TLS, WebSocket and WebSocket/TLS listeners are bound, when configured.
+    pub tls_addr: Option<SocketAddr>,
+    pub ws_addr: Option<SocketAddr>,
+    pub wss_addr: Option<SocketAddr>,
+    /// The TLS listeners' certificates, reloaded by [`Running::reload_certs`].
+    certs: Vec<Arc<crate::net::tls::Tls>>,
+    /// Where the HTTP listener (`/metrics`, `/healthz`, `/readyz`) is bound; `None` when
+    /// `http.bind` is empty.
+    pub http_addr: Option<SocketAddr>,
     pub broker: Arc<Broker>,
     permits: Arc<Semaphore>,
     max_connections: usize,
     shutdown: watch::Sender<bool>,
+    failed: watch::Receiver<Option<StoreError>>,
 }
 
 /// Opens the store, builds the broker and binds the listeners.
@@ -42,21 +55,99 @@ pub struct Running {
 /// [`StartError`] naming the address or store that failed.
 pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let store: Arc<dyn Store> = match cfg.storage.backend {
-        Backend::Memory => Arc::new(MemoryStore),
-        other => return Err(StartError::Backend(other)),
+        Backend::Memory => {
+            tracing::warn!(
+                "storage.backend = \"memory\": retained state and sessions are lost when the broker stops"
+            );
+            Arc::new(MemoryStore)
+        }
+        Backend::Fjall => Arc::new(FjallStore::open(&cfg.storage.data_dir, cfg.storage.durability)?),
     };
     let limits = BrokerLimits { max_queued_messages: cfg.mqtt.max_queued_messages };
     let broker = Broker::new(limits, store)?;
-    let ctx = Arc::new(Ctx::new(broker.clone(), cfg.mqtt.clone()));
-    let (listener, mqtt_addr) = crate::net::bind(&cfg.listeners.tcp.bind).await?;
+    let mut ctx = Ctx::new(broker.clone(), cfg.mqtt.clone());
+    ctx.schemas = Arc::new(crate::schema::Registry::start(&cfg.schemas, &broker)?);
+    let ctx = Arc::new(ctx);
+    let bound = crate::net::listener::bind_all(cfg).await?;
     let permits = Arc::new(Semaphore::new(cfg.mqtt.max_connections));
     let (shutdown, rx) = watch::channel(false);
-    tokio::spawn(crate::net::accept_loop(listener, ctx, permits.clone(), rx));
-    info!(addr = %mqtt_addr, "MQTT listener ready");
-    Ok(Running { mqtt_addr, broker, permits, max_connections: cfg.mqtt.max_connections, shutdown })
+    let (addrs, certs) = bound.spawn(&ctx, &permits, &rx)?;
+    let mqtt_addr = addrs.tcp;
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let http_addr = match cfg.http.bind.as_str() {
+        "" => None,
+        bind => {
+            let state = crate::http::HttpState { broker: broker.clone(), ready: ready.clone() };
+            Some(crate::http::serve(bind, state, rx.clone()).await?)
+        }
+    };
+    crate::sys::spawn(broker.clone(), cfg.mqtt.sys_interval, rx);
+    ready.store(true, std::sync::atomic::Ordering::Release);
+    let failed = watch_store(broker.clone(), ready.clone());
+    let max_connections = cfg.mqtt.max_connections;
+    Ok(Running {
+        mqtt_addr,
+        tls_addr: addrs.tls,
+        ws_addr: addrs.ws,
+        wss_addr: addrs.wss,
+        certs,
+        http_addr,
+        broker,
+        permits,
+        max_connections,
+        shutdown,
+        failed,
+    })
+}
+
+/// Watches the store: once a write or fsync failed it flips `/readyz` and reports the error
+/// through the returned channel, so `main` can exit non-zero and a supervisor restart us.
+fn watch_store(
+    broker: Arc<Broker>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) -> watch::Receiver<Option<StoreError>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if tx.is_closed() {
+                return;
+            }
+            if let Some(e) = broker.store().poisoned() {
+                ready.store(false, std::sync::atomic::Ordering::Release);
+                tracing::error!(error = %e, "store failed; not accepting messages any more");
+                let _ = tx.send(Some(e));
+                return;
+            }
+        }
+    });
+    rx
 }
 
 impl Running {
+    /// Reads the TLS listeners' certificate and key files again (SIGHUP): new handshakes use
+    /// the new certificates, live connections keep going.
+    ///
+    /// # Errors
+    /// The first file that could not be used; that listener keeps its previous certificate.
+    pub fn reload_certs(&self) -> Result<(), crate::net::tls::TlsError> {
+        crate::net::listener::reload_certs(&self.certs)
+    }
+
+    /// Resolves when the store failed (write or fsync error): the broker must stop.
+    pub async fn store_failed(&self) -> StoreError {
+        let mut rx = self.failed.clone();
+        loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Stops accepting, tells every client the server is shutting down (v5 DISCONNECT 0x8B)
     /// and waits up to `grace` for connections to close.
     pub async fn shutdown(self, grace: Duration) {
@@ -64,6 +155,9 @@ impl Running {
         self.broker.kill_all(KillReason::Shutdown);
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(grace, self.permits.acquire_many(all)).await;
+        if let Err(e) = self.broker.close_store() {
+            tracing::error!(error = %e, "final store sync failed");
+        }
         info!("broker stopped");
     }
 }

@@ -37,6 +37,17 @@ async fn connack_server_keep_alive_caps_keep_alive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_keep_alive_is_enforced() {
+    let b = TestBroker::start_with(|c| c.mqtt.max_keepalive = 1).await;
+    let (mut c, ack) = connect_with(b.addr, "v5-ka-enforced", |p| p.keep_alive = 60).await;
+    assert_eq!(ack.properties.server_keep_alive, Some(1));
+    let since = std::time::Instant::now();
+    // Silent for longer than 1.5 x the Server Keep Alive, not the 60 s asked for.
+    assert_eq!(recv_disconnect(&mut c).await.code, 0x8D);
+    assert!(since.elapsed() >= std::time::Duration::from_millis(900), "cut off early: {:?}", since.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connack_announces_configured_limits() {
     let b = TestBroker::start_with(|c| {
         c.mqtt.receive_maximum = 7;
@@ -198,6 +209,28 @@ async fn server_respects_client_receive_maximum() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_maximum_counts_qos2_until_pubcomp() {
+    let b = TestBroker::start().await;
+    let mut sub = connect_ok(&b, "v5-rm2-sub", |p| p.properties.receive_maximum = Some(1)).await;
+    subscribe(&mut sub, 1, "v5/rm2/t", QoS::ExactlyOnce).await;
+    let mut p = connect(&b, "v5-rm2-pub").await;
+    for i in 0..2u16 {
+        assert_eq!(
+            send_publish(&mut p, publish("v5/rm2/t", QoS::ExactlyOnce, i + 1, format!("m{i}").as_bytes()))
+                .await,
+            0
+        );
+    }
+    let first = recv_publish(&mut sub).await;
+    assert_eq!(text(&first), "m0");
+    send_ack(&mut sub, Packet::PubRec, first.pkid).await;
+    assert!(matches!(sub.recv().await, Some(Packet::PubRel(a)) if a.pkid == first.pkid && a.code == 0));
+    expect_silence(&mut sub).await; // still in flight until PUBCOMP
+    send_ack(&mut sub, Packet::PubComp, first.pkid).await;
+    assert_eq!(text(&recv_publish(&mut sub).await), "m1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_exceeding_server_receive_maximum_gets_0x93() {
     let b = TestBroker::start_with(|c| c.mqtt.receive_maximum = 2).await;
     let (mut c, ack) = connect_with(b.addr, "v5-rm-in", |_| {}).await;
@@ -292,7 +325,9 @@ async fn server_uses_topic_alias_towards_client() {
     let mut sub = connect_ok(&b, "v5-alias-out", |p| p.properties.topic_alias_maximum = Some(5)).await;
     subscribe(&mut sub, 1, "v5/alias/out/#", QoS::AtMostOnce).await;
     let mut p = connect(&b, "v5-alias-out-pub").await;
-    for (i, topic) in ["v5/alias/out/a", "v5/alias/out/a", "v5/alias/out/b", "v5/alias/out/a"].iter().enumerate() {
+    for (i, topic) in
+        ["v5/alias/out/a", "v5/alias/out/a", "v5/alias/out/b", "v5/alias/out/a"].iter().enumerate()
+    {
         assert_eq!(pub1(&mut p, i as u16 + 1, topic, format!("{i}").as_bytes()).await, 0);
     }
     let m0 = recv_publish(&mut sub).await;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{TestBroker, WAIT};
 use dataloom::codec::{Packet, Properties, QoS, RetainHandling};
-use rumqttc::v5::mqttbytes::v5::{Packet as RPacket, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS as RQoS;
+use rumqttc::v5::mqttbytes::v5::{Packet as RPacket, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use v5_util::*;
 
@@ -155,7 +155,8 @@ async fn until_suback(ev: &mut EventLoop) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_response_flow() {
     let b = TestBroker::start().await;
-    let (responder, mut rev) = AsyncClient::new(MqttOptions::new("v5-rr-responder", "127.0.0.1", b.port()), 10);
+    let (responder, mut rev) =
+        AsyncClient::new(MqttOptions::new("v5-rr-responder", "127.0.0.1", b.port()), 10);
     responder.subscribe("v5/rr/requests", RQoS::AtLeastOnce).await.unwrap();
     until_suback(&mut rev).await;
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -165,16 +166,23 @@ async fn request_response_flow() {
             if let Event::Incoming(RPacket::Publish(req)) = ev {
                 let props = req.properties.clone().unwrap_or_default();
                 let reply_to = props.response_topic.clone().expect("response topic");
-                let reply = PublishProperties { correlation_data: props.correlation_data.clone(), ..Default::default() };
+                let reply = PublishProperties {
+                    correlation_data: props.correlation_data.clone(),
+                    ..Default::default()
+                };
                 let mut body = b"re:".to_vec();
                 body.extend_from_slice(&req.payload);
-                responder.publish_with_properties(reply_to, RQoS::AtLeastOnce, false, body, reply).await.unwrap();
+                responder
+                    .publish_with_properties(reply_to, RQoS::AtLeastOnce, false, body, reply)
+                    .await
+                    .unwrap();
                 let _ = seen_tx.send(props);
             }
         }
     });
 
-    let (requester, mut qev) = AsyncClient::new(MqttOptions::new("v5-rr-requester", "127.0.0.1", b.port()), 10);
+    let (requester, mut qev) =
+        AsyncClient::new(MqttOptions::new("v5-rr-requester", "127.0.0.1", b.port()), 10);
     requester.subscribe("v5/rr/responses/v5-rr-requester", RQoS::AtLeastOnce).await.unwrap();
     until_suback(&mut qev).await;
     for (n, corr) in [&b"id-1"[..], &b"\x00\x01\x02"[..]].into_iter().enumerate() {
@@ -185,7 +193,10 @@ async fn request_response_flow() {
             ..Default::default()
         };
         let body = format!("q{n}");
-        requester.publish_with_properties("v5/rr/requests", RQoS::AtLeastOnce, false, body.clone(), props).await.unwrap();
+        requester
+            .publish_with_properties("v5/rr/requests", RQoS::AtLeastOnce, false, body.clone(), props)
+            .await
+            .unwrap();
         let reply = tokio::time::timeout(WAIT, async {
             loop {
                 if let Event::Incoming(RPacket::Publish(p)) = qev.poll().await.expect("connected") {
@@ -354,7 +365,8 @@ async fn shared_subscription_splits_messages_and_plain_subscriber_gets_all() {
     let mut per_member = [0usize; 3];
     let mut payloads = Vec::new();
     for _ in 0..30 {
-        let (i, payload) = tokio::time::timeout(WAIT, rx.recv()).await.expect("30 shared deliveries").unwrap();
+        let (i, payload) =
+            tokio::time::timeout(WAIT, rx.recv()).await.expect("30 shared deliveries").unwrap();
         per_member[i] += 1;
         payloads.push(payload.parse::<u32>().unwrap());
     }

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use common::{RawClient, TestBroker, WAIT};
 use dataloom::codec::{Connect, Packet, Properties, QoS};
-use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties, Packet as RPacket};
 use rumqttc::v5::mqttbytes::QoS as RQoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, LastWill, LastWillProperties, Packet as RPacket};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
 use v5_util::*;
 
 /// A subscriber to `topic` (QoS 0) that sees wills and markers.
@@ -30,7 +30,11 @@ async fn expect_marker_next(b: &TestBroker, w: &mut RawClient, topic: &str) {
     assert_eq!(text(&got), "marker", "something was published before the marker: {got:?}");
 }
 
-fn with_will(topic: &'static str, delay: Option<u32>, session_expiry: Option<u32>) -> impl FnOnce(&mut Connect) {
+fn with_will(
+    topic: &'static str,
+    delay: Option<u32>,
+    session_expiry: Option<u32>,
+) -> impl FnOnce(&mut Connect) {
     move |p: &mut Connect| {
         let mut w = will(topic, "gone");
         w.properties.will_delay_interval = delay;
@@ -162,6 +166,31 @@ async fn session_takeover_sends_0x8e_and_suppresses_will() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_message_is_resent_with_dup_on_resume() {
+    let b = TestBroker::start().await;
+    let mut s = connect_ok(&b, "v5-dup", |p| p.properties.session_expiry_interval = Some(60)).await;
+    subscribe(&mut s, 1, "v5/dup/t", QoS::AtLeastOnce).await;
+    let mut p = connect(&b, "v5-dup-pub").await;
+    assert_eq!(pub1(&mut p, 1, "v5/dup/t", b"again").await, 0);
+    let first = recv_publish(&mut s).await;
+    assert!(!first.dup);
+    drop(s); // no PUBACK
+    let (mut s, ack) = connect_with(b.addr, "v5-dup", |p| {
+        p.clean_start = false;
+        p.properties.session_expiry_interval = Some(60);
+    })
+    .await;
+    assert!(ack.session_present);
+    let again = recv_publish(&mut s).await;
+    assert_eq!(
+        (text(&again), again.pkid, again.dup, again.qos),
+        ("again".into(), first.pkid, true, QoS::AtLeastOnce)
+    );
+    send_ack(&mut s, Packet::PubAck, again.pkid).await;
+    assert!(until_pingresp(&mut s).await.is_empty(), "acknowledged message sent once more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_expires_after_its_interval() {
     let b = TestBroker::start().await;
     let mut c = connect_ok(&b, "v5-sexp", |p| p.properties.session_expiry_interval = Some(1)).await;
@@ -178,6 +207,20 @@ async fn session_expires_after_its_interval() {
     let mut p = connect(&b, "v5-sexp-pub").await;
     assert_eq!(pub1(&mut p, 1, "v5/sexp/t", b"x").await, 0x10);
     assert!(until_pingresp(&mut c).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_with_session_expiry_zero_ends_the_session() {
+    let b = TestBroker::start().await;
+    let c = connect_ok(&b, "v5-sexp-end", |p| p.properties.session_expiry_interval = Some(60)).await;
+    disconnect(c, 0, Properties { session_expiry_interval: Some(0), ..Properties::default() }).await;
+    wait_sessions(&b, 0).await;
+    let (_c, ack) = connect_with(b.addr, "v5-sexp-end", |p| {
+        p.clean_start = false;
+        p.properties.session_expiry_interval = Some(60);
+    })
+    .await;
+    assert!(!ack.session_present);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,15 +265,21 @@ async fn shutdown_sends_0x8b_to_v5_clients() {
     wait_sessions(&b, 2).await;
     let stop = tokio::spawn(b.stop());
     assert_eq!(recv_disconnect(&mut c).await.code, 0x8B);
-    let d = tokio::time::timeout(WAIT, async {
+    // rumqttc reports a server DISCONNECT as the error that ends its event loop.
+    let code = tokio::time::timeout(WAIT, async {
         loop {
-            if let Event::Incoming(RPacket::Disconnect(d)) = ev.poll().await.expect("DISCONNECT before close") {
-                return d;
+            match ev.poll().await {
+                Ok(Event::Incoming(RPacket::Disconnect(d))) => return d.reason_code,
+                Ok(_) => {}
+                Err(ConnectionError::MqttState(StateError::ServerDisconnect { reason_code, .. })) => {
+                    return reason_code;
+                }
+                Err(e) => panic!("connection ended without DISCONNECT: {e}"),
             }
         }
     })
     .await
     .expect("DISCONNECT in time");
-    assert_eq!(d.reason_code, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::ServerShuttingDown);
+    assert_eq!(code, DisconnectReasonCode::ServerShuttingDown);
     stop.await.unwrap();
 }

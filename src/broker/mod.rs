@@ -214,6 +214,16 @@ impl Broker {
         self.sessions.lock().len()
     }
 
+    /// Number of persistent sessions (expiry > 0), for metrics; walks the sessions.
+    pub fn persistent_session_count(&self) -> usize {
+        self.sessions.lock().values().filter(|s| s.is_persistent()).count()
+    }
+
+    /// Number of subscriptions (shared memberships included), for metrics and `$SYS`.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.read().len()
+    }
+
     /// Adds or replaces a subscription (`filter` as written, `group`/`plain` as parsed and
     /// validated) and queues the retained messages it asks for. Returns whether it existed
     /// before, and the commit of the updated session record.
@@ -264,7 +274,13 @@ impl Broker {
     }
 
     /// Publishes `will` after `delay` unless the session was resumed (generation changed) first.
-    pub fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, generation: u64, will: Arc<Message>, delay: Duration) {
+    pub fn schedule_will(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        generation: u64,
+        will: Arc<Message>,
+        delay: Duration,
+    ) {
         if delay.is_zero() {
             let _ = self.publish(will, Vec::new());
             return;

@@ -19,6 +19,7 @@ impl Broker {
             let mut tree = self.retained.write();
             for m in rec.retained {
                 let topic = m.topic.clone();
+                crate::metrics::get().retained_replaced(0, m.payload.len());
                 tree.set(&topic, m);
             }
         }
@@ -30,7 +31,12 @@ impl Broker {
         }
         self.next_seq.store(max_seq + 1, Ordering::Relaxed);
         if retained + sessions > 0 {
-            tracing::info!(retained, sessions, elapsed_ms = started.elapsed().as_millis() as u64, "state recovered");
+            tracing::info!(
+                retained,
+                sessions,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "state recovered"
+            );
         }
     }
 

@@ -21,10 +21,7 @@ struct Node<V> {
 
 impl<V> Default for Node<V> {
     fn default() -> Self {
-        Self {
-            children: HashMap::new(),
-            value: None,
-        }
+        Self { children: HashMap::new(), value: None }
     }
 }
 
@@ -37,10 +34,7 @@ pub struct RetainedTree<V> {
 
 impl<V> Default for RetainedTree<V> {
     fn default() -> Self {
-        Self {
-            root: Node::default(),
-            len: 0,
-        }
+        Self { root: Node::default(), len: 0 }
     }
 }
 
@@ -77,10 +71,7 @@ impl<V> RetainedTree<V> {
         for level in topic.split('/') {
             node = node.children.entry(Box::from(level)).or_default();
         }
-        let prev = node
-            .value
-            .replace((Arc::from(topic), v))
-            .map(|(_, old)| old);
+        let prev = node.value.replace((Arc::from(topic), v)).map(|(_, old)| old);
         if prev.is_none() {
             self.len += 1;
         }
@@ -159,12 +150,7 @@ impl<V> RetainedTree<V> {
                 None => emit(node),
                 Some("#") => {
                     emit(node);
-                    subtree.extend(
-                        node.children
-                            .iter()
-                            .filter(|(k, _)| visible(at_root, k))
-                            .map(|(_, c)| c),
-                    );
+                    subtree.extend(node.children.iter().filter(|(k, _)| visible(at_root, k)).map(|(_, c)| c));
                     while let Some(n) = subtree.pop() {
                         emit(n);
                         subtree.extend(n.children.values());
@@ -239,18 +225,10 @@ mod tests {
     #[test]
     fn matching() {
         let mut t = RetainedTree::new();
-        for (i, topic) in ["a", "a/b", "a/c", "a/b/c", "/a", "b", "$SYS/x", "a/$y"]
-            .iter()
-            .enumerate()
-        {
+        for (i, topic) in ["a", "a/b", "a/c", "a/b/c", "/a", "b", "$SYS/x", "a/$y"].iter().enumerate() {
             t.set(topic, i as u32);
         }
-        let names = |filter| {
-            found(&t, filter)
-                .into_iter()
-                .map(|x| x.0)
-                .collect::<Vec<_>>()
-        };
+        let names = |filter| found(&t, filter).into_iter().map(|x| x.0).collect::<Vec<_>>();
         assert_eq!(names("a/b"), ["a/b"]);
         assert_eq!(names("a/+"), ["a/$y", "a/b", "a/c"]);
         assert_eq!(names("a/#"), ["a", "a/$y", "a/b", "a/b/c", "a/c"]);
@@ -294,10 +272,7 @@ mod tests {
         assert_eq!(n, 100_000);
         assert!(ok);
         assert_eq!(found(&t, "site/42/dev/+").len(), 1000);
-        assert_eq!(
-            found(&t, "site/+/dev/4242"),
-            [("site/42/dev/4242".to_string(), 4242)]
-        );
+        assert_eq!(found(&t, "site/+/dev/4242"), [("site/42/dev/4242".to_string(), 4242)]);
         assert_eq!(found(&t, "site/7/#").len(), 1000);
         for i in 0..100_000u32 {
             assert_eq!(t.remove(&format!("site/{}/dev/{}", i % 100, i)), Some(i));

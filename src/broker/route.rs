@@ -38,11 +38,18 @@ impl Broker {
         }
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         if msg.retain {
-            extra.push(self.set_retained(&msg));
+            let op = self.set_retained(&msg);
+            // $SYS state is regenerated every interval; storing it would only cost writes.
+            if !msg.topic.starts_with("$SYS/") {
+                extra.push(op);
+            }
         }
         let mut targets = self.fan_out(&msg);
         for (session, d) in &mut targets {
-            if d.qos != QoS::AtMostOnce && session.is_persistent() && session.mailbox.len() < self.limits.max_queued_messages {
+            if d.qos != QoS::AtMostOnce
+                && session.is_persistent()
+                && session.mailbox.len() < self.limits.max_queued_messages
+            {
                 let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
                 d.seq = Some(seq);
                 extra.push(Op::Enqueue { client_id: session.client_id.clone(), seq, delivery: d.clone() });
@@ -62,10 +69,12 @@ impl Broker {
     /// Updates the in-memory retained index and returns the store op for it.
     fn set_retained(&self, msg: &Arc<Message>) -> Op {
         if msg.payload.is_empty() {
-            self.retained.write().remove(&msg.topic);
+            let old = self.retained.write().remove(&msg.topic);
+            crate::metrics::get().retained_replaced(old.map_or(0, |m| m.payload.len()), 0);
             Op::DeleteRetained(msg.topic.clone())
         } else {
-            self.retained.write().set(&msg.topic, msg.clone());
+            let old = self.retained.write().set(&msg.topic, msg.clone());
+            crate::metrics::get().retained_replaced(old.map_or(0, |m| m.payload.len()), msg.payload.len());
             Op::PutRetained(msg.clone())
         }
     }
@@ -130,6 +139,15 @@ impl Broker {
     /// Number of retained messages.
     pub fn retained_count(&self) -> usize {
         self.retained.read().len()
+    }
+
+    /// The retained messages whose topic matches `filter` (a valid, non-shared filter),
+    /// expired ones included. Used by the schema registry (`$schema/#` at start, and the
+    /// state under a filter when its schema changes).
+    pub fn retained_under(&self, filter: &str) -> Vec<Arc<Message>> {
+        let mut out = Vec::new();
+        self.retained.read().for_each_match(filter, |_, m| out.push(m.clone()));
+        out
     }
 }
 

@@ -69,30 +69,17 @@ struct Node<K, V> {
 
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
-        Self {
-            children: HashMap::new(),
-            plus: None,
-            exact: None,
-            hash: None,
-        }
+        Self { children: HashMap::new(), plus: None, exact: None, hash: None }
     }
 }
 
 impl<K, V> Node<K, V> {
     fn child(&self, step: &str) -> Option<&Self> {
-        if step == "+" {
-            self.plus.as_deref()
-        } else {
-            self.children.get(step)
-        }
+        if step == "+" { self.plus.as_deref() } else { self.children.get(step) }
     }
 
     fn child_mut(&mut self, step: &str) -> Option<&mut Self> {
-        if step == "+" {
-            self.plus.as_deref_mut()
-        } else {
-            self.children.get_mut(step)
-        }
+        if step == "+" { self.plus.as_deref_mut() } else { self.children.get_mut(step) }
     }
 
     fn child_or_insert(&mut self, step: &str) -> &mut Self {
@@ -149,10 +136,7 @@ pub struct SubscriptionTree<K, V> {
 
 impl<K, V> Default for SubscriptionTree<K, V> {
     fn default() -> Self {
-        Self {
-            root: Node::default(),
-            len: 0,
-        }
+        Self { root: Node::default(), len: 0 }
     }
 }
 
@@ -194,12 +178,7 @@ impl<K: Copy + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
             Slot::Exact => &mut node.exact,
             Slot::Hash => &mut node.hash,
         };
-        s.get_or_insert_with(|| {
-            Box::new(Subs {
-                direct: HashMap::new(),
-                shared: HashMap::new(),
-            })
-        })
+        s.get_or_insert_with(|| Box::new(Subs { direct: HashMap::new(), shared: HashMap::new() }))
     }
 
     /// Subscribes `key` to `filter`; returns the previous options of that
@@ -219,10 +198,7 @@ impl<K: Copy + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
         let grp = subs
             .shared
             .entry(Box::from(group))
-            .or_insert_with(|| Group {
-                members: Vec::new(),
-                cursor: AtomicUsize::new(0),
-            });
+            .or_insert_with(|| Group { members: Vec::new(), cursor: AtomicUsize::new(0) });
         if let Some(m) = grp.members.iter_mut().find(|m| m.0 == key) {
             return Some(std::mem::replace(&mut m.1, value));
         }
@@ -250,11 +226,7 @@ impl<K: Copy + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
         })
     }
 
-    fn remove_with(
-        &mut self,
-        filter: &str,
-        take: impl FnOnce(&mut Subs<K, V>) -> Option<V>,
-    ) -> Option<V> {
+    fn remove_with(&mut self, filter: &str, take: impl FnOnce(&mut Subs<K, V>) -> Option<V>) -> Option<V> {
         let (path, slot) = split_filter(filter);
         let mut node = &mut self.root;
         for step in path.clone() {
@@ -366,11 +338,7 @@ mod tests {
 
     fn hits(t: &SubscriptionTree<u64, u8>, topic: &str) -> Vec<(u64, u8, Option<String>)> {
         let mut v = Vec::new();
-        t.for_each_match(
-            topic,
-            |_| true,
-            |k, o, g| v.push((k, *o, g.map(String::from))),
-        );
+        t.for_each_match(topic, |_| true, |k, o, g| v.push((k, *o, g.map(String::from))));
         v.sort();
         v
     }
@@ -384,10 +352,7 @@ mod tests {
         assert_eq!(t.insert("+/b", 3, 3), None);
         assert_eq!(t.insert("a/b", 1, 9), Some(0));
         assert_eq!(t.len(), 4);
-        assert_eq!(
-            hits(&t, "a/b"),
-            vec![(1, 1, None), (1, 9, None), (2, 2, None), (3, 3, None)]
-        );
+        assert_eq!(hits(&t, "a/b"), vec![(1, 1, None), (1, 9, None), (2, 2, None), (3, 3, None)]);
         assert_eq!(hits(&t, "a/c"), vec![(1, 1, None), (2, 2, None)]);
         assert_eq!(hits(&t, "b/b"), vec![(3, 3, None)]);
         assert!(hits(&t, "a/b/c").iter().all(|h| h.0 == 2));
@@ -442,20 +407,11 @@ mod tests {
         assert_eq!(t.len(), 5);
         let groups = hits(&t, "s/x").into_iter().filter_map(|h| h.2);
         assert_eq!(groups.collect::<Vec<_>>(), ["g", "h"]);
-        assert_eq!(
-            tally(&t, 300, |_| true),
-            [(1, 100), (2, 100), (3, 100), (7, 0), (9, 300)]
-        );
+        assert_eq!(tally(&t, 300, |_| true), [(1, 100), (2, 100), (3, 100), (7, 0), (9, 300)]);
         // member 2 offline: 1 and 3 alternate
-        assert_eq!(
-            tally(&t, 100, |k| k != 2),
-            [(1, 50), (3, 50), (7, 0), (9, 100)]
-        );
+        assert_eq!(tally(&t, 100, |k| k != 2), [(1, 50), (3, 50), (7, 0), (9, 100)]);
         // nobody available: still one member of each group per publish
-        assert_eq!(
-            tally(&t, 3, |_| false),
-            [(1, 1), (2, 1), (3, 1), (7, 0), (9, 3)]
-        );
+        assert_eq!(tally(&t, 3, |_| false), [(1, 1), (2, 1), (3, 1), (7, 0), (9, 3)]);
 
         assert_eq!(t.remove_shared("g", "s/+", 2), Some(1));
         assert_eq!(t.remove_shared("g", "s/+", 2), None);
@@ -496,15 +452,10 @@ mod tests {
         }
         t.insert("dev/+/sensor/#", 99_999, 1);
         assert_eq!(t.len(), 10_001);
-        assert_eq!(
-            hits(&t, "dev/7/sensor/507"),
-            vec![(507, 0, None), (99_999, 1, None)]
-        );
+        assert_eq!(hits(&t, "dev/7/sensor/507"), vec![(507, 0, None), (99_999, 1, None)]);
         assert_eq!(hits(&t, "dev/7/sensor/508"), vec![(99_999, 1, None)]);
-        let removed = (0..10_000u64).filter(|&i| {
-            t.remove(&format!("dev/{}/sensor/{i}", i % 100), i)
-                .is_some()
-        });
+        let removed =
+            (0..10_000u64).filter(|&i| t.remove(&format!("dev/{}/sensor/{i}", i % 100), i).is_some());
         assert_eq!(removed.count(), 10_000);
         assert_eq!(t.remove("dev/+/sensor/#", 99_999), Some(1));
         assert_eq!(t.node_count(), 1);

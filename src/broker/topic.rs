@@ -123,10 +123,7 @@ pub fn validate_filter(filter: &str, max_levels: usize) -> Result<(), TopicError
 /// itself is not validated then), `Ok(Some(..))` for a valid shared
 /// subscription. The whole string must be at most 65535 bytes and free of
 /// U+0000; `max_levels` applies to the filter part.
-pub fn parse_shared(
-    filter: &str,
-    max_levels: usize,
-) -> Result<Option<SharedFilter<'_>>, TopicError> {
+pub fn parse_shared(filter: &str, max_levels: usize) -> Result<Option<SharedFilter<'_>>, TopicError> {
     let Some(rest) = filter.strip_prefix(SHARE_PREFIX) else {
         return Ok(None);
     };
@@ -147,20 +144,14 @@ pub fn parse_shared(
         return Err(TopicError::SharedMissingFilter);
     }
     validate_filter(inner, max_levels)?;
-    Ok(Some(SharedFilter {
-        group,
-        filter: inner,
-    }))
+    Ok(Some(SharedFilter { group, filter: inner }))
 }
 
 /// Validates a SUBSCRIBE/UNSUBSCRIBE filter, recognising `$share/{group}/{filter}`.
 ///
 /// Returns `(Some(group), filter)` for a shared subscription and
 /// `(None, filter)` for a plain one (then `filter` is the input).
-pub fn parse_subscription(
-    filter: &str,
-    max_levels: usize,
-) -> Result<(Option<&str>, &str), TopicError> {
+pub fn parse_subscription(filter: &str, max_levels: usize) -> Result<(Option<&str>, &str), TopicError> {
     match parse_shared(filter, max_levels)? {
         Some(shared) => Ok((Some(shared.group), shared.filter)),
         None => {
@@ -208,14 +199,8 @@ mod tests {
         assert_eq!(validate_topic_name("a//b", 0), Ok(()));
         assert_eq!(validate_topic_name("$SYS/x", 0), Ok(()));
         assert_eq!(validate_topic_name("", 0), Err(TopicError::Empty));
-        assert_eq!(
-            validate_topic_name("a/+", 0),
-            Err(TopicError::WildcardInName)
-        );
-        assert_eq!(
-            validate_topic_name("a#", 0),
-            Err(TopicError::WildcardInName)
-        );
+        assert_eq!(validate_topic_name("a/+", 0), Err(TopicError::WildcardInName));
+        assert_eq!(validate_topic_name("a#", 0), Err(TopicError::WildcardInName));
         assert_eq!(validate_topic_name("a\0b", 0), Err(TopicError::NullChar));
         let long = "x".repeat(MAX_TOPIC_LEN + 1);
         assert_eq!(validate_topic_name(&long, 0), Err(TopicError::TooLong));
@@ -225,97 +210,39 @@ mod tests {
     #[test]
     fn level_limit() {
         assert_eq!(validate_topic_name("a/b/c", 3), Ok(()));
-        assert_eq!(
-            validate_topic_name("a/b/c/d", 3),
-            Err(TopicError::TooManyLevels { max: 3 })
-        );
-        assert_eq!(
-            validate_filter("a//c/", 3),
-            Err(TopicError::TooManyLevels { max: 3 })
-        );
+        assert_eq!(validate_topic_name("a/b/c/d", 3), Err(TopicError::TooManyLevels { max: 3 }));
+        assert_eq!(validate_filter("a//c/", 3), Err(TopicError::TooManyLevels { max: 3 }));
         assert_eq!(validate_filter("a/+/#", 3), Ok(()));
     }
 
     #[test]
     fn filters() {
-        for ok in [
-            "#",
-            "+",
-            "a/#",
-            "+/+",
-            "/+",
-            "a/+/b/#",
-            "$SYS/#",
-            "a//b",
-            "sport/tennis/+",
-        ] {
+        for ok in ["#", "+", "a/#", "+/+", "/+", "a/+/b/#", "$SYS/#", "a//b", "sport/tennis/+"] {
             assert_eq!(validate_filter(ok, 0), Ok(()), "{ok}");
         }
         assert_eq!(validate_filter("", 0), Err(TopicError::Empty));
-        assert_eq!(
-            validate_filter("a/#/b", 0),
-            Err(TopicError::MultiLevelNotLast)
-        );
+        assert_eq!(validate_filter("a/#/b", 0), Err(TopicError::MultiLevelNotLast));
         assert_eq!(validate_filter("#/", 0), Err(TopicError::MultiLevelNotLast));
-        assert_eq!(
-            validate_filter("a+", 0),
-            Err(TopicError::WildcardNotWholeLevel)
-        );
-        assert_eq!(
-            validate_filter("a/b#", 0),
-            Err(TopicError::WildcardNotWholeLevel)
-        );
-        assert_eq!(
-            validate_filter("a/++", 0),
-            Err(TopicError::WildcardNotWholeLevel)
-        );
+        assert_eq!(validate_filter("a+", 0), Err(TopicError::WildcardNotWholeLevel));
+        assert_eq!(validate_filter("a/b#", 0), Err(TopicError::WildcardNotWholeLevel));
+        assert_eq!(validate_filter("a/++", 0), Err(TopicError::WildcardNotWholeLevel));
         assert_eq!(validate_filter("a\0", 0), Err(TopicError::NullChar));
     }
 
     #[test]
     fn shared() {
-        assert_eq!(
-            parse_subscription("$share/g/a/+", 0),
-            Ok((Some("g"), "a/+"))
-        );
+        assert_eq!(parse_subscription("$share/g/a/+", 0), Ok((Some("g"), "a/+")));
         assert_eq!(parse_subscription("$share/g/#", 0), Ok((Some("g"), "#")));
         assert_eq!(parse_subscription("a/b", 0), Ok((None, "a/b")));
         assert_eq!(parse_subscription("$share", 0), Ok((None, "$share")));
-        assert_eq!(
-            parse_subscription("$share/g", 0),
-            Err(TopicError::SharedMissingFilter)
-        );
-        assert_eq!(
-            parse_subscription("$share/g/", 0),
-            Err(TopicError::SharedMissingFilter)
-        );
-        assert_eq!(
-            parse_subscription("$share/", 0),
-            Err(TopicError::SharedGroupInvalid)
-        );
-        assert_eq!(
-            parse_subscription("$share//a", 0),
-            Err(TopicError::SharedGroupInvalid)
-        );
-        assert_eq!(
-            parse_subscription("$share/g+/a", 0),
-            Err(TopicError::SharedGroupInvalid)
-        );
-        assert_eq!(
-            parse_subscription("$share/#/a", 0),
-            Err(TopicError::SharedGroupInvalid)
-        );
-        assert_eq!(
-            parse_subscription("$share/g/a#", 0),
-            Err(TopicError::WildcardNotWholeLevel)
-        );
-        assert_eq!(
-            parse_shared("$share/grp/x/y", 0),
-            Ok(Some(SharedFilter {
-                group: "grp",
-                filter: "x/y"
-            }))
-        );
+        assert_eq!(parse_subscription("$share/g", 0), Err(TopicError::SharedMissingFilter));
+        assert_eq!(parse_subscription("$share/g/", 0), Err(TopicError::SharedMissingFilter));
+        assert_eq!(parse_subscription("$share/", 0), Err(TopicError::SharedGroupInvalid));
+        assert_eq!(parse_subscription("$share//a", 0), Err(TopicError::SharedGroupInvalid));
+        assert_eq!(parse_subscription("$share/g+/a", 0), Err(TopicError::SharedGroupInvalid));
+        assert_eq!(parse_subscription("$share/#/a", 0), Err(TopicError::SharedGroupInvalid));
+        assert_eq!(parse_subscription("$share/g/a#", 0), Err(TopicError::WildcardNotWholeLevel));
+        assert_eq!(parse_shared("$share/grp/x/y", 0), Ok(Some(SharedFilter { group: "grp", filter: "x/y" })));
         assert_eq!(parse_shared("a", 0), Ok(None));
     }
 
@@ -352,15 +279,7 @@ mod tests {
 
     #[test]
     fn messages_cite_rules() {
-        assert!(
-            TopicError::MultiLevelNotLast
-                .to_string()
-                .contains("MQTT-4.7.1-2")
-        );
-        assert!(
-            TopicError::TooManyLevels { max: 7 }
-                .to_string()
-                .contains('7')
-        );
+        assert!(TopicError::MultiLevelNotLast.to_string().contains("MQTT-4.7.1-2"));
+        assert!(TopicError::TooManyLevels { max: 7 }.to_string().contains('7'));
     }
 }

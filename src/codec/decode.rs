@@ -27,11 +27,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_packet_size: 1024 * 1024,
-            max_user_properties: 64,
-            max_topic_levels: 128,
-        }
+        Limits { max_packet_size: 1024 * 1024, max_user_properties: 64, max_topic_levels: 128 }
     }
 }
 
@@ -85,11 +81,7 @@ const NAMES: [&str; 16] = [
 ];
 
 /// Checks the first byte: packet type allowed in this state and by this sender, flags (2.1.3).
-fn check_first_byte(
-    byte1: u8,
-    version: Option<ProtocolVersion>,
-    sender: Sender,
-) -> Result<(), DecodeError> {
+fn check_first_byte(byte1: u8, version: Option<ProtocolVersion>, sender: Sender) -> Result<(), DecodeError> {
     let ptype = byte1 >> 4;
     let flags = byte1 & 0x0F;
     let v5 = version.is_some_and(ProtocolVersion::is_v5);
@@ -148,10 +140,7 @@ fn decode_as(
     }
     let size = header_len as u64 + u64::from(remaining);
     if size > u64::from(limits.max_packet_size) {
-        return Err(DecodeError::PacketTooLarge {
-            size,
-            max: limits.max_packet_size,
-        });
+        return Err(DecodeError::PacketTooLarge { size, max: limits.max_packet_size });
     }
     let size = size as usize;
     if buf.len() < size {
@@ -177,13 +166,7 @@ fn decode_body(
     let packet = match byte1 >> 4 {
         1 => connect::decode_connect(&mut r, limits)?,
         2 => connect::decode_connack(&mut r, version, limits)?,
-        3 => Packet::Publish(publish::decode_publish(
-            &mut r,
-            byte1,
-            version,
-            limits,
-            from_client,
-        )?),
+        3 => Packet::Publish(publish::decode_publish(&mut r, byte1, version, limits, from_client)?),
         4 => Packet::PubAck(publish::decode_ack(&mut r, version, limits, "PUBACK")?),
         5 => Packet::PubRec(publish::decode_ack(&mut r, version, limits, "PUBREC")?),
         6 => Packet::PubRel(publish::decode_ack(&mut r, version, limits, "PUBREL")?),

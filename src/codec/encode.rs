@@ -36,10 +36,7 @@ trait Sink {
     }
     /// Binary data / UTF-8 string with a two-byte length prefix.
     fn bin(&mut self, b: &[u8]) {
-        debug_assert!(
-            b.len() <= usize::from(u16::MAX),
-            "string or binary longer than 65535"
-        );
+        debug_assert!(b.len() <= usize::from(u16::MAX), "string or binary longer than 65535");
         self.u16(b.len() as u16);
         self.put(b);
     }
@@ -255,9 +252,7 @@ fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, s: &mut S) {
             }
         }
         Packet::Publish(p) => publish_body(p, v5, s),
-        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
-            ack_body(a, v5, s)
-        }
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => ack_body(a, v5, s),
         Packet::Subscribe(sub) => {
             s.u16(sub.pkid);
             if v5 {
@@ -281,11 +276,7 @@ fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, s: &mut S) {
                 s.put(&a.codes);
             } else {
                 for &c in &a.codes {
-                    s.u8(if c >= 0x80 {
-                        reason::v3::SUBACK_FAILURE
-                    } else {
-                        c
-                    });
+                    s.u8(if c >= 0x80 { reason::v3::SUBACK_FAILURE } else { c });
                 }
             }
         }

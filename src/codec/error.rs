@@ -56,6 +56,8 @@ pub enum DecodeError {
     SubscribeReservedBitsSet,
     #[error("retain handling value 3 [MQTT-3.8.3-6]")]
     InvalidRetainHandling,
+    #[error("subscription maximum QoS 3 [MQTT-3.8.3-4] (3.1.1: malformed)")]
+    SubscribeQos3,
     #[error("packet identifier 0 [MQTT-2.2.1-3]")]
     PacketIdZero,
     #[error("protocol name is neither MQTT nor MQIsdp [MQTT-3.1.2-1]")]
@@ -98,9 +100,7 @@ impl DecodeError {
         use DecodeError::*;
         match self {
             PacketTooLarge { .. } => reason::PACKET_TOO_LARGE,
-            InvalidProtocolName | UnsupportedProtocolLevel { .. } => {
-                reason::UNSUPPORTED_PROTOCOL_VERSION
-            }
+            InvalidProtocolName | UnsupportedProtocolLevel { .. } => reason::UNSUPPORTED_PROTOCOL_VERSION,
             EmptyClientIdWithoutCleanSession => reason::CLIENT_IDENTIFIER_NOT_VALID,
             TopicAliasZero => reason::TOPIC_ALIAS_INVALID,
             TopicNameWildcard | TooManyTopicLevels => reason::TOPIC_NAME_INVALID,
@@ -114,6 +114,7 @@ impl DecodeError {
             | SubscribeNoFilters
             | UnsubscribeNoFilters
             | InvalidRetainHandling
+            | SubscribeQos3
             | PacketIdZero
             | DuplicateProperty { .. }
             | InvalidPropertyValue { .. }
@@ -169,6 +170,7 @@ impl DecodeError {
             UnsubscribeNoFilters => "unsubscribe_no_filters",
             SubscribeReservedBitsSet => "subscribe_reserved_bits",
             InvalidRetainHandling => "invalid_retain_handling",
+            SubscribeQos3 => "subscribe_qos3",
             PacketIdZero => "packet_id_zero",
             InvalidProtocolName => "invalid_protocol_name",
             UnsupportedProtocolLevel { .. } => "unsupported_protocol_level",

@@ -53,10 +53,7 @@ fn check(input: &[u8], (v, from_server, connect): Mode) -> usize {
         encode(&p, ev, &mut out);
         let again = decode_as(&mut out, ev, from_server, connect);
         assert_eq!(again, Ok(Some(p)), "round trip of {input:02x?} in {v:?}");
-        assert!(
-            out.is_empty(),
-            "encoder wrote more than one packet for {input:02x?}"
-        );
+        assert!(out.is_empty(), "encoder wrote more than one packet for {input:02x?}");
     }
     4
 }

@@ -91,10 +91,7 @@ pub fn valid_connack(code: u8) -> bool {
 
 /// Reason codes of PUBACK and PUBREC (3.4.2.1, 3.5.2.1).
 pub fn valid_puback(code: u8) -> bool {
-    matches!(
-        code,
-        0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99
-    )
+    matches!(code, 0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99)
 }
 
 /// Reason codes of PUBREL and PUBCOMP (3.6.2.1, 3.7.2.1).
@@ -104,10 +101,7 @@ pub fn valid_pubrel(code: u8) -> bool {
 
 /// Reason codes of a v5 SUBACK (3.9.3).
 pub fn valid_suback(code: u8) -> bool {
-    matches!(
-        code,
-        0x00..=0x02 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91 | 0x97 | 0x9E | 0xA1 | 0xA2
-    )
+    matches!(code, 0x00..=0x02 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91 | 0x97 | 0x9E | 0xA1 | 0xA2)
 }
 
 /// Return codes of a 3.1/3.1.1 SUBACK.

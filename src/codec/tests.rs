@@ -5,11 +5,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::*;
 
-pub(crate) const VERSIONS: [ProtocolVersion; 3] = [
-    ProtocolVersion::V3_1,
-    ProtocolVersion::V3_1_1,
-    ProtocolVersion::V5,
-];
+pub(crate) const VERSIONS: [ProtocolVersion; 3] =
+    [ProtocolVersion::V3_1, ProtocolVersion::V3_1_1, ProtocolVersion::V5];
 
 fn up() -> Vec<(String, String)> {
     vec![("k".into(), "v".into()), ("k".into(), "v2".into())]
@@ -76,30 +73,13 @@ pub(crate) fn samples(v: ProtocolVersion) -> Vec<(Packet, bool)> {
         user_properties: up(),
         ..Default::default()
     };
-    let server_pub_props = Properties {
-        subscription_identifiers: vec![1, 268_435_455],
-        ..pub_props.clone()
-    };
-    let reason_props = Properties {
-        reason_string: s("why"),
-        user_properties: up(),
-        ..Default::default()
-    };
-    let ack = |pkid, code| Ack {
-        pkid,
-        code: if v5 { code } else { 0 },
-        properties: pick(reason_props.clone()),
-    };
-    let plain_ack = |pkid| Ack {
-        pkid,
-        code: 0,
-        properties: Properties::default(),
-    };
-    let sub_props = Properties {
-        subscription_identifiers: vec![77],
-        user_properties: up(),
-        ..Default::default()
-    };
+    let server_pub_props = Properties { subscription_identifiers: vec![1, 268_435_455], ..pub_props.clone() };
+    let reason_props = Properties { reason_string: s("why"), user_properties: up(), ..Default::default() };
+    let ack =
+        |pkid, code| Ack { pkid, code: if v5 { code } else { 0 }, properties: pick(reason_props.clone()) };
+    let plain_ack = |pkid| Ack { pkid, code: 0, properties: Properties::default() };
+    let sub_props =
+        Properties { subscription_identifiers: vec![77], user_properties: up(), ..Default::default() };
     let filter = |f: &str, qos, rh| SubscribeFilter {
         filter: f.into(),
         qos,
@@ -140,14 +120,7 @@ pub(crate) fn samples(v: ProtocolVersion) -> Vec<(Packet, bool)> {
             })),
             false,
         ),
-        (
-            Packet::ConnAck(ConnAck {
-                session_present: true,
-                code: 0,
-                properties: pick(connack_props),
-            }),
-            true,
-        ),
+        (Packet::ConnAck(ConnAck { session_present: true, code: 0, properties: pick(connack_props) }), true),
         (
             Packet::ConnAck(ConnAck {
                 session_present: false,
@@ -180,27 +153,17 @@ pub(crate) fn samples(v: ProtocolVersion) -> Vec<(Packet, bool)> {
             }),
             true,
         ),
-        (
-            Packet::PubAck(ack(1, reason::NO_MATCHING_SUBSCRIBERS)),
-            false,
-        ),
+        (Packet::PubAck(ack(1, reason::NO_MATCHING_SUBSCRIBERS)), false),
         (Packet::PubAck(plain_ack(2)), true),
         (Packet::PubRec(ack(3, reason::QUOTA_EXCEEDED)), true),
-        (
-            Packet::PubRel(ack(4, reason::PACKET_IDENTIFIER_NOT_FOUND)),
-            false,
-        ),
+        (Packet::PubRel(ack(4, reason::PACKET_IDENTIFIER_NOT_FOUND)), false),
         (Packet::PubComp(plain_ack(65535)), false),
         (
             Packet::Subscribe(Subscribe {
                 pkid: 9,
                 filters: vec![
                     filter("a/+/c", QoS::AtLeastOnce, RetainHandling::Never),
-                    filter(
-                        "$share/g/#",
-                        QoS::ExactlyOnce,
-                        RetainHandling::OnNewSubscribe,
-                    ),
+                    filter("$share/g/#", QoS::ExactlyOnce, RetainHandling::OnNewSubscribe),
                 ],
                 properties: pick(sub_props),
             }),
@@ -218,10 +181,7 @@ pub(crate) fn samples(v: ProtocolVersion) -> Vec<(Packet, bool)> {
             Packet::Unsubscribe(Unsubscribe {
                 pkid: 10,
                 filters: vec!["a/#".into(), "b".into()],
-                properties: pick(Properties {
-                    user_properties: up(),
-                    ..Default::default()
-                }),
+                properties: pick(Properties { user_properties: up(), ..Default::default() }),
             }),
             false,
         ),
@@ -235,54 +195,21 @@ pub(crate) fn samples(v: ProtocolVersion) -> Vec<(Packet, bool)> {
         ),
         (Packet::PingReq, false),
         (Packet::PingResp, true),
-        (
-            Packet::Disconnect(Disconnect {
-                code: 0,
-                properties: Properties::default(),
-            }),
-            false,
-        ),
+        (Packet::Disconnect(Disconnect { code: 0, properties: Properties::default() }), false),
     ];
     if v5 {
-        let disconnect_props = Properties {
-            session_expiry_interval: Some(0),
-            server_reference: s("x"),
-            ..reason_props.clone()
-        };
+        let disconnect_props =
+            Properties { session_expiry_interval: Some(0), server_reference: s("x"), ..reason_props.clone() };
         let auth_props = Properties {
             authentication_method: s("SCRAM"),
             authentication_data: Some(Bytes::from_static(b"d")),
             ..reason_props.clone()
         };
         out.extend([
-            (
-                Packet::Disconnect(Disconnect {
-                    code: 0x04,
-                    properties: Properties::default(),
-                }),
-                false,
-            ),
-            (
-                Packet::Disconnect(Disconnect {
-                    code: 0x8B,
-                    properties: disconnect_props,
-                }),
-                true,
-            ),
-            (
-                Packet::Auth(Auth {
-                    code: 0,
-                    properties: Properties::default(),
-                }),
-                false,
-            ),
-            (
-                Packet::Auth(Auth {
-                    code: reason::CONTINUE_AUTHENTICATION,
-                    properties: auth_props,
-                }),
-                true,
-            ),
+            (Packet::Disconnect(Disconnect { code: 0x04, properties: Properties::default() }), false),
+            (Packet::Disconnect(Disconnect { code: 0x8B, properties: disconnect_props }), true),
+            (Packet::Auth(Auth { code: 0, properties: Properties::default() }), false),
+            (Packet::Auth(Auth { code: reason::CONTINUE_AUTHENTICATION, properties: auth_props }), true),
         ]);
     }
     out
@@ -393,21 +320,13 @@ fn samples_cover_every_property() {
 fn every_prefix_needs_more_bytes() {
     for v in VERSIONS {
         for (p, from_server) in samples(v).into_iter().filter(|(p, _)| {
-            matches!(
-                p,
-                Packet::Connect(_) | Packet::Publish(_) | Packet::Subscribe(_) | Packet::PubAck(_)
-            )
+            matches!(p, Packet::Connect(_) | Packet::Publish(_) | Packet::Subscribe(_) | Packet::PubAck(_))
         }) {
             let full = enc(&p, v);
             let connect = matches!(p, Packet::Connect(_));
             for n in 0..full.len() {
                 let mut buf = BytesMut::from(&full[..n]);
-                assert_eq!(
-                    decode_as(&mut buf, v, from_server, connect),
-                    Ok(None),
-                    "{v:?} {} {n}",
-                    p.name()
-                );
+                assert_eq!(decode_as(&mut buf, v, from_server, connect), Ok(None), "{v:?} {} {n}", p.name());
                 assert_eq!(&buf[..], &full[..n], "buffer must be untouched");
             }
         }
@@ -417,57 +336,26 @@ fn every_prefix_needs_more_bytes() {
 #[test]
 fn v3_acks_and_short_forms() {
     let v5 = ProtocolVersion::V5;
-    let a = Packet::PubAck(Ack {
-        pkid: 5,
-        code: 0,
-        properties: Properties::default(),
-    });
+    let a = Packet::PubAck(Ack { pkid: 5, code: 0, properties: Properties::default() });
     assert_eq!(&enc(&a, v5)[..], b"\x40\x02\x00\x05");
     assert_eq!(&enc(&a, ProtocolVersion::V3_1_1)[..], b"\x40\x02\x00\x05");
-    let a = Packet::PubAck(Ack {
-        pkid: 5,
-        code: 0x10,
-        properties: Properties::default(),
-    });
+    let a = Packet::PubAck(Ack { pkid: 5, code: 0x10, properties: Properties::default() });
     assert_eq!(&enc(&a, v5)[..], b"\x40\x03\x00\x05\x10");
-    let d = Packet::Disconnect(Disconnect {
-        code: 0,
-        properties: Properties::default(),
-    });
+    let d = Packet::Disconnect(Disconnect { code: 0, properties: Properties::default() });
     assert_eq!(&enc(&d, v5)[..], b"\xe0\x00");
-    let d = Packet::Disconnect(Disconnect {
-        code: 0x8E,
-        properties: Properties::default(),
-    });
+    let d = Packet::Disconnect(Disconnect { code: 0x8E, properties: Properties::default() });
     assert_eq!(&enc(&d, ProtocolVersion::V3_1_1)[..], b"\xe0\x00");
-    let c = Packet::ConnAck(ConnAck {
-        session_present: false,
-        code: 0x86,
-        properties: Properties::default(),
-    });
+    let c =
+        Packet::ConnAck(ConnAck { session_present: false, code: 0x86, properties: Properties::default() });
     assert_eq!(&enc(&c, ProtocolVersion::V3_1_1)[..], b"\x20\x02\x00\x04");
-    let s = Packet::SubAck(SubAck {
-        pkid: 1,
-        codes: vec![1, 0x87],
-        properties: Properties::default(),
-    });
-    assert_eq!(
-        &enc(&s, ProtocolVersion::V3_1_1)[..],
-        b"\x90\x04\x00\x01\x01\x80"
-    );
+    let s = Packet::SubAck(SubAck { pkid: 1, codes: vec![1, 0x87], properties: Properties::default() });
+    assert_eq!(&enc(&s, ProtocolVersion::V3_1_1)[..], b"\x90\x04\x00\x01\x01\x80");
     // Long forms decode too: PUBACK with code 0 and empty properties, DISCONNECT/AUTH of length 0.
     let mut b = BytesMut::from(&b"\x40\x04\x00\x05\x00\x00"[..]);
-    let want = Packet::PubAck(Ack {
-        pkid: 5,
-        code: 0,
-        properties: Properties::default(),
-    });
+    let want = Packet::PubAck(Ack { pkid: 5, code: 0, properties: Properties::default() });
     assert_eq!(decode(&mut b, Some(v5), &Limits::default()), Ok(Some(want)));
     let mut b = BytesMut::from(&b"\xf0\x00"[..]);
-    let want = Packet::Auth(Auth {
-        code: 0,
-        properties: Properties::default(),
-    });
+    let want = Packet::Auth(Auth { code: 0, properties: Properties::default() });
     assert_eq!(decode(&mut b, Some(v5), &Limits::default()), Ok(Some(want)));
 }
 
@@ -486,12 +374,8 @@ fn publish_payload_is_zero_copy_and_large_lengths_work() {
     encode_publish(&p, ProtocolVersion::V3_1_1, &mut buf);
     assert_eq!(&buf[..4], b"\x32\xc5\x9a\x0c"); // 200_005 as a 3-byte remaining length
     let base = buf.as_ptr() as usize;
-    let got = decode(&mut buf, Some(ProtocolVersion::V3_1_1), &Limits::default())
-        .unwrap()
-        .unwrap();
-    let Packet::Publish(got) = got else {
-        panic!("not a publish")
-    };
+    let got = decode(&mut buf, Some(ProtocolVersion::V3_1_1), &Limits::default()).unwrap().unwrap();
+    let Packet::Publish(got) = got else { panic!("not a publish") };
     assert_eq!(got.payload.as_ptr() as usize, base + 9);
     assert_eq!(got, p);
 }

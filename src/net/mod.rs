@@ -1,5 +1,11 @@
-//! Listeners and the accept loop: connection limit (a semaphore permit taken before `accept`),
-//! socket options, one task per connection, and stopping on shutdown.
+//! Listeners and the accept loop: connection limits (semaphore permits taken before `accept`:
+//! the broker-wide one and the listener's own), socket options, one task per connection, and
+//! stopping on shutdown. [`listener`] says what each kind of listener (TCP, TLS, WebSocket,
+//! WebSocket over TLS) does before MQTT starts; [`tls`] and [`ws`] are those handshakes.
+
+pub mod listener;
+pub mod tls;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,16 +14,29 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, warn};
 
-use crate::session::{Ctx, serve_connection};
+use crate::session::Ctx;
+pub use listener::Listener;
 
-/// Accepts MQTT/TCP connections until `shutdown` turns true.
+/// Accepts connections on `listener` until `shutdown` turns true; `kind` handles each.
 pub async fn accept_loop(
     listener: TcpListener,
+    kind: Arc<Listener>,
     ctx: Arc<Ctx>,
     permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let metrics = crate::metrics::get().listener(kind.transport());
     loop {
+        let own = match &kind.permits {
+            None => None,
+            Some(own) => tokio::select! {
+                p = own.clone().acquire_owned() => match p {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                },
+                _ = shutdown.changed() => return,
+            },
+        };
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
@@ -38,10 +57,14 @@ pub async fn accept_loop(
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, %peer, "cannot set TCP_NODELAY");
         }
+        let accepted = tokio::time::Instant::now();
         let ctx = ctx.clone();
+        let kind = kind.clone();
+        let counted = metrics.accepted();
         tokio::spawn(async move {
-            serve_connection(stream, peer.to_string(), ctx).await;
-            drop(permit);
+            let ended = kind.serve(stream, peer, accepted, ctx).await;
+            counted.ended(&ended);
+            drop((permit, own));
         });
     }
 }

@@ -41,6 +41,11 @@ pub struct Conn {
     /// Responses waiting for the store, in request order.
     pub(super) pending: Pending,
     pub(super) wbuf: BytesMut,
+    /// v5 Request Problem Information: reason strings may go on acks (false when the client sent 0).
+    pub(super) problem_info: bool,
+    /// Reason string of the closing DISCONNECT when it must say more than the `Close` does
+    /// (a schema refusal names the schema, the field and what failed).
+    pub(super) close_reason: Option<String>,
 }
 
 impl Conn {
@@ -63,33 +68,61 @@ impl Conn {
             out: Outbound::new(limits),
             pending: Pending::default(),
             wbuf: BytesMut::new(),
+            problem_info: true,
+            close_reason: None,
         }
     }
+}
 
+/// What the listener knows about a connection before MQTT starts.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The peer's address, for logs.
+    pub peer: String,
+    /// The listener's name: `tcp`, `tls`, `ws` or `wss`.
+    pub listener: &'static str,
+    /// The TLS client certificate's CN when the listener has `use_identity_as_username`; it
+    /// replaces the CONNECT username.
+    pub identity: Option<String>,
+    /// When the CONNECT must have arrived: accept time plus the listener's connect timeout
+    /// (TLS and WebSocket handshakes count against it).
+    pub deadline: tokio::time::Instant,
 }
 
 /// Serves one client connection from its first byte to its close. Never panics on input.
-pub async fn serve_connection<S>(stream: S, peer: String, ctx: Arc<Ctx>)
+/// Returns why it ended: `Ok` after a session, `Err` when it ended before one (CONNECT
+/// refused, malformed or late, or the peer left); the accept loop counts it.
+pub async fn serve_connection<S>(stream: S, info: ConnInfo, ctx: Arc<Ctx>) -> Result<Close, Close>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "conn",
+        peer = %info.peer,
+        listener = info.listener,
+        client_id = tracing::field::Empty
+    );
     async move {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
         let kill = Arc::new(Kill::default());
-        let mut conn = match handshake(&ctx, &mut rd, &mut wr, &mut rbuf, kill.clone()).await {
+        let mut conn = match handshake(&ctx, &info, &mut rd, &mut wr, &mut rbuf, kill.clone()).await {
             Ok(conn) => conn,
             Err(close) => {
-                debug!(%close, "connection closed before session");
-                return;
+                match close {
+                    Close::Refused(code) => info!(code = format_args!("0x{code:02X}"), "CONNECT refused"),
+                    _ => debug!(%close, "connection closed before session"),
+                }
+                return Err(close);
             }
         };
+        let _online = crate::metrics::get().session_online();
         tracing::Span::current().record("client_id", &*conn.session.client_id);
         info!(protocol = ?conn.version, keep_alive = conn.keep_alive.as_secs(), "client connected");
         let close = conn.run(&mut rd, &mut wr, &mut rbuf, &kill).await;
         conn.finish(&close, &mut wr).await;
-        info!(reason = %close, "client disconnected");
+        info!(protocol = ?conn.version, reason = %close, "client disconnected");
+        Ok(close)
     }
     .instrument(span)
     .await
@@ -98,6 +131,7 @@ where
 /// Reads the CONNECT within the connect timeout, answers it and attaches the session.
 async fn handshake<R, W>(
     ctx: &Arc<Ctx>,
+    info: &ConnInfo,
     rd: &mut R,
     wr: &mut W,
     rbuf: &mut BytesMut,
@@ -107,10 +141,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let connect = match tokio::time::timeout(ctx.connect_timeout(), read_connect(ctx, rd, rbuf)).await {
+    // The version the CONNECT claims, read before decoding: a failed decode consumes the bytes.
+    let mut sniffed = None;
+    let read = tokio::time::timeout_at(info.deadline, read_connect(ctx, rd, rbuf, &mut sniffed)).await;
+    let connect = match read {
         Err(_) => return Err(Close::Server(reason::MAXIMUM_CONNECT_TIME, "no CONNECT in time")),
         Ok(Err(Close::Decode(e))) => {
-            if let Some((version, code)) = connect::refusal_for(&e, connect::sniff_version(rbuf)) {
+            if let Some((version, code)) = connect::refusal_for(&e, sniffed) {
                 let mut out = BytesMut::new();
                 connect::write_refusal(version, code, &mut out);
                 let _ = wr.write_all(&out).await;
@@ -119,7 +156,12 @@ where
             return Err(Close::Decode(e));
         }
         Ok(Err(close)) => return Err(close),
-        Ok(Ok(c)) => c,
+        Ok(Ok(mut c)) => {
+            if let Some(identity) = &info.identity {
+                c.username = Some(identity.clone());
+            }
+            c
+        }
     };
     let mut out = BytesMut::new();
     let version = connect.protocol;
@@ -147,10 +189,15 @@ async fn read_connect<R: AsyncRead + Unpin>(
     ctx: &Ctx,
     rd: &mut R,
     rbuf: &mut BytesMut,
+    sniffed: &mut Option<ProtocolVersion>,
 ) -> Result<codec::Connect, Close> {
     loop {
+        *sniffed = connect::sniff_version(rbuf);
         match codec::decode(rbuf, None, &ctx.decode_limits) {
-            Ok(Some(Packet::Connect(c))) => return Ok(*c),
+            Ok(Some(Packet::Connect(c))) => {
+                crate::metrics::get().packets_received[crate::metrics::pt::CONNECT].inc();
+                return Ok(*c);
+            }
             Ok(Some(_)) => return Err(Close::Decode(codec::DecodeError::FirstPacketNotConnect)),
             Ok(None) => {}
             Err(e) => return Err(Close::Decode(e)),
@@ -230,7 +277,10 @@ impl Conn {
     fn handle_input(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
         loop {
             match codec::decode(rbuf, Some(self.version), &self.ctx.decode_limits) {
-                Ok(Some(p)) => self.handle_packet(p)?,
+                Ok(Some(p)) => {
+                    crate::metrics::get().packet_received(&p);
+                    self.handle_packet(p)?;
+                }
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(Close::Decode(e)),
             }
@@ -253,10 +303,11 @@ impl Conn {
         if let (true, Some(code)) = (self.version.is_v5(), close.server_code()) {
             let mut props = Properties::default();
             if let Close::Server(_, why) = close {
-                props.reason_string = Some((*why).to_string());
+                props.reason_string = Some(self.close_reason.take().unwrap_or_else(|| (*why).to_string()));
             }
             let d = Disconnect { code, properties: props };
             codec::encode(&Packet::Disconnect(d), self.version, &mut self.wbuf);
+            crate::metrics::get().packets_sent[crate::metrics::pt::DISCONNECT].inc();
         }
         if !self.wbuf.is_empty() {
             let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&self.wbuf)).await;
@@ -267,7 +318,10 @@ impl Conn {
             && !taken_over
         {
             let msg = will.message(Instant::now());
-            self.ctx.broker.schedule_will(&self.session, self.generation, msg, will.delay);
+            // The schema may have changed since CONNECT checked the will.
+            if self.ctx.schemas.admit_will(&self.ctx.broker, &msg, &self.session.client_id) {
+                self.ctx.broker.schedule_will(&self.session, self.generation, msg, will.delay);
+            }
         }
         self.session.mailbox.wake();
         self.ctx.broker.detach(&self.session, self.generation);

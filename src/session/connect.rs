@@ -11,11 +11,9 @@ use super::conn::Conn;
 use super::outbound::OutboundLimits;
 use crate::broker::message::Message;
 use crate::broker::session::Kill;
-use crate::store::Commit;
 use crate::codec::reason;
-use crate::codec::{
-    ConnAck, Connect, DecodeError, LastWill, Packet, Properties, ProtocolVersion, encode,
-};
+use crate::codec::{ConnAck, Connect, DecodeError, LastWill, Packet, Properties, ProtocolVersion, encode};
+use crate::store::Commit;
 
 /// The outcome of a CONNECT: a connection ready to run, or the code it was refused with.
 pub enum Accepted {
@@ -28,6 +26,7 @@ pub enum Accepted {
 pub fn write_refusal(version: ProtocolVersion, code: u8, out: &mut BytesMut) {
     let ack = ConnAck { session_present: false, code, properties: Properties::default() };
     encode(&Packet::ConnAck(ack), version, out);
+    crate::metrics::get().packets_sent[crate::metrics::pt::CONNACK].inc();
 }
 
 /// The CONNACK (and its protocol version) owed for a CONNECT that failed to decode, if any:
@@ -41,10 +40,9 @@ pub fn refusal_for(err: &DecodeError, sniffed: Option<ProtocolVersion>) -> Optio
         DecodeError::UnsupportedProtocolLevel { .. } => {
             Some((ProtocolVersion::V3_1_1, reason::UNSUPPORTED_PROTOCOL_VERSION))
         }
-        DecodeError::EmptyClientIdWithoutCleanSession => Some((
-            sniffed.unwrap_or(ProtocolVersion::V3_1_1),
-            reason::CLIENT_IDENTIFIER_NOT_VALID,
-        )),
+        DecodeError::EmptyClientIdWithoutCleanSession => {
+            Some((sniffed.unwrap_or(ProtocolVersion::V3_1_1), reason::CLIENT_IDENTIFIER_NOT_VALID))
+        }
         DecodeError::PacketTooLarge { .. } if sniffed == Some(ProtocolVersion::V5) => {
             Some((ProtocolVersion::V5, reason::PACKET_TOO_LARGE))
         }
@@ -56,6 +54,9 @@ pub fn refusal_for(err: &DecodeError, sniffed: Option<ProtocolVersion>) -> Optio
 /// Reads the protocol level of a CONNECT at the front of `buf` without decoding it, so a
 /// refusal can be sent in the client's own protocol version.
 pub fn sniff_version(buf: &[u8]) -> Option<ProtocolVersion> {
+    if *buf.first()? >> 4 != 1 {
+        return None; // not a CONNECT: no version to answer in
+    }
     let mut i = 1;
     while *buf.get(i)? & 0x80 != 0 {
         i += 1;
@@ -75,6 +76,9 @@ pub fn accept(ctx: &Arc<Ctx>, c: Connect, kill: Arc<Kill>, out: &mut BytesMut) -
     let mut props = Properties::default();
     if let Some(code) = refuse_reason(ctx, &c) {
         write_refusal(c.protocol, code, out);
+        return Accepted::No(code);
+    }
+    if let Some(code) = refuse_will(ctx, &c, out) {
         return Accepted::No(code);
     }
     let client_id = if c.client_id.is_empty() {
@@ -101,8 +105,9 @@ pub fn accept(ctx: &Arc<Ctx>, c: Connect, kill: Arc<Kill>, out: &mut BytesMut) -
     }
     let ack = ConnAck { session_present: attached.present, code: reason::SUCCESS, properties: props };
     encode(&Packet::ConnAck(ack), c.protocol, out);
+    crate::metrics::get().packets_sent[crate::metrics::pt::CONNACK].inc();
     let limits = OutboundLimits::negotiate(ctx, &c.properties);
-    let conn = Conn::new(
+    let mut conn = Conn::new(
         ctx.clone(),
         c.protocol,
         attached,
@@ -110,7 +115,22 @@ pub fn accept(ctx: &Arc<Ctx>, c: Connect, kill: Arc<Kill>, out: &mut BytesMut) -
         will,
         limits,
     );
+    conn.problem_info = c.properties.request_problem_information != Some(0);
     Accepted::Yes(Box::new(conn), commit)
+}
+
+/// Refuses a CONNECT whose will its topic's JSON Schema refuses (or that targets `$schema/`):
+/// v5 CONNACK 0x99 with the reason string; 3.x return code 5 (not authorized, as Mosquitto
+/// answers a will it does not accept). Writes the CONNACK and returns the code.
+fn refuse_will(ctx: &Ctx, c: &Connect, out: &mut BytesMut) -> Option<u8> {
+    let w = c.will.as_ref()?;
+    let refusal = ctx.schemas.check_will(&String::from_utf8_lossy(&w.topic), &w.payload).err()?;
+    tracing::info!(reason = %refusal.reason, "CONNECT refused: will message");
+    let code = if c.protocol.is_v5() { refusal.code } else { reason::NOT_AUTHORIZED };
+    let properties = Properties { reason_string: Some(refusal.reason), ..Properties::default() };
+    encode(&Packet::ConnAck(ConnAck { session_present: false, code, properties }), c.protocol, out);
+    crate::metrics::get().packets_sent[crate::metrics::pt::CONNACK].inc();
+    Some(code)
 }
 
 /// The v5 reason code to refuse this CONNECT with, if it must be refused.

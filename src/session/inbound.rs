@@ -13,10 +13,11 @@ use super::outbound::write_ack;
 use crate::broker::message::Message;
 use crate::broker::session::SubOptions;
 use crate::broker::topic;
-use crate::store::{Commit, Op};
 use crate::codec::{
-    Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, encode, reason,
+    Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, encode,
+    reason,
 };
+use crate::store::{Commit, Op};
 
 /// The properties of a PUBLISH or will that travel with the message to subscribers.
 pub fn forwarded_properties(p: &Properties) -> Properties {
@@ -51,7 +52,8 @@ impl Conn {
                 let known = self.session.state.lock().incoming_qos2.remove(&a.pkid);
                 let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
                 let commit = if known && self.session.is_persistent() {
-                    let op = Op::DeleteIncomingQos2 { client_id: self.session.client_id.clone(), pkid: a.pkid };
+                    let op =
+                        Op::DeleteIncomingQos2 { client_id: self.session.client_id.clone(), pkid: a.pkid };
                     self.ctx.broker.submit(vec![op], true)
                 } else {
                     Commit::done()
@@ -66,10 +68,13 @@ impl Conn {
             }
             Packet::PingReq => {
                 encode(&Packet::PingResp, self.version, &mut self.wbuf);
+                crate::metrics::get().packets_sent[crate::metrics::pt::PINGRESP].inc();
                 Ok(())
             }
             Packet::Disconnect(d) => self.on_disconnect(d),
-            Packet::Auth(_) => Err(Close::Server(reason::PROTOCOL_ERROR, "AUTH without an authentication method")),
+            Packet::Auth(_) => {
+                Err(Close::Server(reason::PROTOCOL_ERROR, "AUTH without an authentication method"))
+            }
             other => {
                 debug!(packet = other.name(), "unexpected packet from client");
                 Err(Close::Server(reason::PROTOCOL_ERROR, "packet not allowed from a client"))
@@ -78,6 +83,7 @@ impl Conn {
     }
 
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        let _timer = crate::metrics::get().publish_received(p.qos);
         let topic = self.resolve_alias(&p)?;
         let mut extra = Vec::new();
         if p.qos == QoS::ExactlyOnce {
@@ -88,7 +94,10 @@ impl Conn {
                 return Ok(());
             }
             if st.incoming_qos2.len() >= usize::from(self.ctx.mqtt.receive_maximum) {
-                return Err(Close::Server(reason::RECEIVE_MAXIMUM_EXCEEDED, "too many unreleased QoS 2 messages"));
+                return Err(Close::Server(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    "too many unreleased QoS 2 messages",
+                ));
             }
             st.incoming_qos2.insert(p.pkid);
             if self.session.is_persistent() {
@@ -108,8 +117,16 @@ impl Conn {
             expires_at: p.properties.message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s))),
             publisher: Some(self.session.id),
         };
-        let (code, commit) = match self.ctx.broker.publish(Arc::new(msg), extra) {
-            Ok(published) if published.routed == 0 => (reason::NO_MATCHING_SUBSCRIBERS, published.commit),
+        let schemas = &self.ctx.schemas;
+        let routed = match schemas.publish(&self.ctx.broker, Arc::new(msg), extra, &self.session.client_id) {
+            Ok(routed) => routed,
+            Err(refusal) => return self.refuse_publish(p.qos, p.pkid, refusal),
+        };
+        let (code, commit) = match routed.published {
+            Ok(published) if published.routed == 0 => {
+                crate::metrics::get().no_subscribers(p.retain);
+                (reason::NO_MATCHING_SUBSCRIBERS, published.commit)
+            }
             Ok(published) => (reason::SUCCESS, published.commit),
             Err(e) => {
                 tracing::error!(error = %e, "store refuses writes; message not accepted");
@@ -122,8 +139,8 @@ impl Conn {
         };
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.ack(Packet::PubAck, p.pkid, commit, code),
-            QoS::ExactlyOnce => self.ack(Packet::PubRec, p.pkid, commit, code),
+            QoS::AtLeastOnce => self.ack_noted(Packet::PubAck, p.pkid, commit, code, routed.note),
+            QoS::ExactlyOnce => self.ack_noted(Packet::PubRec, p.pkid, commit, code, routed.note),
         }
         Ok(())
     }
@@ -133,7 +150,9 @@ impl Conn {
     fn ack(&mut self, kind: fn(Ack) -> Packet, pkid: u16, commit: Commit, code: u8) {
         let version = self.version;
         let fail = version.is_v5().then_some(reason::UNSPECIFIED_ERROR);
-        self.pending.respond(commit, &mut self.wbuf, code, fail, |c, out| write_ack(kind, pkid, c, version, out));
+        crate::metrics::get().packet_sent(&kind(Ack { pkid, code, properties: Properties::default() }));
+        self.pending
+            .respond(commit, &mut self.wbuf, code, fail, |c, out| write_ack(kind, pkid, c, version, out));
     }
 
     /// Resolves or records a v5 topic alias; returns the topic name to route on.
@@ -190,6 +209,7 @@ impl Conn {
             let codes = if c == 0 { codes.clone() } else { vec![c; codes.len()] };
             encode(&Packet::SubAck(SubAck { pkid, codes, properties: Properties::default() }), version, out);
         });
+        crate::metrics::get().packets_sent[crate::metrics::pt::SUBACK].inc();
         Ok(())
     }
 
@@ -207,8 +227,13 @@ impl Conn {
         let fail = version.is_v5().then_some(reason::UNSPECIFIED_ERROR);
         self.pending.respond(commit, &mut self.wbuf, 0, fail, |c, out| {
             let codes = if c == 0 { codes.clone() } else { vec![c; codes.len()] };
-            encode(&Packet::UnsubAck(UnsubAck { pkid, codes, properties: Properties::default() }), version, out);
+            encode(
+                &Packet::UnsubAck(UnsubAck { pkid, codes, properties: Properties::default() }),
+                version,
+                out,
+            );
         });
+        crate::metrics::get().packets_sent[crate::metrics::pt::UNSUBACK].inc();
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Close> {

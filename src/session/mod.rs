@@ -11,15 +11,16 @@ mod connect;
 mod inbound;
 mod outbound;
 mod pending;
+mod refuse;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::broker::Broker;
 use crate::codec::{DecodeError, Limits};
 use crate::config::Mqtt;
+use crate::schema::Registry;
 
-pub use conn::serve_connection;
+pub use conn::{ConnInfo, serve_connection};
 
 /// What every connection task shares: the broker and the protocol limits.
 #[derive(Debug)]
@@ -27,6 +28,8 @@ pub struct Ctx {
     pub broker: Arc<Broker>,
     pub mqtt: Mqtt,
     pub decode_limits: Limits,
+    /// The `$schema/` registry every PUBLISH and will goes through (empty unless replaced).
+    pub schemas: Arc<Registry>,
 }
 
 impl Ctx {
@@ -37,11 +40,8 @@ impl Ctx {
             max_user_properties: mqtt.max_user_properties,
             max_topic_levels: mqtt.max_topic_levels,
         };
-        Ctx { broker, mqtt, decode_limits }
-    }
-
-    fn connect_timeout(&self) -> Duration {
-        self.mqtt.connect_timeout
+        let schemas = Arc::new(Registry::new(&crate::config::Schemas::default()));
+        Ctx { broker, mqtt, decode_limits, schemas }
     }
 }
 

@@ -55,7 +55,13 @@ pub struct Outbound {
 
 impl Outbound {
     pub fn new(limits: OutboundLimits) -> Outbound {
-        Outbound { limits, aliases: HashMap::new(), batch: Vec::new(), dropped_too_large: 0, dropped_expired: 0 }
+        Outbound {
+            limits,
+            aliases: HashMap::new(),
+            batch: Vec::new(),
+            dropped_too_large: 0,
+            dropped_expired: 0,
+        }
     }
 
     /// True while another QoS 1/2 message may be sent.
@@ -65,7 +71,13 @@ impl Outbound {
 
     /// Encodes queued deliveries into `out` until the mailbox is empty, the window is full or
     /// the output buffer is.
-    pub fn drain_mailbox(&mut self, broker: &Broker, session: &Session, version: ProtocolVersion, out: &mut BytesMut) {
+    pub fn drain_mailbox(
+        &mut self,
+        broker: &Broker,
+        session: &Session,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) {
         let now = Instant::now();
         while out.len() < OUT_FULL {
             let mut st = session.state.lock();
@@ -81,6 +93,7 @@ impl Outbound {
             for d in rest.by_ref() {
                 if d.msg.is_expired(now) {
                     self.dropped_expired += 1;
+                    crate::metrics::get().dropped(crate::metrics::reasons::DropReason::Expired);
                     broker.forget(session, d.seq);
                     continue;
                 }
@@ -107,14 +120,20 @@ impl Outbound {
     }
 
     /// Re-sends everything in flight after a session resumes: PUBLISH with DUP, or PUBREL.
-    pub fn resend_inflight(&mut self, broker: &Broker, session: &Session, version: ProtocolVersion, out: &mut BytesMut) {
+    pub fn resend_inflight(
+        &mut self,
+        broker: &Broker,
+        session: &Session,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) {
         let now = Instant::now();
         let mut st = session.state.lock();
         let inflight: Vec<Inflight> = st.outgoing.drain(..).collect();
         for i in inflight {
             let keep = match i.phase {
                 Phase::AwaitComp => {
-                    write_ack(Packet::PubRel, i.pkid, reason::SUCCESS, version, out);
+                    write_pubrel(i.pkid, reason::SUCCESS, version, out);
                     true
                 }
                 _ => self.encode(&i.delivery, i.pkid, true, version, now, out),
@@ -138,7 +157,14 @@ impl Outbound {
     }
 
     /// PUBREC from the client: answer PUBREL (or end the flow on a v5 error code).
-    pub fn on_pubrec(&mut self, broker: &Broker, session: &Session, ack: &Ack, version: ProtocolVersion, out: &mut BytesMut) {
+    pub fn on_pubrec(
+        &mut self,
+        broker: &Broker,
+        session: &Session,
+        ack: &Ack,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) {
         let mut st = session.state.lock();
         let pos = st.outgoing.iter().position(|i| i.pkid == ack.pkid && i.phase != Phase::AwaitAck);
         match pos {
@@ -152,9 +178,9 @@ impl Outbound {
                     i.phase = Phase::AwaitComp;
                     broker.mark_inflight(session, i.delivery.seq, i.pkid, true);
                 }
-                write_ack(Packet::PubRel, ack.pkid, reason::SUCCESS, version, out);
+                write_pubrel(ack.pkid, reason::SUCCESS, version, out);
             }
-            None => write_ack(Packet::PubRel, ack.pkid, reason::PACKET_IDENTIFIER_NOT_FOUND, version, out),
+            None => write_pubrel(ack.pkid, reason::PACKET_IDENTIFIER_NOT_FOUND, version, out),
         }
     }
 
@@ -170,7 +196,15 @@ impl Outbound {
 
     /// Encodes one PUBLISH; returns false (and writes nothing) when it exceeds the client's
     /// Maximum Packet Size, in which case the message is dropped as the spec says.
-    fn encode(&mut self, d: &Delivery, pkid: u16, dup: bool, version: ProtocolVersion, now: Instant, out: &mut BytesMut) -> bool {
+    fn encode(
+        &mut self,
+        d: &Delivery,
+        pkid: u16,
+        dup: bool,
+        version: ProtocolVersion,
+        now: Instant,
+        out: &mut BytesMut,
+    ) -> bool {
         let mut properties = Properties::default();
         let mut topic = d.msg.topic_bytes.clone();
         let mut new_alias = None;
@@ -187,22 +221,40 @@ impl Outbound {
                 new_alias = Some(a);
             }
         }
-        let p = Publish { dup, qos: d.qos, retain: d.retain, topic, pkid, properties, payload: d.msg.payload.clone() };
+        let p = Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic,
+            pkid,
+            properties,
+            payload: d.msg.payload.clone(),
+        };
         let start = out.len();
         encode_publish(&p, version, out);
         if out.len() - start > self.limits.max_packet {
             out.truncate(start);
             self.dropped_too_large += 1;
+            crate::metrics::get().dropped(crate::metrics::reasons::DropReason::TooLarge);
             return false;
         }
         if let Some(a) = new_alias {
             self.aliases.insert(d.msg.topic.clone(), a);
         }
+        crate::metrics::get().publish_sent(d.qos);
         true
     }
 }
 
 /// Writes PUBACK/PUBREC/PUBREL/PUBCOMP with `code` (codes are dropped for 3.x by the encoder).
+/// Writes (and counts) a PUBREL.
+fn write_pubrel(pkid: u16, code: u8, version: ProtocolVersion, out: &mut BytesMut) {
+    crate::metrics::get().packets_sent[crate::metrics::pt::PUBREL].inc();
+    write_ack(Packet::PubRel, pkid, code, version, out);
+}
+
+/// Not counted in `dataloom_packets_sent_total` here (a held-back ack is encoded twice); the
+/// caller counts it.
 pub fn write_ack(kind: fn(Ack) -> Packet, pkid: u16, code: u8, version: ProtocolVersion, out: &mut BytesMut) {
     let ack = Ack { pkid, code, properties: Properties::default() };
     encode(&kind(ack), version, out);

@@ -72,7 +72,11 @@ impl Pending {
     ///
     /// # Errors
     /// The store error of a failed commit whose request has no failure response.
-    pub fn complete_front(&mut self, result: Result<(), StoreError>, out: &mut BytesMut) -> Result<(), StoreError> {
+    pub fn complete_front(
+        &mut self,
+        result: Result<(), StoreError>,
+        out: &mut BytesMut,
+    ) -> Result<(), StoreError> {
         if let Some(d) = self.queue.pop_front() {
             write_outcome(d, result, out)?;
         }

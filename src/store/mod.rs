@@ -6,13 +6,16 @@
 //! reads everything back with [`Store::recover`]. `memory` keeps nothing; `fjall` is the
 //! embedded LSM store. Nothing outside this module touches fjall.
 
+pub mod fjall;
 pub mod memory;
+pub mod record;
 
 use std::sync::Arc;
 
 use crate::broker::message::{Delivery, Message};
 use crate::broker::session::SubOptions;
 
+pub use self::fjall::FjallStore;
 pub use memory::MemoryStore;
 
 /// A storage failure; the message names the path or operation and what to do.
@@ -24,7 +27,9 @@ pub enum StoreError {
     Locked { path: String },
     #[error("data directory {path} is corrupt or unreadable: {message}; restore a backup or move it away")]
     Corrupt { path: String, message: String },
-    #[error("data directory {path} has format version {found}, this build reads up to {supported}; upgrade dataloom")]
+    #[error(
+        "data directory {path} has format version {found}, this build reads up to {supported}; upgrade dataloom"
+    )]
     NewerFormat { path: String, found: u32, supported: u32 },
     #[error("store is out of space: {0}")]
     DiskFull(String),

@@ -14,7 +14,8 @@
 //!   payload. Strings and byte strings are varint length + bytes.
 //! - retained record: `v1`, message body.
 //! - delivery body: `qos | retain << 2`, sub id count + varints, message body.
-//! - delivery record: `v1`, delivery body.
+//! - delivery record: `v1`, delivery body. A delivery's `seq` is not encoded: it is the
+//!   queue key, and decoders leave it `None` for the caller to fill in.
 //! - queued record: `v1`, `inflight flags` (bit 0 in flight, bit 1 PUBREL sent), `pkid u16`,
 //!   delivery body. The in-flight part sits at a fixed offset so [`set_queued_inflight`] patches
 //!   it without decoding the message.
@@ -381,8 +382,9 @@ fn read_message_body(r: &mut Reader, clock: &Clock) -> Result<Message, RecordErr
         properties.user_properties.push((k, v));
     }
     let payload = r.bytes("payload")?;
-    let message = Message { topic, topic_bytes, payload, qos, retain, properties, expires_at, publisher: None };
-    let mut message = message;
+    let mut message =
+        Message { topic, topic_bytes, payload, qos, retain, properties, expires_at, publisher: None };
+    // As if just received: the interval left, which outbound recomputes when forwarding.
     message.properties.message_expiry_interval = message.remaining_expiry(clock.instant);
     Ok(message)
 }
@@ -400,7 +402,7 @@ fn read_delivery_body(r: &mut Reader, clock: &Clock) -> Result<Delivery, RecordE
         sub_ids.push(r.varint_u32("subscription identifier")?);
     }
     let msg = Arc::new(read_message_body(r, clock)?);
-    Ok(Delivery { msg, qos, retain, sub_ids })
+    Ok(Delivery { msg, qos, retain, sub_ids, seq: None })
 }
 
 /// Decodes a record made by [`encode_message`]. An expired message decodes with an
@@ -589,7 +591,13 @@ mod tests {
     #[test]
     fn delivery_and_queued_round_trip() {
         let c = clock();
-        let d = Delivery { msg: Arc::new(full_message(&c)), qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![1, 268_435_455] };
+        let d = Delivery {
+            msg: Arc::new(full_message(&c)),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: vec![1, 268_435_455],
+            seq: Some(4),
+        };
         let back = decode_delivery(Bytes::from(encode_delivery(&d, &c)), &c).unwrap();
         assert_same(&d.msg, &back.msg, &c);
         assert_eq!((back.qos, back.retain, back.sub_ids.clone()), (d.qos, d.retain, d.sub_ids.clone()));
@@ -609,11 +617,20 @@ mod tests {
     #[test]
     fn session_round_trips_every_option() {
         let mut subs = Vec::new();
-        for (i, rh) in [RetainHandling::OnSubscribe, RetainHandling::OnNewSubscribe, RetainHandling::Never].into_iter().enumerate() {
+        for (i, rh) in [RetainHandling::OnSubscribe, RetainHandling::OnNewSubscribe, RetainHandling::Never]
+            .into_iter()
+            .enumerate()
+        {
             for q in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
                 subs.push((
                     format!("$share/g/a/{i}/+/#"),
-                    SubOptions { qos: q, no_local: i == 1, retain_as_published: i != 1, retain_handling: rh, sub_id: (i > 0).then_some(i as u32 * 1000) },
+                    SubOptions {
+                        qos: q,
+                        no_local: i == 1,
+                        retain_as_published: i != 1,
+                        retain_handling: rh,
+                        sub_id: (i > 0).then_some(i as u32 * 1000),
+                    },
                 ));
             }
         }
@@ -632,17 +649,35 @@ mod tests {
         rec[0] = 9;
         assert_eq!(decode_message(Bytes::from(rec.clone()), &c).unwrap_err(), RecordError::Version(9));
         assert_eq!(set_queued_inflight(&rec, None).unwrap_err(), RecordError::Version(9));
-        assert_eq!(set_queued_inflight(&[RECORD_V1, 0], None).unwrap_err(), RecordError::Truncated("in-flight state"));
+        assert_eq!(
+            set_queued_inflight(&[RECORD_V1, 0], None).unwrap_err(),
+            RecordError::Truncated("in-flight state")
+        );
     }
 
     #[test]
     fn every_truncation_and_trailing_garbage_is_an_error() {
         let c = clock();
-        let d = Delivery { msg: Arc::new(full_message(&c)), qos: QoS::ExactlyOnce, retain: true, sub_ids: vec![5] };
+        let d = Delivery {
+            msg: Arc::new(full_message(&c)),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            sub_ids: vec![5],
+            seq: None,
+        };
         let s = SessionRecord {
             client_id: "c".into(),
             expiry: 30,
-            subscriptions: vec![("a/#".into(), SubOptions { qos: QoS::AtLeastOnce, no_local: true, retain_as_published: true, retain_handling: RetainHandling::Never, sub_id: Some(3) })],
+            subscriptions: vec![(
+                "a/#".into(),
+                SubOptions {
+                    qos: QoS::AtLeastOnce,
+                    no_local: true,
+                    retain_as_published: true,
+                    retain_handling: RetainHandling::Never,
+                    sub_id: Some(3),
+                },
+            )],
         };
         let msg = encode_message(&d.msg, &c);
         let queued = encode_queued(&d, Some((9, false)), &c);
@@ -651,10 +686,16 @@ mod tests {
             assert!(decode_message(Bytes::copy_from_slice(&msg[..len]), &c).is_err(), "message cut at {len}");
         }
         for len in 0..queued.len() {
-            assert!(decode_queued(Bytes::copy_from_slice(&queued[..len]), &c).is_err(), "queued cut at {len}");
+            assert!(
+                decode_queued(Bytes::copy_from_slice(&queued[..len]), &c).is_err(),
+                "queued cut at {len}"
+            );
         }
         for len in 0..session.len() {
-            assert!(decode_session("c".into(), Bytes::copy_from_slice(&session[..len])).is_err(), "session cut at {len}");
+            assert!(
+                decode_session("c".into(), Bytes::copy_from_slice(&session[..len])).is_err(),
+                "session cut at {len}"
+            );
         }
         let mut long = msg.clone();
         long.push(0);
@@ -672,7 +713,23 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let templates = [encode_message(&full_message(&c), &c), encode_session(&SessionRecord { client_id: "c".into(), expiry: 1, subscriptions: vec![("a".into(), SubOptions { qos: QoS::AtLeastOnce, no_local: false, retain_as_published: false, retain_handling: RetainHandling::OnSubscribe, sub_id: Some(1) })] })];
+        let templates = [
+            encode_message(&full_message(&c), &c),
+            encode_session(&SessionRecord {
+                client_id: "c".into(),
+                expiry: 1,
+                subscriptions: vec![(
+                    "a".into(),
+                    SubOptions {
+                        qos: QoS::AtLeastOnce,
+                        no_local: false,
+                        retain_as_published: false,
+                        retain_handling: RetainHandling::OnSubscribe,
+                        sub_id: Some(1),
+                    },
+                )],
+            }),
+        ];
         for i in 0..20_000u32 {
             let mut rec: Vec<u8> = if i % 2 == 0 {
                 let len = (next() % 64) as usize;

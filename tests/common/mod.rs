@@ -30,8 +30,12 @@ impl TestBroker {
     /// A broker on the defaults changed by `edit`, bound to a free loopback port.
     pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestBroker {
         let mut cfg = Config::default();
+        // Tests that need durability choose fjall and a temporary data dir themselves.
+        cfg.storage.backend = dataloom::config::Backend::Memory;
         cfg.listeners.tcp.bind = "127.0.0.1:0".into();
         cfg.http.bind = "127.0.0.1:0".into();
+        // Hermetic: the repository's schemas/ examples are not loaded unless a test asks.
+        cfg.schemas.dir = std::path::PathBuf::new();
         edit(&mut cfg);
         cfg.validate().expect("test config is valid");
         let running = dataloom::server::start(&cfg).await.expect("broker starts");
@@ -123,10 +127,7 @@ pub fn from_hex(hex: &str) -> Vec<u8> {
 /// Runs a mosquitto command-line client to completion (bounded by [`WAIT`] x 2) and returns
 /// (exit status success, stdout).
 pub async fn mosquitto(program: &str, args: &[&str]) -> (bool, String) {
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .kill_on_drop(true)
-        .output();
+    let child = tokio::process::Command::new(program).args(args).kill_on_drop(true).output();
     let out = tokio::time::timeout(WAIT * 2, child)
         .await
         .unwrap_or_else(|_| panic!("{program} finished in time"))

@@ -41,7 +41,11 @@ pub fn will(topic: &str, payload: &str) -> LastWill {
 }
 
 /// Connects with a CONNECT built by `edit` and returns the client and its CONNACK.
-pub async fn connect_with(addr: std::net::SocketAddr, client_id: &str, edit: impl FnOnce(&mut Connect)) -> (RawClient, ConnAck) {
+pub async fn connect_with(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    edit: impl FnOnce(&mut Connect),
+) -> (RawClient, ConnAck) {
     let mut c = RawClient::connect(addr).await;
     let mut p = connect_packet(client_id);
     edit(&mut p);
@@ -76,7 +80,12 @@ pub fn filter(f: &str, qos: QoS) -> SubscribeFilter {
 }
 
 /// Sends SUBSCRIBE (optionally with a subscription identifier) and returns the SUBACK.
-pub async fn subscribe_many(c: &mut RawClient, pkid: u16, filters: Vec<SubscribeFilter>, sub_id: Option<u32>) -> SubAck {
+pub async fn subscribe_many(
+    c: &mut RawClient,
+    pkid: u16,
+    filters: Vec<SubscribeFilter>,
+    sub_id: Option<u32>,
+) -> SubAck {
     let mut properties = Properties::default();
     properties.subscription_identifiers.extend(sub_id);
     c.send_packet(&Packet::Subscribe(Subscribe { pkid, filters, properties })).await;

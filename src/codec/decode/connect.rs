@@ -60,26 +60,12 @@ pub(crate) fn decode_connect(r: &mut Reader, limits: &Limits) -> Result<Packet, 
             return Err(DecodeError::EmptyTopic);
         }
         let payload = r.binary()?;
-        Some(LastWill {
-            topic,
-            payload,
-            qos: will_qos,
-            retain: will_retain,
-            properties,
-        })
+        Some(LastWill { topic, payload, qos: will_qos, retain: will_retain, properties })
     } else {
         None
     };
-    let username = if has_username {
-        Some(r.string()?)
-    } else {
-        None
-    };
-    let password = if has_password {
-        Some(r.binary()?)
-    } else {
-        None
-    };
+    let username = if has_username { Some(r.string()?) } else { None };
+    let password = if has_password { Some(r.binary()?) } else { None };
     Ok(Packet::Connect(Box::new(Connect {
         protocol,
         clean_start,
@@ -103,24 +89,14 @@ pub(crate) fn decode_connack(
         return Err(DecodeError::ConnAckReservedFlagSet);
     }
     let raw = r.u8()?;
-    let invalid = DecodeError::InvalidReasonCode {
-        code: raw,
-        packet: "CONNACK",
-    };
+    let invalid = DecodeError::InvalidReasonCode { code: raw, packet: "CONNACK" };
     let (code, properties) = if version.is_v5() {
         if !reason::valid_connack(raw) {
             return Err(invalid);
         }
         (raw, decode_properties(r, PropCtx::ConnAck, limits)?)
     } else {
-        (
-            reason::connack_v3_to_v5(raw).ok_or(invalid)?,
-            Properties::default(),
-        )
+        (reason::connack_v3_to_v5(raw).ok_or(invalid)?, Properties::default())
     };
-    Ok(Packet::ConnAck(ConnAck {
-        session_present: flags & 0x01 != 0,
-        code,
-        properties,
-    }))
+    Ok(Packet::ConnAck(ConnAck { session_present: flags & 0x01 != 0, code, properties }))
 }

@@ -54,10 +54,7 @@ impl PropCtx {
             0x17 | 0x19 => self == Connect,
             0x18 => self == Will,
             0x1C => matches!(self, ConnAck | Disconnect),
-            0x1F => matches!(
-                self,
-                ConnAck | Ack(_) | SubAck | UnsubAck | Disconnect | Auth
-            ),
+            0x1F => matches!(self, ConnAck | Ack(_) | SubAck | UnsubAck | Disconnect | Auth),
             0x21 | 0x22 | 0x27 => matches!(self, Connect | ConnAck),
             0x23 => matches!(self, Publish { .. }),
             0x26 => true,
@@ -114,10 +111,7 @@ pub(crate) fn decode_properties(
             return Err(DecodeError::UnknownProperty { id });
         }
         if !ctx.allows(id) {
-            return Err(DecodeError::PropertyNotAllowed {
-                id,
-                packet: ctx.name(),
-            });
+            return Err(DecodeError::PropertyNotAllowed { id, packet: ctx.name() });
         }
         match id {
             0x01 => set_once(&mut p.payload_format_indicator, id, bool_byte(&mut r, id)?)?,
@@ -150,17 +144,9 @@ pub(crate) fn decode_properties(
             0x13 => set_once(&mut p.server_keep_alive, id, r.u16()?)?,
             0x15 => set_once(&mut p.authentication_method, id, r.string()?)?,
             0x16 => set_once(&mut p.authentication_data, id, r.binary()?)?,
-            0x17 => set_once(
-                &mut p.request_problem_information,
-                id,
-                bool_byte(&mut r, id)?,
-            )?,
+            0x17 => set_once(&mut p.request_problem_information, id, bool_byte(&mut r, id)?)?,
             0x18 => set_once(&mut p.will_delay_interval, id, r.u32()?)?,
-            0x19 => set_once(
-                &mut p.request_response_information,
-                id,
-                bool_byte(&mut r, id)?,
-            )?,
+            0x19 => set_once(&mut p.request_response_information, id, bool_byte(&mut r, id)?)?,
             0x1A => set_once(&mut p.response_information, id, r.string()?)?,
             0x1C => set_once(&mut p.server_reference, id, r.string()?)?,
             0x1F => set_once(&mut p.reason_string, id, r.string()?)?,
@@ -190,21 +176,9 @@ pub(crate) fn decode_properties(
                 }
                 set_once(&mut p.maximum_packet_size, id, v)?
             }
-            0x28 => set_once(
-                &mut p.wildcard_subscription_available,
-                id,
-                bool_byte(&mut r, id)?,
-            )?,
-            0x29 => set_once(
-                &mut p.subscription_identifier_available,
-                id,
-                bool_byte(&mut r, id)?,
-            )?,
-            0x2A => set_once(
-                &mut p.shared_subscription_available,
-                id,
-                bool_byte(&mut r, id)?,
-            )?,
+            0x28 => set_once(&mut p.wildcard_subscription_available, id, bool_byte(&mut r, id)?)?,
+            0x29 => set_once(&mut p.subscription_identifier_available, id, bool_byte(&mut r, id)?)?,
+            0x2A => set_once(&mut p.shared_subscription_available, id, bool_byte(&mut r, id)?)?,
             _ => return Err(DecodeError::UnknownProperty { id }),
         }
     }

@@ -39,15 +39,7 @@ pub(crate) fn decode_publish(
     if topic.is_empty() && properties.topic_alias.is_none() {
         return Err(DecodeError::EmptyTopic);
     }
-    Ok(Publish {
-        dup,
-        qos,
-        retain,
-        topic,
-        pkid,
-        properties,
-        payload: r.rest(),
-    })
+    Ok(Publish { dup, qos, retain, topic, pkid, properties, payload: r.rest() })
 }
 
 /// Body of PUBACK/PUBREC/PUBREL/PUBCOMP. In v5 the reason code and properties may be omitted
@@ -62,11 +54,7 @@ pub(crate) fn decode_ack(
     if pkid == 0 {
         return Err(DecodeError::PacketIdZero);
     }
-    let mut ack = Ack {
-        pkid,
-        code: reason::SUCCESS,
-        properties: Properties::default(),
-    };
+    let mut ack = Ack { pkid, code: reason::SUCCESS, properties: Properties::default() };
     if !version.is_v5() || r.is_empty() {
         return Ok(ack);
     }
@@ -76,10 +64,7 @@ pub(crate) fn decode_ack(
         _ => reason::valid_pubrel(ack.code),
     };
     if !valid {
-        return Err(DecodeError::InvalidReasonCode {
-            code: ack.code,
-            packet,
-        });
+        return Err(DecodeError::InvalidReasonCode { code: ack.code, packet });
     }
     if !r.is_empty() {
         ack.properties = decode_properties(r, PropCtx::Ack(packet), limits)?;

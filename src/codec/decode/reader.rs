@@ -21,11 +21,7 @@ impl Reader {
 
     /// Fails with `TrailingBytes` unless everything was consumed.
     pub(crate) fn finish(&self) -> Result<(), DecodeError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError::TrailingBytes)
-        }
+        if self.buf.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes) }
     }
 
     /// Splits off the next `n` bytes (zero-copy).

@@ -7,8 +7,8 @@ use super::props::{PropCtx, decode_properties};
 use super::reader::Reader;
 use crate::codec::error::DecodeError;
 use crate::codec::packet::{
-    Auth, Disconnect, Packet, ProtocolVersion, QoS, RetainHandling, SubAck, Subscribe,
-    SubscribeFilter, UnsubAck, Unsubscribe,
+    Auth, Disconnect, Packet, ProtocolVersion, QoS, RetainHandling, SubAck, Subscribe, SubscribeFilter,
+    UnsubAck, Unsubscribe,
 };
 use crate::codec::properties::Properties;
 use crate::codec::reason;
@@ -26,11 +26,7 @@ fn props(
     ctx: PropCtx,
     limits: &Limits,
 ) -> Result<Properties, DecodeError> {
-    if version.is_v5() {
-        decode_properties(r, ctx, limits)
-    } else {
-        Ok(Properties::default())
-    }
+    if version.is_v5() { decode_properties(r, ctx, limits) } else { Ok(Properties::default()) }
 }
 
 fn filter(r: &mut Reader) -> Result<String, DecodeError> {
@@ -56,7 +52,7 @@ pub(crate) fn decode_subscribe(
         if opts & reserved != 0 {
             return Err(DecodeError::SubscribeReservedBitsSet);
         }
-        let qos = QoS::from_u8(opts & 0x03).ok_or(DecodeError::InvalidQoS)?;
+        let qos = QoS::from_u8(opts & 0x03).ok_or(DecodeError::SubscribeQos3)?;
         let retain_handling = match (opts >> 4) & 0x03 {
             0 => RetainHandling::OnSubscribe,
             1 => RetainHandling::OnNewSubscribe,
@@ -74,11 +70,7 @@ pub(crate) fn decode_subscribe(
     if filters.is_empty() {
         return Err(DecodeError::SubscribeNoFilters);
     }
-    Ok(Packet::Subscribe(Subscribe {
-        pkid,
-        filters,
-        properties,
-    }))
+    Ok(Packet::Subscribe(Subscribe { pkid, filters, properties }))
 }
 
 pub(crate) fn decode_suback(
@@ -90,23 +82,12 @@ pub(crate) fn decode_suback(
     let properties = props(r, version, PropCtx::SubAck, limits)?;
     let codes = r.rest().to_vec();
     for &code in &codes {
-        let ok = if version.is_v5() {
-            reason::valid_suback(code)
-        } else {
-            reason::valid_suback_v3(code)
-        };
+        let ok = if version.is_v5() { reason::valid_suback(code) } else { reason::valid_suback_v3(code) };
         if !ok {
-            return Err(DecodeError::InvalidReasonCode {
-                code,
-                packet: "SUBACK",
-            });
+            return Err(DecodeError::InvalidReasonCode { code, packet: "SUBACK" });
         }
     }
-    Ok(Packet::SubAck(SubAck {
-        pkid,
-        codes,
-        properties,
-    }))
+    Ok(Packet::SubAck(SubAck { pkid, codes, properties }))
 }
 
 pub(crate) fn decode_unsubscribe(
@@ -123,11 +104,7 @@ pub(crate) fn decode_unsubscribe(
     if filters.is_empty() {
         return Err(DecodeError::UnsubscribeNoFilters);
     }
-    Ok(Packet::Unsubscribe(Unsubscribe {
-        pkid,
-        filters,
-        properties,
-    }))
+    Ok(Packet::Unsubscribe(Unsubscribe { pkid, filters, properties }))
 }
 
 pub(crate) fn decode_unsuback(
@@ -137,39 +114,20 @@ pub(crate) fn decode_unsuback(
 ) -> Result<Packet, DecodeError> {
     let pkid = pkid(r)?;
     let properties = props(r, version, PropCtx::UnsubAck, limits)?;
-    let codes = if version.is_v5() {
-        r.rest().to_vec()
-    } else {
-        Vec::new()
-    };
+    let codes = if version.is_v5() { r.rest().to_vec() } else { Vec::new() };
     if let Some(&code) = codes.iter().find(|&&c| !reason::valid_unsuback(c)) {
-        return Err(DecodeError::InvalidReasonCode {
-            code,
-            packet: "UNSUBACK",
-        });
+        return Err(DecodeError::InvalidReasonCode { code, packet: "UNSUBACK" });
     }
-    Ok(Packet::UnsubAck(UnsubAck {
-        pkid,
-        codes,
-        properties,
-    }))
+    Ok(Packet::UnsubAck(UnsubAck { pkid, codes, properties }))
 }
 
 /// Reason code and properties of DISCONNECT/AUTH: both may be omitted (3.14.2.1, 3.15.2.1).
-fn code_and_props(
-    r: &mut Reader,
-    ctx: PropCtx,
-    limits: &Limits,
-) -> Result<(u8, Properties), DecodeError> {
+fn code_and_props(r: &mut Reader, ctx: PropCtx, limits: &Limits) -> Result<(u8, Properties), DecodeError> {
     if r.is_empty() {
         return Ok((reason::SUCCESS, Properties::default()));
     }
     let code = r.u8()?;
-    let properties = if r.is_empty() {
-        Properties::default()
-    } else {
-        decode_properties(r, ctx, limits)?
-    };
+    let properties = if r.is_empty() { Properties::default() } else { decode_properties(r, ctx, limits)? };
     Ok((code, properties))
 }
 
@@ -179,17 +137,11 @@ pub(crate) fn decode_disconnect(
     limits: &Limits,
 ) -> Result<Packet, DecodeError> {
     if !version.is_v5() {
-        return Ok(Packet::Disconnect(Disconnect {
-            code: 0,
-            properties: Properties::default(),
-        }));
+        return Ok(Packet::Disconnect(Disconnect { code: 0, properties: Properties::default() }));
     }
     let (code, properties) = code_and_props(r, PropCtx::Disconnect, limits)?;
     if !reason::valid_disconnect(code) {
-        return Err(DecodeError::InvalidReasonCode {
-            code,
-            packet: "DISCONNECT",
-        });
+        return Err(DecodeError::InvalidReasonCode { code, packet: "DISCONNECT" });
     }
     Ok(Packet::Disconnect(Disconnect { code, properties }))
 }
@@ -197,10 +149,7 @@ pub(crate) fn decode_disconnect(
 pub(crate) fn decode_auth(r: &mut Reader, limits: &Limits) -> Result<Packet, DecodeError> {
     let (code, properties) = code_and_props(r, PropCtx::Auth, limits)?;
     if !reason::valid_auth(code) {
-        return Err(DecodeError::InvalidReasonCode {
-            code,
-            packet: "AUTH",
-        });
+        return Err(DecodeError::InvalidReasonCode { code, packet: "AUTH" });
     }
     Ok(Packet::Auth(Auth { code, properties }))
 }

@@ -1,0 +1,214 @@
+//! The brokers under test as child processes: dataloom (memory storage, default limits),
+//! Mosquitto and rumqttd with configuration files written here. Each is started fresh on its
+//! own port, pinned with `taskset`, checked with a real CONNECT/CONNACK, and killed after the run.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::client::Client;
+use super::stats::{cpu_seconds, rss_bytes};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dataloom,
+    Mosquitto,
+    Rumqttd,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Dataloom, Kind::Mosquitto, Kind::Rumqttd];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Dataloom => "dataloom",
+            Kind::Mosquitto => "mosquitto",
+            Kind::Rumqttd => "rumqttd",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// A broker binary to run.
+#[derive(Debug, Clone)]
+pub struct BrokerBin {
+    pub kind: Kind,
+    pub path: PathBuf,
+}
+
+/// A running broker process.
+pub struct Running {
+    child: Child,
+    pub pid: u32,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    cpu_at_start: f64,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn mosquitto_conf(port: u16) -> String {
+    format!(
+        "# written by dataloom-bench\n\
+         listener {port} 127.0.0.1\n\
+         allow_anonymous true\n\
+         persistence false\n\
+         log_dest none\n\
+         max_queued_messages 1000000\n\
+         max_connections -1\n"
+    )
+}
+
+fn rumqttd_conf(port: u16) -> String {
+    format!(
+        "# written by dataloom-bench\n\
+         id = 0\n\
+         [router]\n\
+         id = 0\n\
+         max_connections = 20010\n\
+         max_outgoing_packet_count = 200\n\
+         max_segment_size = 104857600\n\
+         max_segment_count = 10\n\
+         [v4.1]\n\
+         name = \"v4-1\"\n\
+         listen = \"127.0.0.1:{port}\"\n\
+         next_connection_delay_ms = 0\n\
+         [v4.1.connections]\n\
+         connection_timeout_ms = 60000\n\
+         max_payload_size = 1048576\n\
+         max_inflight_count = 500\n\
+         dynamic_filters = true\n"
+    )
+}
+
+/// Starts `bin` pinned to `cpu` (a `taskset -c` list) with its files under `dir`.
+pub async fn start(bin: &BrokerBin, dir: &Path, cpu: Option<&str>) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let log = dir.join(format!("{}.log", bin.kind.name()));
+    let mut args: Vec<String> = Vec::new();
+    let mut port = 0;
+    match bin.kind {
+        Kind::Dataloom => {
+            for a in ["serve", "--bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"] {
+                args.push(a.into());
+            }
+            for a in ["--storage", "memory", "--log-level", "warn"] {
+                args.push(a.into());
+            }
+        }
+        Kind::Mosquitto => {
+            port = free_port()?;
+            let conf = dir.join("mosquitto.conf");
+            std::fs::write(&conf, mosquitto_conf(port))?;
+            args.extend(["-c".into(), conf.display().to_string()]);
+        }
+        Kind::Rumqttd => {
+            port = free_port()?;
+            let conf = dir.join("rumqttd.toml");
+            std::fs::write(&conf, rumqttd_conf(port))?;
+            args.extend(["--quiet".into(), "--config".into(), conf.display().to_string()]);
+        }
+    }
+    let mut cmd = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu).arg(&bin.path);
+            c
+        }
+        None => Command::new(&bin.path),
+    };
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {}", bin.path.display()))?;
+    let pid = child.id().ok_or_else(|| anyhow!("{} exited at once", bin.kind.name()))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let addr = if bin.kind == Kind::Dataloom {
+        let mut lines = BufReader::new(stdout).lines();
+        let wait = async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(a) = line.strip_prefix("dataloom listening on mqtt://") {
+                    return Ok::<_, anyhow::Error>(a.trim().parse::<SocketAddr>()?);
+                }
+            }
+            bail!("dataloom exited before it was listening (see {})", log.display())
+        };
+        let addr = tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .map_err(|_| anyhow!("dataloom did not print its address within 10 s"))??;
+        // Keep draining stdout so the broker never blocks on a full pipe.
+        tokio::task::spawn_local(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        addr
+    } else {
+        tokio::task::spawn_local(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(_)) = lines.next_line().await {}
+        });
+        SocketAddr::from(([127, 0, 0, 1], port))
+    };
+    let mut running = Running { child, pid, addr, log, cpu_at_start: 0.0 };
+    running.wait_ready(bin.kind).await?;
+    running.cpu_at_start = running.cpu_seconds();
+    Ok(running)
+}
+
+impl Running {
+    /// Retries a full MQTT CONNECT/CONNACK for up to 10 s.
+    async fn wait_ready(&mut self, kind: Kind) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("{} exited with {status} (see {})", kind.name(), self.log.display());
+            }
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(2), Client::connect(self.addr, "bench-probe"));
+            match attempt.await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) if tokio::time::Instant::now() > deadline => {
+                    bail!("{} does not accept MQTT connections on {}: {e}", kind.name(), self.addr)
+                }
+                Err(_) if tokio::time::Instant::now() > deadline => {
+                    bail!("{} does not answer CONNECT on {}", kind.name(), self.addr)
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// (VmRSS, VmHWM) in bytes.
+    pub fn rss(&self) -> Option<(u64, u64)> {
+        rss_bytes(self.pid)
+    }
+
+    /// CPU seconds used since the broker was ready.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(&self.pid.to_string()).unwrap_or(0.0) - self.cpu_at_start
+    }
+
+    /// `Some(description)` if the broker process has died.
+    pub fn died(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(format!("broker exited with {status} (see {})", self.log.display())),
+            _ => None,
+        }
+    }
+
+    /// Kills the broker (SIGKILL: nothing of its state is needed) and reaps it.
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}

@@ -1,0 +1,253 @@
+//! The scenarios of `make bench` (issue 3), their parameters, what one run of a scenario
+//! returns, and helpers they share: connecting many clients, waiting for deliveries to drain,
+//! and turning shared receive state into metrics.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use dataloom::codec::QoS;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::brokers::Running;
+use super::client::{Client, RxShared, Shared, receive};
+use super::stats::{Histogram, Tracker, cpu_seconds, now_ns};
+
+/// One benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    FanInQos0,
+    FanInQos1,
+    FanOut,
+    Mesh(usize),
+    Rate,
+    Idle,
+    State,
+}
+
+impl Scenario {
+    pub fn key(self) -> String {
+        match self {
+            Scenario::FanInQos0 => "fanin-qos0".into(),
+            Scenario::FanInQos1 => "fanin-qos1".into(),
+            Scenario::FanOut => "fanout".into(),
+            Scenario::Mesh(n) => format!("mesh-{n}"),
+            Scenario::Rate => "rate".into(),
+            Scenario::Idle => "idle".into(),
+            Scenario::State => "state".into(),
+        }
+    }
+
+    pub fn describe(self, p: &Params) -> String {
+        let secs = p.duration.as_secs_f64();
+        match self {
+            Scenario::FanInQos0 => {
+                format!("fan-in QoS 0: 10 publishers -> 1 subscriber on bench/#, 64 B payload, {secs} s")
+            }
+            Scenario::FanInQos1 => format!(
+                "fan-in QoS 1: 10 publishers (100 in flight each) -> 1 subscriber on bench/#, 64 B, {secs} s"
+            ),
+            Scenario::FanOut => {
+                format!("fan-out QoS 0: 1 publisher -> 100 subscribers on bench/#, 64 B, {secs} s")
+            }
+            Scenario::Mesh(n) => {
+                format!("mesh {n}: {n} clients on mesh/#, each publishes one message ({} deliveries)", n * n)
+            }
+            Scenario::Rate => format!(
+                "fixed rate: 20 clients x {} msg/s over 4 topics, all subscribed to all ({} deliveries/s), {secs} s",
+                p.rate,
+                20 * 20 * p.rate
+            ),
+            Scenario::Idle => format!("{} idle connections: broker memory per connection", p.idle),
+            Scenario::State => {
+                format!("state sync: {} retained topics, then a fresh subscriber to # counts them", p.state)
+            }
+        }
+    }
+}
+
+/// Sizes of the scenarios (smaller with `--quick`).
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Measurement window of the throughput and rate scenarios.
+    pub duration: Duration,
+    /// Messages per second of each fixed-rate client.
+    pub rate: u64,
+    pub idle: usize,
+    pub state: usize,
+    /// QoS of the state-sync subscriber.
+    pub state_qos: QoS,
+    /// Longest one run may take before it is abandoned.
+    pub run_timeout: Duration,
+}
+
+/// What one run of a scenario measured: metric keys (see `report::METRICS`) and notes.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    pub metrics: Vec<(&'static str, f64)>,
+    pub notes: Vec<String>,
+}
+
+impl Outcome {
+    pub fn set(&mut self, key: &'static str, v: f64) {
+        self.metrics.push((key, v));
+    }
+}
+
+/// Connects `n` clients named `{prefix}-{i}`, `parallel` at a time, each subscribing to `sub`
+/// if given. Returns them in order with the connect latency (TCP connect to CONNACK) in ns.
+pub async fn connect_many(
+    addr: SocketAddr,
+    prefix: &str,
+    n: usize,
+    parallel: usize,
+    sub: Option<(&str, QoS)>,
+) -> anyhow::Result<Vec<(Client, u64)>> {
+    let mut set = JoinSet::new();
+    let mut out: Vec<Option<(Client, u64)>> = (0..n).map(|_| None).collect();
+    let mut next = 0;
+    let sub = sub.map(|(f, q)| (f.to_string(), q));
+    while next < n || !set.is_empty() {
+        while next < n && set.len() < parallel {
+            let (id, sub, i) = (format!("{prefix}-{next}"), sub.clone(), next);
+            set.spawn_local(async move {
+                let t = now_ns();
+                let mut c = Client::connect(addr, &id).await?;
+                let lat = now_ns() - t;
+                if let Some((f, q)) = sub {
+                    c.subscribe(&f, q).await?;
+                }
+                Ok::<_, std::io::Error>((i, c, lat))
+            });
+            next += 1;
+        }
+        let joined = set.join_next().await.expect("set is not empty");
+        let (i, c, lat) = joined?.map_err(|e| anyhow::anyhow!("client {prefix}: {e}"))?;
+        out[i] = Some((c, lat));
+    }
+    Ok(out.into_iter().map(|c| c.expect("every client joined")).collect())
+}
+
+/// Splits `clients` and starts a receiver for each, with its own tracker.
+pub fn start_receivers(
+    clients: Vec<Client>,
+    tracker: impl Fn() -> Tracker,
+    shared: &Shared,
+) -> (Vec<JoinHandle<()>>, Vec<Rc<RefCell<Tracker>>>) {
+    let mut handles = Vec::new();
+    let mut trackers = Vec::new();
+    for c in clients {
+        let (rd, wr) = c.stream.into_split();
+        let t = Rc::new(RefCell::new(tracker()));
+        trackers.push(t.clone());
+        handles.push(tokio::task::spawn_local(receive(rd, Some(wr), c.rbuf, t, shared.clone())));
+    }
+    (handles, trackers)
+}
+
+pub fn new_shared() -> Shared {
+    Rc::new(RefCell::new(RxShared::default()))
+}
+
+/// Waits until `done()` or no delivery for `stall`, or `deadline_ns`, or the broker died.
+/// Returns a note when it did not end by `done()`.
+pub async fn drain(
+    shared: &Shared,
+    broker: &mut Running,
+    done: impl Fn(&RxShared) -> bool,
+    stall: Duration,
+    deadline_ns: u64,
+) -> Option<String> {
+    let mut last = (shared.borrow().received, now_ns());
+    loop {
+        {
+            let sh = shared.borrow();
+            if done(&sh) {
+                return None;
+            }
+            let now = now_ns();
+            if sh.received != last.0 {
+                last = (sh.received, now);
+            } else if now - last.1 > stall.as_nanos() as u64 {
+                return Some(format!("deliveries stopped ({} received)", sh.received));
+            }
+            if now > deadline_ns {
+                return Some(format!(
+                    "time limit reached while deliveries went on ({} received)",
+                    sh.received
+                ));
+            }
+        }
+        if let Some(d) = broker.died() {
+            return Some(d);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// CPU use of the generator and the broker over one run.
+pub struct CpuMeter {
+    gen_start: f64,
+    broker_start: f64,
+    wall_start: u64,
+}
+
+impl CpuMeter {
+    pub fn start(broker: &Running) -> Self {
+        CpuMeter {
+            gen_start: cpu_seconds("self").unwrap_or(0.0),
+            broker_start: broker.cpu_seconds(),
+            wall_start: now_ns(),
+        }
+    }
+
+    pub fn finish(&self, broker: &Running, o: &mut Outcome) {
+        let wall = (now_ns() - self.wall_start) as f64 / 1e9;
+        if wall > 0.0 {
+            let g = cpu_seconds("self").unwrap_or(0.0) - self.gen_start;
+            o.set("broker_cpu_pct", 100.0 * (broker.cpu_seconds() - self.broker_start) / wall);
+            o.set("gen_cpu_pct", 100.0 * g / wall);
+        }
+    }
+}
+
+/// Latency percentiles, loss and duplicates from receivers that expected `expected` messages.
+pub fn delivery_metrics(o: &mut Outcome, lat: &Histogram, trackers: &[Rc<RefCell<Tracker>>], expected: u64) {
+    let (unique, dups) =
+        trackers.iter().fold((0, 0), |(u, d), t| (u + t.borrow().unique, d + t.borrow().dups));
+    if let (Some(p50), Some(p99)) = (lat.quantile(0.5), lat.quantile(0.99)) {
+        o.set("p50_ms", p50 as f64 / 1e6);
+        o.set("p99_ms", p99 as f64 / 1e6);
+    }
+    o.set("sent", expected as f64);
+    o.set("loss", expected.saturating_sub(unique) as f64);
+    o.set(
+        "loss_pct",
+        if expected == 0 { 0.0 } else { 100.0 * expected.saturating_sub(unique) as f64 / expected as f64 },
+    );
+    o.set("dups", dups as f64);
+}
+
+/// Broker memory at the end of a run.
+pub fn memory_metrics(o: &mut Outcome, broker: &Running) {
+    if let Some((_, hwm)) = broker.rss() {
+        o.set("peak_rss_mib", hwm as f64 / (1024.0 * 1024.0));
+    }
+}
+
+/// Runs one scenario against a started broker.
+pub async fn run(s: Scenario, p: &Params, broker: &mut Running) -> anyhow::Result<Outcome> {
+    let deadline_ns = now_ns() + p.run_timeout.as_nanos() as u64;
+    let mut o = match s {
+        Scenario::FanInQos0 => super::flow::fan_in(p, broker, QoS::AtMostOnce, deadline_ns).await?,
+        Scenario::FanInQos1 => super::flow::fan_in(p, broker, QoS::AtLeastOnce, deadline_ns).await?,
+        Scenario::FanOut => super::flow::fan_out(p, broker, deadline_ns).await?,
+        Scenario::Rate => super::flow::fixed_rate(p, broker, deadline_ns).await?,
+        Scenario::Mesh(n) => super::burst::mesh(n, broker, deadline_ns).await?,
+        Scenario::Idle => super::burst::idle(p, broker).await?,
+        Scenario::State => super::burst::state(p, broker, deadline_ns).await?,
+    };
+    memory_metrics(&mut o, broker);
+    Ok(o)
+}

@@ -1,0 +1,86 @@
+//! The HTTP listener (`http.bind`): `/metrics` (Prometheus text format), `/healthz` (the
+//! process answers) and `/readyz` (listeners bound and the store accepting writes). Later the
+//! state API joins it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+
+/// What the handlers look at.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    pub broker: Arc<Broker>,
+    /// Set once every listener is bound.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The routes of the HTTP listener.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Binds `addr` and serves [`router`] until `shutdown` turns true; returns the bound address.
+///
+/// # Errors
+/// The I/O error of `bind`, naming the address.
+pub async fn serve(
+    addr: &str,
+    state: HttpState,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} (http.bind): {e}")))?;
+    let local = listener.local_addr()?;
+    let app = router(state);
+    tokio::spawn(async move {
+        let stop = async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            warn!(error = %e, "HTTP listener failed");
+        }
+    });
+    info!(addr = %local, "HTTP listener ready (/metrics, /healthz, /readyz)");
+    Ok(local)
+}
+
+async fn metrics(State(s): State<HttpState>) -> Response {
+    match crate::metrics::get().render(&s.broker) {
+        Ok(body) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<HttpState>) -> Response {
+    if !s.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: listeners are starting\n").into_response();
+    }
+    if let Some(e) = s.broker.store().poisoned() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response();
+    }
+    "ready\n".into_response()
+}

@@ -1,0 +1,340 @@
+//! The group-commit thread: the only writer of the fjall database after open.
+//!
+//! It blocks for one submission, then takes everything else already queued (up to
+//! [`MAX_GROUP`] submissions), folds all their ops in order into one change set (last write per
+//! key wins, so a batch never holds two writes of one key), commits that as one atomic fjall
+//! write batch and, if any submission waits for durability under `fsync`, calls `fdatasync`
+//! once. Then it answers every waiter. Unsynced commits (buffered mode, non-durable
+//! submissions) are synced at most [`SYNC_INTERVAL`] after the first of them, also when idle.
+//! A failed commit or sync poisons the store: fjall refuses further writes after a journal
+//! failure (including a full disk), so every waiter from then on gets the same error.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use ::fjall::{Keyspace, PersistMode};
+
+use super::{Keyspaces, Msg, Shared, client_prefix, fjall_error, qos2_key, queue_key};
+use crate::config::Durability;
+use crate::store::record::{self, Clock};
+use crate::store::{Op, StoreError};
+
+/// Most submissions folded into one group commit.
+pub const MAX_GROUP: usize = 4096;
+
+/// Longest time an unsynced commit stays unsynced (the buffered-mode loss window on power
+/// loss or a kernel crash, plus the time of the sync itself).
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+
+type Waiter = tokio::sync::oneshot::Sender<Result<(), StoreError>>;
+
+/// Pending changes of one keyspace: key → new value, or `None` to delete.
+type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The change set of one group commit.
+#[derive(Default)]
+struct Batch {
+    retained: Changes,
+    sessions: Changes,
+    queue: Changes,
+    qos2: Changes,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.retained.is_empty() && self.sessions.is_empty() && self.queue.is_empty() && self.qos2.is_empty()
+    }
+}
+
+/// Deletes every key of `ks` (committed or pending) that is `prefix` plus `suffix_len` bytes.
+fn delete_range(
+    ks: &Keyspace,
+    pending: &mut Changes,
+    prefix: &[u8],
+    suffix_len: usize,
+) -> Result<(), ::fjall::Error> {
+    let len = prefix.len() + suffix_len;
+    for kv in ks.prefix(prefix) {
+        let k = kv.key()?;
+        // The exact length keeps client "a" from matching the keys of client "a\0b…".
+        if k.len() == len {
+            pending.insert(k.to_vec(), None);
+        }
+    }
+    for (_, v) in pending
+        .range_mut(prefix.to_vec()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .filter(|(k, _)| k.len() == len)
+    {
+        *v = None;
+    }
+    Ok(())
+}
+
+/// The writer thread's state.
+pub struct Writer {
+    ks: Keyspaces,
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Msg>,
+    /// Durable submissions wait for `fdatasync`.
+    fsync: bool,
+    path: String,
+    /// When the oldest commit not yet synced was made.
+    dirty_since: Option<Instant>,
+}
+
+/// Poisons the store if the writer thread unwinds, so nobody acknowledges after that.
+struct PanicGuard(Arc<Shared>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.set_poison(StoreError::Poisoned("store writer thread panicked".into()));
+        }
+    }
+}
+
+impl Writer {
+    pub(super) fn new(
+        ks: Keyspaces,
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Msg>,
+        durability: Durability,
+        path: String,
+    ) -> Writer {
+        Writer { ks, shared, rx, fsync: durability == Durability::Fsync, path, dirty_since: None }
+    }
+
+    /// Runs until [`Msg::Close`] or until every sender is gone; ends with a final sync.
+    pub(super) fn run(mut self) -> Result<(), StoreError> {
+        let _guard = PanicGuard(Arc::clone(&self.shared));
+        let mut group: Vec<(Vec<Op>, Option<Waiter>)> = Vec::new();
+        loop {
+            let first = match self.dirty_since {
+                Some(t) => {
+                    match self.rx.recv_timeout((t + SYNC_INTERVAL).saturating_duration_since(Instant::now()))
+                    {
+                        Ok(m) => m,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.sync();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match self.rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            let mut closing = false;
+            let mut next = Some(first);
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Submit { ops, done } => group.push((ops, done)),
+                    Msg::Close => {
+                        closing = true;
+                        break;
+                    }
+                }
+                next = if group.len() < MAX_GROUP { self.rx.try_recv().ok() } else { None };
+            }
+            if !group.is_empty() {
+                self.commit_group(&mut group);
+            }
+            if closing {
+                break;
+            }
+            if self.dirty_since.is_some_and(|t| t.elapsed() >= SYNC_INTERVAL) {
+                self.sync();
+            }
+        }
+        self.final_sync()
+    }
+
+    /// Applies, commits and (if needed) syncs one group, then answers its waiters.
+    fn commit_group(&mut self, group: &mut Vec<(Vec<Op>, Option<Waiter>)>) {
+        if let Some(e) = self.shared.poisoned() {
+            answer_all(group, &e);
+            return;
+        }
+        let clock = Clock::now();
+        let mut batch = Batch::default();
+        let mut outcomes: Vec<Option<StoreError>> = Vec::with_capacity(group.len());
+        let mut wants_sync = false;
+        let mut fatal = None;
+        'group: for (ops, done) in group.iter_mut() {
+            wants_sync |= done.is_some();
+            let mut outcome = None;
+            for op in ops.drain(..) {
+                match self.apply(&mut batch, op, &clock) {
+                    Ok(()) => {}
+                    Err(Failure::Submission(e)) => outcome = Some(e),
+                    Err(Failure::Fatal(e)) => {
+                        fatal = Some(e);
+                        break 'group;
+                    }
+                }
+            }
+            outcomes.push(outcome);
+        }
+        if let Some(e) = fatal {
+            let e = self.poison(e);
+            answer_all(group, &e);
+            return;
+        }
+
+        if !batch.is_empty() {
+            if let Err(e) = self.write(batch) {
+                let e = self.poison(e);
+                answer_all(group, &e);
+                return;
+            }
+            self.dirty_since.get_or_insert_with(Instant::now);
+        }
+        self.shared.batches.fetch_add(1, Ordering::Relaxed);
+
+        if wants_sync && self.fsync && self.dirty_since.is_some() && !self.sync() {
+            let e = self.shared.poisoned().unwrap_or_else(|| StoreError::Poisoned("sync failed".into()));
+            answer_all(group, &e);
+            return;
+        }
+        for ((_, done), outcome) in group.drain(..).zip(outcomes) {
+            if let Some(tx) = done {
+                let _ = tx.send(outcome.map_or(Ok(()), Err));
+            }
+        }
+    }
+
+    /// Folds one op into the change set.
+    fn apply(&self, b: &mut Batch, op: Op, clock: &Clock) -> Result<(), Failure> {
+        match op {
+            Op::PutRetained(m) => {
+                b.retained.insert(m.topic.as_bytes().to_vec(), Some(record::encode_message(&m, clock)));
+            }
+            Op::DeleteRetained(topic) => {
+                b.retained.insert(topic.as_bytes().to_vec(), None);
+            }
+            Op::PutSession(s) => {
+                b.sessions.insert(s.client_id.as_bytes().to_vec(), Some(record::encode_session(&s)));
+            }
+            Op::DeleteSession(client_id) => {
+                b.sessions.insert(client_id.as_bytes().to_vec(), None);
+                let prefix = client_prefix(&client_id);
+                let fatal = |e| Failure::Fatal(fjall_error(e, &self.path));
+                delete_range(&self.ks.queue, &mut b.queue, &prefix, 8).map_err(fatal)?;
+                delete_range(&self.ks.qos2, &mut b.qos2, &prefix, 2).map_err(fatal)?;
+            }
+            Op::Enqueue { client_id, seq, delivery } => {
+                b.queue
+                    .insert(queue_key(&client_id, seq), Some(record::encode_queued(&delivery, None, clock)));
+            }
+            Op::Dequeue { client_id, seq } => {
+                b.queue.insert(queue_key(&client_id, seq), None);
+            }
+            Op::SetInflight { client_id, seq, pkid, released } => {
+                let key = queue_key(&client_id, seq);
+                let current = match b.queue.get(&key) {
+                    Some(pending) => pending.clone(),
+                    None => self
+                        .ks
+                        .queue
+                        .get(&key)
+                        .map_err(|e| Failure::Fatal(fjall_error(e, &self.path)))?
+                        .map(|v| v.to_vec()),
+                };
+                // A message already dequeued (or never queued) has no in-flight state to keep.
+                if let Some(current) = current {
+                    let updated = record::set_queued_inflight(&current, Some((pkid, released)))
+                        .map_err(|e| Failure::Submission(super::corrupt(&self.path, "queue", &key, &e)))?;
+                    b.queue.insert(key, Some(updated));
+                }
+            }
+            Op::PutIncomingQos2 { client_id, pkid } => {
+                b.qos2.insert(qos2_key(&client_id, pkid), Some(Vec::new()));
+            }
+            Op::DeleteIncomingQos2 { client_id, pkid } => {
+                b.qos2.insert(qos2_key(&client_id, pkid), None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the change set as one atomic batch (flushed to the OS, not yet synced).
+    fn write(&self, b: Batch) -> Result<(), StoreError> {
+        let mut wb = self.ks.db.batch();
+        for (ks, changes) in [
+            (&self.ks.retained, b.retained),
+            (&self.ks.sessions, b.sessions),
+            (&self.ks.queue, b.queue),
+            (&self.ks.qos2, b.qos2),
+        ] {
+            for (k, v) in changes {
+                match v {
+                    Some(v) => wb.insert(ks, k, v),
+                    None => wb.remove(ks, k),
+                }
+            }
+        }
+        wb.commit().map_err(|e| fjall_error(e, &self.path))
+    }
+
+    /// Syncs the journal (`fdatasync`); false (and poisoned) when that failed.
+    fn sync(&mut self) -> bool {
+        // Either way there is nothing left to retry: after a failure the store is poisoned.
+        self.dirty_since = None;
+        if self.shared.poisoned().is_some() {
+            return false;
+        }
+        match self.ks.db.persist(PersistMode::SyncData) {
+            Ok(()) => true,
+            Err(e) => {
+                self.poison(fjall_error(e, &self.path));
+                false
+            }
+        }
+    }
+
+    fn final_sync(mut self) -> Result<(), StoreError> {
+        if let Some(e) = self.shared.poisoned() {
+            return Err(e);
+        }
+        // Nothing of this process may be left unsynced, whatever `dirty_since` says.
+        self.dirty_since = Some(Instant::now());
+        if self.sync() {
+            Ok(())
+        } else {
+            Err(self.shared.poisoned().unwrap_or_else(|| StoreError::Poisoned("final sync failed".into())))
+        }
+    }
+
+    /// Poisons the store with `e`: fjall stops accepting writes after a failed journal write or
+    /// sync (a full disk included), so the broker must stop acknowledging.
+    fn poison(&self, e: StoreError) -> StoreError {
+        let e = match e {
+            StoreError::Poisoned(_) => e,
+            StoreError::DiskFull(m) => StoreError::Poisoned(format!("no space left on device: {m}")),
+            other => StoreError::Poisoned(other.to_string()),
+        };
+        self.shared.set_poison(e)
+    }
+}
+
+/// Why an op could not be applied.
+enum Failure {
+    /// Only this submission fails (e.g. its in-flight update hits an undecodable record).
+    Submission(StoreError),
+    /// Reading the database failed: nothing can be trusted any more.
+    Fatal(StoreError),
+}
+
+fn answer_all(group: &mut Vec<(Vec<Op>, Option<Waiter>)>, e: &StoreError) {
+    for (_, done) in group.drain(..) {
+        if let Some(tx) = done {
+            let _ = tx.send(Err(e.clone()));
+        }
+    }
+}
