@@ -40,3 +40,10 @@ clean:
 # made with the openssl CLI; see certs/README.md. Keeps an existing CA. Never commit the keys.
 certs:
 	sh certs/gen.sh certs
+
+# Benchmarks against Mosquitto and rumqttd (issue 3; not part of `make test`): installs what is
+# missing, prints tables, writes target/bench/results.md. `make bench QUICK=1` is a short run;
+# BENCH_ARGS passes flags to dataloom-bench (see benches/README.md).
+.PHONY: bench
+bench:
+	CARGO="$(CARGO)" QUICK="$(QUICK)" bash benches/run.sh $(BENCH_ARGS)
