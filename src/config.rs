@@ -173,6 +173,12 @@ pub struct Mqtt {
 pub struct Auth {
     /// Accept clients without credentials on non-loopback listeners too.
     pub allow_anonymous: bool,
+    /// What anonymous clients may do where they are allowed (see `src/auth/`).
+    pub anonymous: crate::auth::AnonymousConfig,
+    /// A forbidden PUBLISH without a negative ack (3.x, v5 QoS 0): `"drop"` or `"disconnect"`.
+    pub on_forbidden_publish: crate::auth::OnForbidden,
+    /// Keys seeded from config (`[[auth.keys]]`: id, secret_sha256, permissions; hashes only).
+    pub keys: Vec<crate::auth::KeyRecord>,
 }
 
 /// Log output format.
@@ -198,7 +204,7 @@ impl Default for Config {
             http: Http { bind: "127.0.0.1:9883".into() },
             storage: Storage::default(),
             mqtt: Mqtt::default(),
-            auth: Auth { allow_anonymous: false },
+            auth: Auth::default(),
             schemas: Schemas::default(),
             log: Log { level: "info".into(), format: LogFormat::Text },
         }
@@ -391,11 +397,15 @@ impl Config {
             })?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
+        // DATALOOM_ADMIN_KEY is the `dataloom key` CLI's credential, not a config key.
+        let env: config::Map<String, String> =
+            std::env::vars().filter(|(k, _)| k != "DATALOOM_ADMIN_KEY").collect();
         builder = builder.add_source(
             config::Environment::with_prefix("DATALOOM")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(env)),
         );
         let layered = builder.build()?;
         let mut cfg: Config = layered.try_deserialize().map_err(|e| match file {
@@ -403,7 +413,8 @@ impl Config {
             None => ConfigError::Layer(e),
         })?;
         cfg.apply(overrides);
-        cfg.validate()?;
+        // The anonymous-exposure rule needs the stored keys: `server::start` checks it.
+        cfg.validate_settings()?;
         Ok(cfg)
     }
 
@@ -428,12 +439,22 @@ impl Config {
         }
     }
 
-    /// Checks ranges and combinations the types cannot express.
+    /// [`Config::validate_settings`], then [`Config::check_anonymous_exposure`] counting only
+    /// the keys seeded in `[[auth.keys]]` (the store's keys are not known here).
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] for the first offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let binds = self.validate_listeners()?;
+        self.validate_settings()?;
+        self.check_anonymous_exposure(self.auth.keys.len())
+    }
+
+    /// Checks ranges and combinations the types cannot express.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for the first offending key.
+    pub fn validate_settings(&self) -> Result<(), ConfigError> {
+        self.validate_listeners()?;
         if !self.http.bind.is_empty() {
             parse_addr("http.bind", &self.http.bind)?;
         }
@@ -462,20 +483,41 @@ impl Config {
                 "must name a directory when storage.backend = \"fjall\"",
             ));
         }
-        for (key, addr) in binds {
-            if !addr.ip().is_loopback() && !self.auth.allow_anonymous {
+        for k in &self.auth.keys {
+            crate::auth::Key::new(k.clone(), true).map_err(|e| {
+                invalid(
+                    "auth.keys",
+                    format!("{e} (secret_sha256 comes from `dataloom key create --print-config`)"),
+                )
+            })?;
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", format!("{e} (e.g. \"info\" or \"dataloom=debug\")")))?;
+        Ok(())
+    }
+
+    /// The refusal to start when a listener on a non-loopback address would take anonymous
+    /// clients: no API key exists (`keys` counts the store's and the seeded ones) and
+    /// `auth.allow_anonymous` is off. Checked at start, once the store is open.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the listener.
+    pub fn check_anonymous_exposure(&self, keys: usize) -> Result<(), ConfigError> {
+        if keys > 0 || self.auth.allow_anonymous {
+            return Ok(());
+        }
+        for (key, addr) in self.validate_listeners()? {
+            if !addr.ip().is_loopback() {
                 return Err(invalid(
                     key,
                     format!(
                         "{addr} is not a loopback address and no API keys exist: anonymous clients \
-                         would be open to the network; set auth.allow_anonymous = true to allow it \
-                         or bind to 127.0.0.1"
+                         would be open to the network; create a key (dataloom key create), set \
+                         auth.allow_anonymous = true, or bind to 127.0.0.1"
                     ),
                 ));
             }
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| invalid("log.level", format!("{e} (e.g. \"info\" or \"dataloom=debug\")")))?;
         Ok(())
     }
 
@@ -623,8 +665,11 @@ mod tests {
     fn anonymous_on_network_needs_opt_in() {
         let mut c = Config::default();
         c.listeners.tcp.bind = "0.0.0.0:1883".into();
+        c.validate_settings().expect("checked at start, when the keys are known");
         assert!(c.validate().is_err());
+        assert!(c.check_anonymous_exposure(0).is_err());
+        c.check_anonymous_exposure(1).expect("keys exist");
         c.auth.allow_anonymous = true;
-        c.validate().expect("explicit opt-in");
+        c.check_anonymous_exposure(0).expect("explicit opt-in");
     }
 }

@@ -41,13 +41,30 @@ pub fn router(state: HttpState) -> Router {
 pub async fn serve(
     addr: &str,
     state: HttpState,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<SocketAddr> {
+    serve_with(addr, state, None, shutdown).await
+}
+
+/// [`serve`], plus the key-management routes (`/admin/keys`, see `auth::admin`) over `auth`.
+///
+/// # Errors
+/// The I/O error of `bind`, naming the address.
+pub async fn serve_with(
+    addr: &str,
+    state: HttpState,
+    auth: Option<Arc<crate::auth::Auth>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} (http.bind): {e}")))?;
     let local = listener.local_addr()?;
-    let app = router(state);
+    let mut app = router(state);
+    if let Some(auth) = auth {
+        app = app.merge(crate::auth::admin::routes(auth));
+    }
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
         let stop = async move {
             while !*shutdown.borrow() {

@@ -3,6 +3,7 @@
 //! Data flows one way: bytes → [`codec`] → [`session`] → [`broker`] (→ [`store`]) → sessions →
 //! codec → bytes. [`server`] wires it together; [`config`] is the typed configuration.
 
+pub mod auth;
 pub mod broker;
 pub mod codec;
 pub mod config;

@@ -62,6 +62,77 @@ enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+    /// API keys: on a stopped broker's data directory, or through the running broker's HTTP
+    /// admin endpoint (used automatically when the data directory is locked, or with --url).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct KeyTarget {
+    #[command(flatten)]
+    cfg: ConfigArgs,
+    /// Data directory of the broker (storage.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The running broker's HTTP address, e.g. http://127.0.0.1:9883 (default: from http.bind).
+    #[arg(long)]
+    url: Option<String>,
+    /// ID:SECRET of an admin key, for the HTTP admin endpoint.
+    #[arg(long, env = "DATALOOM_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Create a key; prints its secret once (stdout).
+    Create {
+        #[command(flatten)]
+        target: KeyTarget,
+        /// The key id (the MQTT username).
+        #[arg(long)]
+        name: String,
+        /// Topic filters it may publish to (`%c` client id, `%u` key id).
+        #[arg(long, num_args = 1..)]
+        publish: Vec<String>,
+        /// Topic filters it may subscribe to.
+        #[arg(long, num_args = 1..)]
+        subscribe: Vec<String>,
+        /// Topic filters it may never publish to (deny wins).
+        #[arg(long, num_args = 1..)]
+        deny_publish: Vec<String>,
+        /// Topic filters it may never read (deny wins).
+        #[arg(long, num_args = 1..)]
+        deny_subscribe: Vec<String>,
+        /// Role admin: write `$schema/`, read `$SYS/` and `$dead/`, manage keys over HTTP.
+        #[arg(long)]
+        admin: bool,
+        /// Expiry time, RFC 3339 (2030-01-01T00:00:00Z).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Client ids it may connect with: glob with `*`, `?`, `%u`.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Read the secret from stdin (at least 32 characters) instead of generating one.
+        #[arg(long)]
+        secret_stdin: bool,
+        /// Print an `[[auth.keys]]` config block (hash only) instead of storing the key.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// List keys (never secrets).
+    List {
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// Revoke a key: its live connections close now, later CONNECTs are refused.
+    Revoke {
+        #[command(flatten)]
+        target: KeyTarget,
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,6 +182,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Key { command } => key_command(command),
         Command::CheckConfig { cfg } => match Config::load(cfg.config.as_deref(), &Overrides::default()) {
             Ok(c) => {
                 print!("{}", toml::to_string_pretty(&c).unwrap_or_default());
@@ -132,10 +204,82 @@ fn main() -> ExitCode {
                     eprintln!("dataloom: {e:#}");
                     // A bad schema file under `schemas.strict` is a configuration error.
                     match e.downcast_ref::<dataloom::server::StartError>() {
-                        Some(dataloom::server::StartError::Schemas(_)) => ExitCode::from(2),
+                        Some(
+                            dataloom::server::StartError::Schemas(_)
+                            | dataloom::server::StartError::Config(_),
+                        ) => ExitCode::from(2),
                         _ => ExitCode::from(1),
                     }
                 }
+            }
+        }
+    }
+}
+
+fn key_command(command: KeyCommand) -> ExitCode {
+    use dataloom::auth::cli::{self, Action, CliError};
+    let (target, action, print_config) = match command {
+        KeyCommand::List { target } => (target, Action::List, false),
+        KeyCommand::Revoke { target, name } => (target, Action::Revoke(name), false),
+        KeyCommand::Create {
+            target,
+            name,
+            publish,
+            subscribe,
+            deny_publish,
+            deny_subscribe,
+            admin,
+            expires,
+            client_id,
+            secret_stdin,
+            print_config,
+        } => {
+            let mut secret = String::new();
+            if secret_stdin && std::io::stdin().read_line(&mut secret).is_err() {
+                eprintln!("dataloom: cannot read the secret from stdin");
+                return ExitCode::from(2);
+            }
+            let spec = dataloom::auth::KeySpec {
+                name,
+                publish,
+                subscribe,
+                deny_publish,
+                deny_subscribe,
+                admin,
+                client_id: client_id.unwrap_or_default(),
+                expires: expires.unwrap_or_default(),
+                secret: secret.trim_end_matches(['\r', '\n']).to_string(),
+            };
+            (target, Action::Create(spec), print_config)
+        }
+    };
+    let result = match (print_config, action) {
+        (true, Action::Create(spec)) => cli::print_config(spec),
+        (_, action) => {
+            let o = Overrides { data_dir: target.data_dir, ..Overrides::default() };
+            let config = match Config::load(target.cfg.config.as_deref(), &o) {
+                Ok(c) => c,
+                Err(e) => return config_error(&e),
+            };
+            let t = cli::Target { url: target.url, admin_key: target.admin_key };
+            cli::run(&config, action, &t)
+        }
+    };
+    match result {
+        Ok(out) => {
+            print!("{}", out.stdout);
+            if !out.stderr.is_empty() {
+                eprintln!("dataloom: {}", out.stderr);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dataloom: {e}");
+            match e {
+                CliError::Usage(_) | CliError::Auth(dataloom::auth::AuthError::Invalid(_)) => {
+                    ExitCode::from(2)
+                }
+                _ => ExitCode::from(1),
             }
         }
     }
@@ -185,6 +329,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         if let Some(a) = running.wss_addr {
             println!("dataloom listening on wss://{a}");
+        }
+        if let Some(a) = running.http_addr {
+            println!("dataloom listening on http://{a}");
         }
         let stop = wait_for_signal(&running).await;
         tracing::info!("shutting down");

@@ -26,6 +26,12 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Listen(#[from] crate::net::listener::ListenError),
+    /// Anonymous clients would be open to the network (exit code 2).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A stored or seeded API key cannot be used.
+    #[error("API keys: {0}")]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// A running broker.
@@ -43,6 +49,8 @@ pub struct Running {
     /// `http.bind` is empty.
     pub http_addr: Option<SocketAddr>,
     pub broker: Arc<Broker>,
+    /// API keys (create, list, revoke while running).
+    pub auth: Arc<crate::auth::Auth>,
     permits: Arc<Semaphore>,
     max_connections: usize,
     shutdown: watch::Sender<bool>,
@@ -65,7 +73,17 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     };
     let limits = BrokerLimits { max_queued_messages: cfg.mqtt.max_queued_messages };
     let broker = Broker::new(limits, store)?;
+    let settings = crate::auth::Settings {
+        allow_anonymous: cfg.auth.allow_anonymous,
+        anonymous: cfg.auth.anonymous.clone(),
+        on_forbidden_publish: cfg.auth.on_forbidden_publish,
+    };
+    let stored = broker.store().keys()?;
+    let auth =
+        Arc::new(crate::auth::Auth::new(settings, stored, &cfg.auth.keys, Some(broker.store().clone()))?);
+    cfg.check_anonymous_exposure(auth.key_count())?;
     let mut ctx = Ctx::new(broker.clone(), cfg.mqtt.clone());
+    ctx.auth = auth.clone();
     ctx.schemas = Arc::new(crate::schema::Registry::start(&cfg.schemas, &broker)?);
     let ctx = Arc::new(ctx);
     let bound = crate::net::listener::bind_all(cfg).await?;
@@ -78,7 +96,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         "" => None,
         bind => {
             let state = crate::http::HttpState { broker: broker.clone(), ready: ready.clone() };
-            Some(crate::http::serve(bind, state, rx.clone()).await?)
+            Some(crate::http::serve_with(bind, state, Some(auth.clone()), rx.clone()).await?)
         }
     };
     crate::sys::spawn(broker.clone(), cfg.mqtt.sys_interval, rx);
@@ -93,6 +111,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         certs,
         http_addr,
         broker,
+        auth,
         permits,
         max_connections,
         shutdown,

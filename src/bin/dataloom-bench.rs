@@ -127,10 +127,10 @@ fn raise_nofile(want: u64) {
             .args(["--pid", &pid, &format!("--nofile={target}:")])
             .status();
     }
-    if let Some((soft, _)) = limits() {
-        if soft < want {
-            println!("dataloom-bench: open-file limit is {soft} (hard limit {hard}); wanted {want}");
-        }
+    if let Some((soft, _)) = limits()
+        && soft < want
+    {
+        println!("dataloom-bench: open-file limit is {soft} (hard limit {hard}); wanted {want}");
     }
 }
 

@@ -1,12 +1,17 @@
 //! The bounded queue of deliveries owed to one session, filled by publishers and drained by the
 //! session's connection task.
 //!
-//! Publishers never wait here: a full queue drops the delivery and counts it (QoS 0 is also
-//! dropped while the session is offline, as Mosquitto does by default). The connection task is
+//! A full queue whose client is draining it (it took messages within the last
+//! [`STALL_AFTER`]) hands the delivery back, so the publisher can stop reading its socket
+//! until there is room: backpressure instead of loss. A full queue that nobody drains (a
+//! subscriber that stopped reading) drops and counts, so it never holds publishers up. QoS 0 is
+//! dropped while the session is offline, as Mosquitto does by default. The connection task is
 //! woken through a `Notify`, whose stored permit means no wake-up is lost.
 
 use std::collections::VecDeque;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -23,14 +28,40 @@ pub enum Dropped {
     Offline,
 }
 
+/// A full queue not drained for this long belongs to a stalled client: it drops instead of
+/// pushing back.
+pub const STALL_AFTER: Duration = Duration::from_millis(200);
+
+/// Why [`Mailbox::offer`] did not queue a delivery.
+#[derive(Debug)]
+pub enum Refused {
+    /// Full, but the client is draining: the publisher may wait for room and offer it again.
+    Full(Delivery),
+    /// Dropped for good.
+    Dropped(Dropped),
+}
+
 /// A session's queue of undelivered messages.
 #[derive(Debug)]
 pub struct Mailbox {
     queue: Mutex<VecDeque<Delivery>>,
     notify: Notify,
+    /// Woken when the connection task takes messages out (publishers waiting for room).
+    space: Notify,
     online: AtomicBool,
     limit: usize,
     dropped: AtomicU64,
+    /// When the queue was last drained, in milliseconds since [`epoch`].
+    last_drain_ms: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Mailbox {
@@ -39,9 +70,11 @@ impl Mailbox {
         Mailbox {
             queue: Mutex::new(VecDeque::new()),
             notify: Notify::new(),
+            space: Notify::new(),
             online: AtomicBool::new(false),
             limit,
             dropped: AtomicU64::new(0),
+            last_drain_ms: AtomicU64::new(0),
         }
     }
 
@@ -50,21 +83,55 @@ impl Mailbox {
     /// # Errors
     /// [`Dropped`] says why the delivery was discarded; the caller counts it.
     pub fn push(&self, d: Delivery) -> Result<(), Dropped> {
+        match self.offer(d) {
+            Ok(()) => Ok(()),
+            Err(Refused::Dropped(why)) => Err(why),
+            Err(Refused::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(Dropped::QueueFull)
+            }
+        }
+    }
+
+    /// Queues a live delivery; a full queue whose client is draining hands it back
+    /// ([`Refused::Full`]) so the publisher can wait for room.
+    ///
+    /// # Errors
+    /// [`Refused`]: full (try again after [`Mailbox::space`]) or dropped (counted here).
+    pub fn offer(&self, d: Delivery) -> Result<(), Refused> {
         if d.qos == QoS::AtMostOnce && !self.online.load(Ordering::Relaxed) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            return Err(Dropped::Offline);
+            return Err(Refused::Dropped(Dropped::Offline));
         }
         {
             let mut q = self.queue.lock();
             if q.len() >= self.limit {
                 drop(q);
+                if self.online.load(Ordering::Relaxed) && self.is_draining() {
+                    return Err(Refused::Full(d));
+                }
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                return Err(Dropped::QueueFull);
+                return Err(Refused::Dropped(Dropped::QueueFull));
             }
             q.push_back(d);
         }
         self.notify.notify_one();
         Ok(())
+    }
+
+    /// True while the client took messages within [`STALL_AFTER`].
+    pub fn is_draining(&self) -> bool {
+        now_ms().saturating_sub(self.last_drain_ms.load(Ordering::Relaxed)) < STALL_AFTER.as_millis() as u64
+    }
+
+    /// Resolves when the connection task next takes messages out (or after `max`).
+    pub async fn space(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.space.notified()).await;
+    }
+
+    /// Counts a delivery the publisher gave up waiting for.
+    pub fn count_dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Queues deliveries that bypass the limit: retained messages sent on SUBSCRIBE, which the
@@ -89,7 +156,13 @@ impl Mailbox {
     pub fn drain_into(&self, out: &mut Vec<Delivery>, max: usize) -> usize {
         let mut q = self.queue.lock();
         let n = q.len().min(max);
+        let was_full = q.len() >= self.limit;
         out.extend(q.drain(..n));
+        drop(q);
+        self.last_drain_ms.store(now_ms(), Ordering::Relaxed);
+        if was_full && n > 0 {
+            self.space.notify_waiters();
+        }
         n
     }
 
@@ -115,6 +188,9 @@ impl Mailbox {
 
     /// Marks the client connected or not (QoS 0 is dropped while offline).
     pub fn set_online(&self, online: bool) {
+        if online {
+            self.last_drain_ms.store(now_ms(), Ordering::Relaxed);
+        }
         self.online.store(online, Ordering::Relaxed);
     }
 

@@ -320,10 +320,23 @@ impl Broker {
     }
 
     /// Records that stored delivery `seq` was sent as `pkid` (and whether PUBREL was sent).
-    pub fn mark_inflight(&self, session: &Session, seq: Option<u64>, pkid: u16, released: bool) {
-        if let Some(seq) = seq {
-            let op = Op::SetInflight { client_id: session.client_id.clone(), seq, pkid, released };
-            let _ = self.submit(vec![op], false);
+    /// With `durable` the commit resolves once that is on disk: a QoS 2 PUBLISH or PUBREL must
+    /// wait for it, or after `kill -9` the message could go out again (as a new PUBLISH, or
+    /// under another packet id) although the client has it, and be delivered twice.
+    pub fn mark_inflight(
+        &self,
+        session: &Session,
+        seq: Option<u64>,
+        pkid: u16,
+        released: bool,
+        durable: bool,
+    ) -> Commit {
+        match seq {
+            Some(seq) => {
+                let op = Op::SetInflight { client_id: session.client_id.clone(), seq, pkid, released };
+                self.submit(vec![op], durable)
+            }
+            None => Commit::done(),
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::mailbox::Dropped;
+use super::mailbox::{Dropped, Refused};
 use super::message::{Delivery, Message, SessionId};
 use super::session::{Session, SubOptions};
 use super::{Broker, SubEntry};
@@ -23,6 +23,9 @@ pub struct Published {
     pub routed: usize,
     /// Resolves once every durable effect is on disk (QoS 1/2 acks wait for it).
     pub commit: Commit,
+    /// Deliveries whose subscriber queue was full while its client drains it: the publisher
+    /// waits for room and offers them again ([`Broker::offer_blocked`]) before it reads more.
+    pub blocked: Vec<(Arc<Session>, Delivery)>,
 }
 
 impl Broker {
@@ -32,7 +35,26 @@ impl Broker {
     ///
     /// # Errors
     /// [`StoreError`] when the store refuses writes (poisoned); nothing was routed.
-    pub fn publish(&self, msg: Arc<Message>, mut extra: Vec<Op>) -> Result<Published, StoreError> {
+    pub fn publish(&self, msg: Arc<Message>, extra: Vec<Op>) -> Result<Published, StoreError> {
+        self.route(msg, extra, false)
+    }
+
+    /// As [`Broker::publish`], but deliveries to full queues of clients that are draining them
+    /// come back in [`Published::blocked`] instead of being dropped: the caller (a client's
+    /// connection task) stops reading until they fit. This is how a fast publisher is pushed
+    /// back instead of losing messages.
+    ///
+    /// # Errors
+    /// As [`Broker::publish`].
+    pub fn publish_with_backpressure(
+        &self,
+        msg: Arc<Message>,
+        extra: Vec<Op>,
+    ) -> Result<Published, StoreError> {
+        self.route(msg, extra, true)
+    }
+
+    fn route(&self, msg: Arc<Message>, mut extra: Vec<Op>, may_wait: bool) -> Result<Published, StoreError> {
         if let Some(e) = self.store.poisoned() {
             return Err(e);
         }
@@ -57,13 +79,33 @@ impl Broker {
         }
         let commit = self.submit(extra, msg.qos != QoS::AtMostOnce);
         let mut routed = 0;
+        let mut blocked = Vec::new();
         for (session, d) in targets {
-            routed += usize::from(self.enqueue(&session, d));
+            match self.enqueue(&session, d, may_wait) {
+                Ok(queued) => routed += usize::from(queued),
+                Err(d) => {
+                    routed += 1;
+                    blocked.push((session, d));
+                }
+            }
         }
         if routed == 0 {
             self.stats.dropped_no_subscribers.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(Published { routed, commit })
+        Ok(Published { routed, commit, blocked })
+    }
+
+    /// Offers blocked deliveries again: those that fit (or are dropped because their client
+    /// stalled, or because `give_up`) leave `blocked`; the rest stay for the next try.
+    pub fn offer_blocked(&self, blocked: &mut Vec<(Arc<Session>, Delivery)>, give_up: bool) {
+        let mut rest = Vec::new();
+        for (session, d) in blocked.drain(..) {
+            match self.enqueue(&session, d, !give_up) {
+                Ok(_) => {}
+                Err(d) => rest.push((session, d)),
+            }
+        }
+        *blocked = rest;
     }
 
     /// Updates the in-memory retained index and returns the store op for it.
@@ -103,19 +145,28 @@ impl Broker {
         out
     }
 
-    /// Queues a delivery; a stored copy that cannot be queued is removed from the store again.
-    fn enqueue(&self, session: &Session, d: Delivery) -> bool {
+    /// Queues a delivery: `Ok(true)` queued, `Ok(false)` dropped (a stored copy is removed
+    /// from the store again), `Err` handed back because the queue is full and `may_wait`.
+    fn enqueue(&self, session: &Session, d: Delivery, may_wait: bool) -> Result<bool, Delivery> {
         let seq = d.seq;
-        match session.mailbox.push(d) {
+        let why = match session.mailbox.offer(d) {
             Ok(()) => {
                 self.stats.messages_routed.fetch_add(1, Ordering::Relaxed);
-                return true;
+                return Ok(true);
             }
-            Err(Dropped::QueueFull) => self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed),
-            Err(Dropped::Offline) => self.stats.dropped_offline_qos0.fetch_add(1, Ordering::Relaxed),
+            Err(Refused::Full(d)) if may_wait => return Err(d),
+            Err(Refused::Full(_)) => {
+                session.mailbox.count_dropped();
+                Dropped::QueueFull
+            }
+            Err(Refused::Dropped(why)) => why,
+        };
+        match why {
+            Dropped::QueueFull => self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed),
+            Dropped::Offline => self.stats.dropped_offline_qos0.fetch_add(1, Ordering::Relaxed),
         };
         self.forget(session, seq);
-        false
+        Ok(false)
     }
 
     /// Retained messages matching `filter`, as deliveries for a new subscription.

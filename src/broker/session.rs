@@ -81,6 +81,8 @@ pub enum KillReason {
     TakenOver,
     /// The broker is shutting down (v5 0x8B).
     Shutdown,
+    /// The connection's API key was revoked (v5 0x98 Administrative action).
+    Revoked,
 }
 
 /// A one-shot signal telling a connection task to close.

@@ -181,7 +181,9 @@ pub const SESSION_PROTOCOL_KINDS: [&str; 5] = [
 ];
 
 /// `reason` of `dataloom_auth_failures_total` (fed by the auth module).
-pub const AUTH_FAILURE_REASONS: [&str; 4] = ["unknown_key", "bad_secret", "revoked", "anonymous_not_allowed"];
+/// `revoked` counts live connections closed by a revocation.
+pub const AUTH_FAILURE_REASONS: [&str; 6] =
+    ["unknown_key", "bad_secret", "revoked", "anonymous_not_allowed", "expired", "client_id_not_allowed"];
 
 /// `action` of `dataloom_authorization_denials_total` (fed by the auth module).
 pub const AUTHZ_ACTIONS: [&str; 2] = ["publish", "subscribe"];

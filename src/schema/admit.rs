@@ -35,8 +35,10 @@ pub struct Routed {
     pub note: Option<String>,
 }
 
-/// Whether `client_id` may register or remove schemas. Everyone may while authentication is
-/// off; issue 6 (API keys) restricts `$schema/` writes to keys with the `admin` role.
+/// Whether `client_id` may register or remove schemas. The session's authorization step
+/// (`auth::Perms::may_publish`) already refused every `$schema/` PUBLISH of a connection
+/// without the `admin` role (v5 PUBACK 0x87) before the registry sees it, so this hook has
+/// nothing left to refuse.
 pub fn may_write_schema(client_id: &str) -> bool {
     let _ = client_id;
     true
@@ -62,7 +64,7 @@ impl Registry {
             self.refused(broker, &msg, &r, client_id);
             return Err(Refusal { code: reason::PAYLOAD_FORMAT_INVALID, reason: r.to_string() });
         }
-        Ok(Routed { published: broker.publish(msg, extra), note: None })
+        Ok(Routed { published: broker.publish_with_backpressure(msg, extra), note: None })
     }
 
     /// Checks a will at CONNECT: its payload against its topic's schema; a will on

@@ -18,6 +18,7 @@ use super::outbound::{Outbound, OutboundLimits};
 use super::pending::Pending;
 use super::{Close, Ctx};
 use crate::broker::Attached;
+use crate::broker::message::Delivery;
 use crate::broker::session::{Kill, KillReason, Session};
 use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, reason};
 
@@ -46,6 +47,11 @@ pub struct Conn {
     /// Reason string of the closing DISCONNECT when it must say more than the `Close` does
     /// (a schema refusal names the schema, the field and what failed).
     pub(super) close_reason: Option<String>,
+    /// What this connection may publish, subscribe to and read (compiled at CONNECT).
+    pub(super) perms: Arc<crate::auth::Perms>,
+    /// Deliveries of this client's last PUBLISH still waiting for room in a subscriber's
+    /// queue; nothing more is read or decoded until they fit (backpressure).
+    pub(super) blocked: Vec<(Arc<Session>, Delivery)>,
 }
 
 impl Conn {
@@ -70,6 +76,8 @@ impl Conn {
             wbuf: BytesMut::new(),
             problem_info: true,
             close_reason: None,
+            perms: Arc::new(crate::auth::Perms::default()),
+            blocked: Vec::new(),
         }
     }
 }
@@ -163,9 +171,20 @@ where
             c
         }
     };
+    let principal = match authenticate(ctx, info, &connect, &kill) {
+        Ok(p) => p,
+        Err(refused) => {
+            // Bad credentials are answered late (growing per peer address): brute force slows down.
+            tokio::time::sleep(refused.delay).await;
+            let mut out = BytesMut::new();
+            connect::write_refusal(connect.protocol, refused.code, &mut out);
+            let _ = wr.write_all(&out).await;
+            return Err(Close::Refused(refused.code));
+        }
+    };
     let mut out = BytesMut::new();
     let version = connect.protocol;
-    match connect::accept(ctx, connect, kill, &mut out) {
+    match connect::accept(ctx, connect, kill, principal, &mut out) {
         Accepted::Yes(conn, commit) => {
             if let Err(e) = commit.wait().await {
                 tracing::error!(error = %e, "cannot store the session; refusing CONNECT");
@@ -183,6 +202,23 @@ where
             Err(Close::Refused(code))
         }
     }
+}
+
+/// Checks the CONNECT's credentials (the TLS identity, when set, replaced the username).
+fn authenticate(
+    ctx: &Ctx,
+    info: &ConnInfo,
+    c: &codec::Connect,
+    kill: &Arc<Kill>,
+) -> Result<crate::auth::Principal, crate::auth::Refused> {
+    let cred = crate::auth::Cred {
+        username: c.username.as_deref(),
+        password: c.password.as_deref(),
+        client_id: &c.client_id,
+        cert_identity: info.identity.is_some(),
+        peer: info.peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()),
+    };
+    ctx.auth.authenticate(&cred, kill)
 }
 
 async fn read_connect<R: AsyncRead + Unpin>(
@@ -225,16 +261,25 @@ impl Conn {
         tokio::pin!(keepalive);
         loop {
             if self.wbuf.len() < OUT_HIGH_WATER {
-                self.out.drain_mailbox(&self.ctx.broker, &self.session, self.version, &mut self.wbuf);
+                self.out.drain_mailbox(
+                    &self.ctx.broker,
+                    &self.session,
+                    self.version,
+                    &mut self.pending,
+                    &mut self.wbuf,
+                );
             }
             let want_mail = self.wbuf.len() < OUT_HIGH_WATER && self.out.has_window(&self.session);
-            let want_read = self.wbuf.len() < OUT_HIGH_WATER && self.pending.len() < MAX_PENDING;
+            let want_read = self.wbuf.len() < OUT_HIGH_WATER
+                && self.pending.len() < MAX_PENDING
+                && self.blocked.is_empty();
             tokio::select! {
                 biased;
                 r = kill.fired() => {
                     return match r {
                         KillReason::TakenOver => Close::Server(reason::SESSION_TAKEN_OVER, "session taken over"),
                         KillReason::Shutdown => Close::Server(reason::SERVER_SHUTTING_DOWN, "server shutting down"),
+                        KillReason::Revoked => Close::Server(reason::ADMINISTRATIVE_ACTION, "API key revoked"),
                     };
                 }
                 w = wr.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
@@ -259,7 +304,19 @@ impl Conn {
                     }
                 }
                 _ = self.session.mailbox.notified(), if want_mail => {}
+                _ = wait_for_room(&self.blocked), if !self.blocked.is_empty() => {
+                    self.ctx.broker.offer_blocked(&mut self.blocked, false);
+                    if self.blocked.is_empty()
+                        && let Err(close) = self.handle_input(rbuf)
+                    {
+                        return close;
+                    }
+                }
                 _ = &mut keepalive, if !self.keep_alive.is_zero() => {
+                    if !self.blocked.is_empty() {
+                        // Not reading is our choice, not the client's silence.
+                        last_read = Instant::now();
+                    }
                     let deadline = last_read + grace;
                     if Instant::now() >= deadline {
                         return Close::Server(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
@@ -276,6 +333,9 @@ impl Conn {
     /// Decodes and handles every complete packet in `rbuf`.
     fn handle_input(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
         loop {
+            if !self.blocked.is_empty() {
+                return Ok(());
+            }
             match codec::decode(rbuf, Some(self.version), &self.ctx.decode_limits) {
                 Ok(Some(p)) => {
                     crate::metrics::get().packet_received(&p);
@@ -289,6 +349,7 @@ impl Conn {
 
     /// Sends the closing DISCONNECT (v5), publishes or schedules the will, detaches the session.
     async fn finish<W: AsyncWrite + Unpin>(&mut self, close: &Close, wr: &mut W) {
+        self.ctx.broker.offer_blocked(&mut self.blocked, true);
         if let Close::Decode(e) = close {
             debug!(error = %e, rule = e.kind(), "protocol violation");
         }
@@ -328,6 +389,14 @@ impl Conn {
         // Close the socket last: a client that sees the close and reconnects at once must find
         // the will published and a clean session already ended.
         let _ = wr.shutdown().await;
+    }
+}
+
+/// Resolves when the first blocked delivery's queue may have room (checked again at least
+/// every few milliseconds, so a subscriber that stalls meanwhile is noticed).
+async fn wait_for_room(blocked: &[(Arc<Session>, Delivery)]) {
+    if let Some((session, _)) = blocked.first() {
+        session.mailbox.space(Duration::from_millis(5)).await;
     }
 }
 

@@ -70,8 +70,15 @@ pub fn sniff_version(buf: &[u8]) -> Option<ProtocolVersion> {
     }
 }
 
-/// Checks a decoded CONNECT, attaches the session and writes the CONNACK into `out`.
-pub fn accept(ctx: &Arc<Ctx>, c: Connect, kill: Arc<Kill>, out: &mut BytesMut) -> Accepted {
+/// Checks a decoded CONNECT of an authenticated `principal`, attaches the session and writes
+/// the CONNACK into `out`.
+pub fn accept(
+    ctx: &Arc<Ctx>,
+    c: Connect,
+    kill: Arc<Kill>,
+    principal: crate::auth::Principal,
+    out: &mut BytesMut,
+) -> Accepted {
     let v5 = c.protocol.is_v5();
     let mut props = Properties::default();
     if let Some(code) = refuse_reason(ctx, &c) {
@@ -88,6 +95,15 @@ pub fn accept(ctx: &Arc<Ctx>, c: Connect, kill: Arc<Kill>, out: &mut BytesMut) -
     } else {
         c.client_id.clone()
     };
+    let perms = Arc::new(ctx.auth.perms(&principal, &client_id));
+    if let Some(w) = &c.will
+        && !perms.may_publish(&String::from_utf8_lossy(&w.topic))
+    {
+        tracing::info!("CONNECT refused: will topic not allowed for this key");
+        crate::auth::count_denial(crate::auth::action::PUBLISH);
+        write_refusal(c.protocol, reason::NOT_AUTHORIZED, out);
+        return Accepted::No(reason::NOT_AUTHORIZED);
+    }
     let keep_alive = if v5 && (c.keep_alive > ctx.mqtt.max_keepalive || c.keep_alive == 0) {
         props.server_keep_alive = Some(ctx.mqtt.max_keepalive);
         ctx.mqtt.max_keepalive
@@ -116,6 +132,8 @@ pub fn accept(ctx: &Arc<Ctx>, c: Connect, kill: Arc<Kill>, out: &mut BytesMut) -
         limits,
     );
     conn.problem_info = c.properties.request_problem_information != Some(0);
+    conn.out.read = (!perms.is_unrestricted()).then(|| perms.clone());
+    conn.perms = perms;
     Accepted::Yes(Box::new(conn), commit)
 }
 

@@ -41,7 +41,8 @@ impl Conn {
                 Ok(())
             }
             Packet::PubRec(a) => {
-                self.out.on_pubrec(&self.ctx.broker, &self.session, &a, self.version, &mut self.wbuf);
+                let (broker, version) = (&self.ctx.broker, self.version);
+                self.out.on_pubrec(broker, &self.session, &a, version, &mut self.pending, &mut self.wbuf);
                 Ok(())
             }
             Packet::PubComp(a) => {
@@ -106,6 +107,9 @@ impl Conn {
         }
         let topic_str = std::str::from_utf8(&topic)
             .map_err(|_| Close::Server(reason::TOPIC_NAME_INVALID, "topic is not UTF-8"))?;
+        if !self.perms.may_publish(topic_str) {
+            return self.refuse_forbidden(p.qos, p.pkid, topic_str);
+        }
         let now = Instant::now();
         let msg = Message {
             topic: Arc::from(topic_str),
@@ -127,7 +131,10 @@ impl Conn {
                 crate::metrics::get().no_subscribers(p.retain);
                 (reason::NO_MATCHING_SUBSCRIBERS, published.commit)
             }
-            Ok(published) => (reason::SUCCESS, published.commit),
+            Ok(published) => {
+                self.blocked.extend(published.blocked);
+                (reason::SUCCESS, published.commit)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "store refuses writes; message not accepted");
                 if !self.version.is_v5() && p.qos != QoS::AtMostOnce {
@@ -186,6 +193,12 @@ impl Conn {
             if group.is_some() && f.no_local {
                 return Err(Close::Server(reason::PROTOCOL_ERROR, "no local on a shared subscription"));
             }
+            if !self.perms.may_subscribe(plain) {
+                debug!(filter = %f.filter, "SUBSCRIBE not authorized");
+                crate::auth::count_denial(crate::auth::action::SUBSCRIBE);
+                codes.push(reason::NOT_AUTHORIZED);
+                continue;
+            }
             codes.push(f.qos as u8);
             accepted.push((f, group.map(str::to_owned), plain.to_owned()));
         }
@@ -211,6 +224,34 @@ impl Conn {
         });
         crate::metrics::get().packets_sent[crate::metrics::pt::SUBACK].inc();
         Ok(())
+    }
+
+    /// A PUBLISH the connection may not make: v5 QoS 1/2 get PUBACK/PUBREC 0x87; otherwise
+    /// `auth.on_forbidden_publish` acknowledges and drops it, or closes [MQTT-3.3.5-2].
+    fn refuse_forbidden(&mut self, qos: QoS, pkid: u16, topic: &str) -> Result<(), Close> {
+        crate::auth::count_denial(crate::auth::action::PUBLISH);
+        crate::metrics::get().dropped(crate::metrics::reasons::DropReason::NotAuthorized);
+        debug!(%topic, "PUBLISH not authorized");
+        let kind = if qos == QoS::ExactlyOnce { Packet::PubRec } else { Packet::PubAck };
+        if self.version.is_v5() && qos != QoS::AtMostOnce {
+            self.session.state.lock().incoming_qos2.remove(&pkid);
+            let note = Some(format!("not authorized to publish to {topic}"));
+            self.ack_noted(kind, pkid, Commit::done(), reason::NOT_AUTHORIZED, note);
+            return Ok(());
+        }
+        match self.ctx.auth.settings().on_forbidden_publish {
+            crate::auth::OnForbidden::Drop => {
+                if qos != QoS::AtMostOnce {
+                    // The QoS 2 id stays known so the client's PUBREL completes.
+                    self.ack(kind, pkid, Commit::done(), reason::SUCCESS);
+                }
+                Ok(())
+            }
+            crate::auth::OnForbidden::Disconnect => {
+                self.session.state.lock().incoming_qos2.remove(&pkid);
+                Err(Close::Server(reason::NOT_AUTHORIZED, "PUBLISH not authorized"))
+            }
+        }
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {

@@ -30,6 +30,8 @@ pub struct Ctx {
     pub decode_limits: Limits,
     /// The `$schema/` registry every PUBLISH and will goes through (empty unless replaced).
     pub schemas: Arc<Registry>,
+    /// API keys and anonymous access (no keys, defaults, unless replaced).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl Ctx {
@@ -41,7 +43,8 @@ impl Ctx {
             max_topic_levels: mqtt.max_topic_levels,
         };
         let schemas = Arc::new(Registry::new(&crate::config::Schemas::default()));
-        Ctx { broker, mqtt, decode_limits, schemas }
+        let auth = Arc::new(crate::auth::Auth::default());
+        Ctx { broker, mqtt, decode_limits, schemas, auth }
     }
 }
 
@@ -63,7 +66,13 @@ pub enum Close {
 impl Close {
     /// True when the will message must be published.
     fn publishes_will(&self) -> bool {
-        !matches!(self, Close::ClientDisconnect(0x00) | Close::Refused(_))
+        // A revoked key's will is not published: the key lost its rights.
+        !matches!(
+            self,
+            Close::ClientDisconnect(0x00)
+                | Close::Refused(_)
+                | Close::Server(crate::codec::reason::ADMINISTRATIVE_ACTION, _)
+        )
     }
 
     /// The v5 DISCONNECT reason code the server sends, if any.

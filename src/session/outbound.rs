@@ -9,15 +9,19 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::Ctx;
+use super::pending::Pending;
 use crate::broker::Broker;
 use crate::broker::message::Delivery;
 use crate::broker::session::{Inflight, Phase, Session};
 use crate::codec::{Ack, Packet, Properties, ProtocolVersion, Publish, QoS, encode, encode_publish, reason};
+use crate::store::Commit;
 
 /// Deliveries taken from the mailbox per lock.
 const BATCH: usize = 64;
 /// Stop encoding once this much output is buffered.
 const OUT_FULL: usize = 256 * 1024;
+/// Stop draining the mailbox while this many packets wait in [`Pending`].
+const HELD_FULL: usize = 256;
 
 /// What the client allows us to send (v5 CONNECT properties, capped by our config).
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +55,10 @@ pub struct Outbound {
     pub dropped_too_large: u64,
     /// Messages that expired while queued.
     pub dropped_expired: u64,
+    /// The connection's permissions when it may not read everything: each delivery's topic
+    /// is checked (retained messages on SUBSCRIBE, deny lists inside wider subscriptions,
+    /// subscriptions a resumed session made under another key).
+    pub read: Option<Arc<crate::auth::Perms>>,
 }
 
 impl Outbound {
@@ -61,6 +69,7 @@ impl Outbound {
             batch: Vec::new(),
             dropped_too_large: 0,
             dropped_expired: 0,
+            read: None,
         }
     }
 
@@ -76,10 +85,11 @@ impl Outbound {
         broker: &Broker,
         session: &Session,
         version: ProtocolVersion,
+        pending: &mut Pending,
         out: &mut BytesMut,
     ) {
         let now = Instant::now();
-        while out.len() < OUT_FULL {
+        while out.len() < OUT_FULL && pending.len() < HELD_FULL {
             let mut st = session.state.lock();
             if st.outgoing.len() >= self.limits.window {
                 return;
@@ -97,14 +107,32 @@ impl Outbound {
                     broker.forget(session, d.seq);
                     continue;
                 }
+                if let Some(p) = &self.read
+                    && !p.may_read(&d.msg.topic)
+                {
+                    crate::metrics::get().dropped(crate::metrics::reasons::DropReason::NotAuthorized);
+                    broker.forget(session, d.seq);
+                    continue;
+                }
+                // A stored QoS 2 delivery leaves once its packet id is on disk (see
+                // `Broker::mark_inflight`); what follows it waits behind it, in order.
+                let durable = d.qos == QoS::ExactlyOnce && d.seq.is_some();
+                let direct = !durable && pending.is_empty();
+                let mut held = BytesMut::new();
                 if d.qos == QoS::AtMostOnce {
-                    self.encode(&d, 0, false, version, now, out);
+                    self.encode(&d, 0, false, version, now, if direct { &mut *out } else { &mut held });
+                    if !direct {
+                        pending.hold(Commit::done(), held, out);
+                    }
                     continue;
                 }
                 let Some(pkid) = st.next_pkid() else { break };
                 let phase = if d.qos == QoS::AtLeastOnce { Phase::AwaitAck } else { Phase::AwaitRec };
-                if self.encode(&d, pkid, false, version, now, out) {
-                    broker.mark_inflight(session, d.seq, pkid, false);
+                if self.encode(&d, pkid, false, version, now, if direct { &mut *out } else { &mut held }) {
+                    let commit = broker.mark_inflight(session, d.seq, pkid, false, durable);
+                    if !direct {
+                        pending.hold(commit, held, out);
+                    }
                     st.outgoing.push_back(Inflight { pkid, delivery: d, phase });
                 } else {
                     broker.forget(session, d.seq);
@@ -163,6 +191,7 @@ impl Outbound {
         session: &Session,
         ack: &Ack,
         version: ProtocolVersion,
+        pending: &mut Pending,
         out: &mut BytesMut,
     ) {
         let mut st = session.state.lock();
@@ -174,11 +203,16 @@ impl Outbound {
                 }
             }
             Some(p) => {
+                // PUBREL leaves once "PUBREC received" is on disk: after a restart the message
+                // must never be sent again once the client may have completed it.
+                let mut commit = Commit::done();
                 if let Some(i) = st.outgoing.get_mut(p) {
                     i.phase = Phase::AwaitComp;
-                    broker.mark_inflight(session, i.delivery.seq, i.pkid, true);
+                    commit = broker.mark_inflight(session, i.delivery.seq, i.pkid, true, true);
                 }
-                write_pubrel(ack.pkid, reason::SUCCESS, version, out);
+                let mut rel = BytesMut::new();
+                write_pubrel(ack.pkid, reason::SUCCESS, version, &mut rel);
+                pending.hold(commit, rel, out);
             }
             None => write_pubrel(ack.pkid, reason::PACKET_IDENTIFIER_NOT_FOUND, version, out),
         }

@@ -1,6 +1,8 @@
 //! Responses that wait for the store: a PUBACK, PUBREC, PUBCOMP, SUBACK or UNSUBACK is written
 //! only once every durable effect of its request is on disk. Responses leave in the order
-//! their requests arrived, so once one waits, every later one queues behind it.
+//! their requests arrived, so once one waits, every later one queues behind it. Outgoing QoS 2
+//! PUBLISH and PUBREL packets of persistent sessions wait here too, for their in-flight state
+//! (and the PUBLISH packets behind them, in order).
 
 use std::collections::VecDeque;
 
@@ -57,6 +59,16 @@ impl Pending {
             b
         });
         self.queue.push_back(Deferred { commit, ok, err });
+    }
+
+    /// Writes `bytes` into `out` now if `commit` is done and nothing waits, or holds them back
+    /// behind it; if the commit fails the connection closes without sending them.
+    pub fn hold(&mut self, commit: Commit, bytes: BytesMut, out: &mut BytesMut) {
+        if commit.is_done() && self.queue.is_empty() {
+            out.extend_from_slice(&bytes);
+        } else {
+            self.queue.push_back(Deferred { commit, ok: bytes, err: None });
+        }
     }
 
     /// Waits for the oldest held-back response's commit (pending forever when none waits).

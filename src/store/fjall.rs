@@ -8,7 +8,9 @@
 //! - `queue`: client id, `0x00`, seq (u64 big-endian) → queued delivery record with its
 //!   in-flight state (packet id, PUBREL sent).
 //! - `qos2`: client id, `0x00`, packet id (u16 big-endian) → empty (incoming QoS 2 ids).
-//! - `schemas`, `keys`: reserved for later use, created empty.
+//! - `keys`: API key id → key record (JSON: id, SHA-256 of the secret, permissions; see
+//!   `crate::auth::KeyRecord`).
+//! - `schemas`: reserved for later use, created empty.
 //!
 //! Records are encoded by [`super::record`]. Writes go through the writer thread ([`writer`]):
 //! [`Store::submit`] only sends the ops down a channel, the thread drains everything queued,
@@ -56,8 +58,7 @@ struct Keyspaces {
     /// Reserved: registered JSON Schemas (later issue).
     #[allow(dead_code)]
     schemas: Keyspace,
-    /// Reserved: API keys (later issue).
-    #[allow(dead_code)]
+    /// API keys: id → JSON key record.
     keys: Keyspace,
 }
 
@@ -194,6 +195,8 @@ fn op_key_len(op: &Op) -> usize {
         | Op::SetInflight { client_id: c, .. }
         | Op::PutIncomingQos2 { client_id: c, .. }
         | Op::DeleteIncomingQos2 { client_id: c, .. } => c.len() + 9,
+        Op::PutKey(k) => k.id.len(),
+        Op::DeleteKey(id) => id.len(),
     }
 }
 
@@ -421,6 +424,25 @@ impl Store for FjallStore {
 
     fn disk_bytes(&self) -> u64 {
         self.ks.db.disk_space().unwrap_or(0)
+    }
+
+    fn keys(&self) -> Result<Vec<crate::auth::KeyRecord>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.ks.keys.iter() {
+            let (k, v) = kv.into_inner().map_err(|e| self.read_error(e))?;
+            let key: crate::auth::KeyRecord = serde_json::from_slice(&v)
+                .map_err(|_| corrupt(&self.path, "keys", &k, &RecordError::Invalid("key record")))?;
+            if key.id.as_bytes() != &*k {
+                return Err(corrupt(
+                    &self.path,
+                    "keys",
+                    &k,
+                    &RecordError::Invalid("key id (differs from key)"),
+                ));
+            }
+            out.push(key);
+        }
+        Ok(out)
     }
 }
 

@@ -68,6 +68,10 @@ pub enum Op {
     PutIncomingQos2 { client_id: Arc<str>, pkid: u16 },
     /// An incoming QoS 2 packet id was released by PUBREL.
     DeleteIncomingQos2 { client_id: Arc<str>, pkid: u16 },
+    /// Creates or replaces an API key (its id, secret hash and permissions; never the secret).
+    PutKey(Box<crate::auth::KeyRecord>),
+    /// Deletes an API key (revocation).
+    DeleteKey(Arc<str>),
 }
 
 /// A queued message of a recovered session.
@@ -179,4 +183,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Bytes the store uses on disk (0 for memory).
     fn disk_bytes(&self) -> u64;
+
+    /// The stored API keys (read at start; the memory store has none).
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when a key record cannot be decoded.
+    fn keys(&self) -> Result<Vec<crate::auth::KeyRecord>, StoreError> {
+        Ok(Vec::new())
+    }
 }

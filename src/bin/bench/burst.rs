@@ -47,11 +47,8 @@ pub async fn mesh(n: usize, broker: &mut Running, deadline_ns: u64) -> anyhow::R
         w.write_all(f).await?;
     }
     let expected = (n * n) as u64;
-    if let Some(note) =
-        drain(&shared, broker, |sh| sh.received >= expected, Duration::from_secs(3), deadline_ns).await
-    {
-        o.notes.push(note);
-    }
+    let drained =
+        drain(&shared, broker, |sh| sh.received >= expected, Duration::from_secs(3), deadline_ns).await;
     cpu.finish(broker, &mut o);
     receivers.iter().for_each(JoinHandle::abort);
     let sh = shared.borrow();
@@ -60,7 +57,7 @@ pub async fn mesh(n: usize, broker: &mut Running, deadline_ns: u64) -> anyhow::R
     if secs > 0.0 {
         o.set("throughput", sh.received as f64 / secs);
     }
-    delivery_metrics(&mut o, &sh.latency, &trackers, expected);
+    delivery_metrics(&mut o, &sh.latency, &trackers, expected, drained);
     o.notes.extend(summarize_errors(&sh.errors));
     drop(writers);
     Ok(o)
@@ -136,9 +133,7 @@ pub async fn state(p: &Params, broker: &mut Running, deadline_ns: u64) -> anyhow
     sub.send_subscribe("#", p.state_qos).await?;
     let (receivers, trackers) = start_receivers(vec![sub], || Tracker::new(1), &shared);
     let done = |_: &super::client::RxShared| trackers[0].borrow().unique >= u64::from(n);
-    if let Some(note) = drain(&shared, broker, done, Duration::from_secs(2), deadline_ns).await {
-        o.notes.push(note);
-    }
+    let drained = drain(&shared, broker, done, Duration::from_secs(2), deadline_ns).await;
     cpu.finish(broker, &mut o);
     receivers.iter().for_each(JoinHandle::abort);
     let sh = shared.borrow();
@@ -149,7 +144,7 @@ pub async fn state(p: &Params, broker: &mut Running, deadline_ns: u64) -> anyhow
         o.set("throughput", sh.received as f64 / secs);
     }
     // Retained messages are old by design: their latency is not measured.
-    delivery_metrics(&mut o, &Histogram::default(), &trackers, u64::from(n));
+    delivery_metrics(&mut o, &Histogram::default(), &trackers, u64::from(n), drained);
     o.notes.extend(summarize_errors(&sh.errors));
     Ok(o)
 }

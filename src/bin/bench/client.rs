@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use dataloom::codec::{
@@ -271,8 +272,8 @@ fn process(
 }
 
 /// Publishes QoS 0 as fast as the socket takes it, `batch` frames per write, until `until_ns`.
-/// `sent` is updated after every write. Returns the write half: dropping it would close the
-/// connection's sending side.
+/// A write the broker does not take by then (it pushes back) is abandoned: `sent` counts the
+/// frames written whole. Returns the write half: dropping it would close the sending side.
 pub async fn blast(
     mut wr: OwnedWriteHalf,
     tpl: Template,
@@ -288,7 +289,20 @@ pub async fn blast(
             tpl.put(&mut out, seq, ts, 0);
             seq += 1;
         }
-        wr.write_all(&out).await?;
+        let mut written = 0;
+        while written < out.len() {
+            let left = Duration::from_nanos(until_ns.saturating_sub(now_ns()));
+            match tokio::time::timeout(left, wr.write(&out[written..])).await {
+                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    let whole = (written / tpl.len()) as u32;
+                    sent.set(u64::from(seq - batch as u32 + whole));
+                    return Ok(wr);
+                }
+            }
+        }
         out.clear();
         sent.set(u64::from(seq));
     }

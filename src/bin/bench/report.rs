@@ -30,6 +30,7 @@ const fn m(key: &'static str, label: &'static str, decimals: usize, better: Bett
 /// Every metric a scenario may report, in display order.
 const METRICS: &[MetricDef] = &[
     m("throughput", "deliveries/s", 0, Better::Higher),
+    m("window_throughput", "deliveries/s in window", 0, Better::Neither),
     m("published_per_s", "published/s", 0, Better::Neither),
     m("time_s", "time (s)", 3, Better::Lower),
     m("count", "retained received", 0, Better::Higher),
@@ -38,6 +39,7 @@ const METRICS: &[MetricDef] = &[
     m("sent", "expected deliveries", 0, Better::Neither),
     m("loss", "lost", 0, Better::Lower),
     m("loss_pct", "lost (%)", 2, Better::Lower),
+    m("backlog", "still queued at cut-off", 0, Better::Neither),
     m("dups", "duplicates", 0, Better::Lower),
     m("late_sends", "late sends (pacer)", 0, Better::Neither),
     m("connections", "connections", 0, Better::Neither),

@@ -150,37 +150,56 @@ pub fn new_shared() -> Shared {
     Rc::new(RefCell::new(RxShared::default()))
 }
 
-/// Waits until `done()` or no delivery for `stall`, or `deadline_ns`, or the broker died.
-/// Returns a note when it did not end by `done()`.
+/// How waiting for deliveries ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Everything expected arrived.
+    Done,
+    /// Nothing arrived for the stall time: what is missing was lost.
+    Stalled(String),
+    /// Deliveries were still going on at the deadline: what is missing was still on its way.
+    CutOff(String),
+}
+
+impl Drained {
+    pub fn note(&self) -> Option<String> {
+        match self {
+            Drained::Done => None,
+            Drained::Stalled(n) | Drained::CutOff(n) => Some(n.clone()),
+        }
+    }
+}
+
+/// Waits until `done()`, no delivery for `stall`, `deadline_ns`, or the broker died.
 pub async fn drain(
     shared: &Shared,
     broker: &mut Running,
     done: impl Fn(&RxShared) -> bool,
     stall: Duration,
     deadline_ns: u64,
-) -> Option<String> {
+) -> Drained {
     let mut last = (shared.borrow().received, now_ns());
     loop {
         {
             let sh = shared.borrow();
             if done(&sh) {
-                return None;
+                return Drained::Done;
             }
             let now = now_ns();
             if sh.received != last.0 {
                 last = (sh.received, now);
             } else if now - last.1 > stall.as_nanos() as u64 {
-                return Some(format!("deliveries stopped ({} received)", sh.received));
+                return Drained::Stalled(format!("deliveries stopped ({} received)", sh.received));
             }
             if now > deadline_ns {
-                return Some(format!(
-                    "time limit reached while deliveries went on ({} received)",
+                return Drained::CutOff(format!(
+                    "stopped waiting while deliveries went on ({} received; the rest is reported as backlog)",
                     sh.received
                 ));
             }
         }
         if let Some(d) = broker.died() {
-            return Some(d);
+            return Drained::Stalled(d);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -212,8 +231,15 @@ impl CpuMeter {
     }
 }
 
-/// Latency percentiles, loss and duplicates from receivers that expected `expected` messages.
-pub fn delivery_metrics(o: &mut Outcome, lat: &Histogram, trackers: &[Rc<RefCell<Tracker>>], expected: u64) {
+/// Latency percentiles, loss (or backlog, when the wait was cut off) and duplicates from
+/// receivers that expected `expected` messages.
+pub fn delivery_metrics(
+    o: &mut Outcome,
+    lat: &Histogram,
+    trackers: &[Rc<RefCell<Tracker>>],
+    expected: u64,
+    drained: Drained,
+) {
     let (unique, dups) =
         trackers.iter().fold((0, 0), |(u, d), t| (u + t.borrow().unique, d + t.borrow().dups));
     if let (Some(p50), Some(p99)) = (lat.quantile(0.5), lat.quantile(0.99)) {
@@ -221,12 +247,15 @@ pub fn delivery_metrics(o: &mut Outcome, lat: &Histogram, trackers: &[Rc<RefCell
         o.set("p99_ms", p99 as f64 / 1e6);
     }
     o.set("sent", expected as f64);
-    o.set("loss", expected.saturating_sub(unique) as f64);
-    o.set(
-        "loss_pct",
-        if expected == 0 { 0.0 } else { 100.0 * expected.saturating_sub(unique) as f64 / expected as f64 },
-    );
+    let missing = expected.saturating_sub(unique) as f64;
+    if let Drained::CutOff(_) = drained {
+        o.set("backlog", missing);
+    } else {
+        o.set("loss", missing);
+        o.set("loss_pct", if expected == 0 { 0.0 } else { 100.0 * missing / expected as f64 });
+    }
     o.set("dups", dups as f64);
+    o.notes.extend(drained.note());
 }
 
 /// Broker memory at the end of a run.

@@ -41,11 +41,16 @@ struct Batch {
     sessions: Changes,
     queue: Changes,
     qos2: Changes,
+    keys: Changes,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.retained.is_empty() && self.sessions.is_empty() && self.queue.is_empty() && self.qos2.is_empty()
+        self.retained.is_empty()
+            && self.sessions.is_empty()
+            && self.queue.is_empty()
+            && self.qos2.is_empty()
+            && self.keys.is_empty()
     }
 }
 
@@ -259,6 +264,13 @@ impl Writer {
             Op::DeleteIncomingQos2 { client_id, pkid } => {
                 b.qos2.insert(qos2_key(&client_id, pkid), None);
             }
+            Op::PutKey(k) => {
+                let json = serde_json::to_vec(&*k).unwrap_or_default();
+                b.keys.insert(k.id.as_bytes().to_vec(), Some(json));
+            }
+            Op::DeleteKey(id) => {
+                b.keys.insert(id.as_bytes().to_vec(), None);
+            }
         }
         Ok(())
     }
@@ -271,6 +283,7 @@ impl Writer {
             (&self.ks.sessions, b.sessions),
             (&self.ks.queue, b.queue),
             (&self.ks.qos2, b.qos2),
+            (&self.ks.keys, b.keys),
         ] {
             for (k, v) in changes {
                 match v {

@@ -1,0 +1,435 @@
+//! API keys: authentication at CONNECT, per-connection permissions, key management (create,
+//! list, revoke) and the live connections of each key, so a revocation closes them at once.
+//!
+//! Modes, decided at each CONNECT:
+//! - **No key exists** (development, the secure default): loopback clients are unrestricted
+//!   whatever credentials they send; others need `auth.allow_anonymous` and get
+//!   `[auth.anonymous]`.
+//! - **Keys exist**: a username must name a key and the password must be its secret (or the
+//!   TLS client certificate named it, `use_identity_as_username`); clients without a username
+//!   are anonymous, allowed only with `auth.allow_anonymous`, with `[auth.anonymous]`.
+//!
+//! Keys live in the store (`keys` keyspace) and in memory behind one `RwLock`, read once per
+//! CONNECT; the publish and delivery paths only see the connection's compiled [`Perms`].
+
+pub mod admin;
+pub mod cli;
+pub mod key;
+pub mod perms;
+pub mod throttle;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::broker::session::{Kill, KillReason};
+use crate::codec::reason;
+use crate::store::{Op, Store, StoreError};
+pub use key::{Key, KeyRecord};
+pub use perms::{Lists, Perms};
+use throttle::Throttle;
+
+/// Why a key operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("key {0:?} already exists; revoke it first or choose another name")]
+    Exists(String),
+    #[error("no key named {0:?}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// `[auth.anonymous]`: what clients without credentials may do where they are allowed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnonymousConfig {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+    pub deny_publish: Vec<String>,
+    pub deny_subscribe: Vec<String>,
+}
+
+impl Default for AnonymousConfig {
+    fn default() -> Self {
+        AnonymousConfig {
+            publish: vec!["#".into()],
+            subscribe: vec!["#".into()],
+            deny_publish: Vec::new(),
+            deny_subscribe: Vec::new(),
+        }
+    }
+}
+
+/// `auth.on_forbidden_publish`: a forbidden PUBLISH that no negative ack can answer (MQTT
+/// 3.x, and v5 QoS 0), per [MQTT-3.3.5-2].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnForbidden {
+    /// Acknowledge as usual and drop it (counted), like Mosquitto.
+    #[default]
+    Drop,
+    /// Close the connection (v5: DISCONNECT 0x87).
+    Disconnect,
+}
+
+/// The auth settings of `[auth]` the broker uses at run time.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub allow_anonymous: bool,
+    pub anonymous: AnonymousConfig,
+    pub on_forbidden_publish: OnForbidden,
+}
+
+/// Who a connection is.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// No key exists and the client is local: everything allowed.
+    Unrestricted,
+    /// No credentials; `[auth.anonymous]` applies.
+    Anonymous,
+    Key(Arc<Key>),
+}
+
+/// A refused CONNECT: the v5 CONNACK code and how long to wait before answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub code: u8,
+    pub delay: Duration,
+}
+
+/// Metric label indices of `dataloom_auth_failures_total` (see `metrics::reasons`).
+mod failure {
+    pub const UNKNOWN_KEY: usize = 0;
+    pub const BAD_SECRET: usize = 1;
+    pub const REVOKED: usize = 2;
+    pub const ANONYMOUS: usize = 3;
+    pub const EXPIRED: usize = 4;
+    pub const CLIENT_ID: usize = 5;
+}
+
+/// Metric label indices of `dataloom_authorization_denials_total`.
+pub mod action {
+    pub const PUBLISH: usize = 0;
+    pub const SUBSCRIBE: usize = 1;
+}
+
+/// Counts an authorization denial of `action` (see [`action`]).
+pub fn count_denial(action: usize) {
+    if let Some(c) = crate::metrics::get().authz_denials.get(action) {
+        c.inc();
+    }
+}
+
+fn count_failure(reason: usize) {
+    if let Some(c) = crate::metrics::get().auth_failures.get(reason) {
+        c.inc();
+    }
+}
+
+/// Keys, settings, the brute-force table and the live connections of each key.
+#[derive(Debug, Default)]
+pub struct Auth {
+    settings: Settings,
+    keys: RwLock<HashMap<Arc<str>, Arc<Key>>>,
+    live: Mutex<HashMap<Arc<str>, Vec<Weak<Kill>>>>,
+    pub throttle: Throttle,
+    store: Option<Arc<dyn Store>>,
+}
+
+/// A key as `key list` shows it (no secret, no hash).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: String,
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+    pub deny_publish: Vec<String>,
+    pub deny_subscribe: Vec<String>,
+    pub admin: bool,
+    pub client_id: String,
+    pub expires: String,
+    pub created: String,
+    /// `config` when seeded from `[[auth.keys]]`, else `store`.
+    pub source: String,
+}
+
+impl KeyInfo {
+    pub fn of(k: &Key) -> KeyInfo {
+        let r = &k.record;
+        KeyInfo {
+            id: r.id.clone(),
+            publish: r.publish.clone(),
+            subscribe: r.subscribe.clone(),
+            deny_publish: r.deny_publish.clone(),
+            deny_subscribe: r.deny_subscribe.clone(),
+            admin: r.admin,
+            client_id: r.client_id.clone(),
+            expires: r.expires.clone(),
+            created: r.created.clone(),
+            source: if k.from_config { "config" } else { "store" }.into(),
+        }
+    }
+}
+
+/// What `key create` asks for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySpec {
+    pub name: String,
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+    pub deny_publish: Vec<String>,
+    pub deny_subscribe: Vec<String>,
+    pub admin: bool,
+    pub client_id: String,
+    pub expires: String,
+    /// An imported secret (at least 32 characters); empty = generate one.
+    pub secret: String,
+}
+
+impl KeySpec {
+    /// The record and the secret (generated unless imported).
+    ///
+    /// # Errors
+    /// [`AuthError::Invalid`] naming the bad field.
+    pub fn into_record(self) -> Result<(Key, String), AuthError> {
+        let secret = if self.secret.is_empty() {
+            key::new_secret()
+        } else {
+            key::check_secret(&self.secret)?;
+            self.secret
+        };
+        let record = KeyRecord {
+            id: self.name,
+            secret_sha256: key::hash_hex(&secret),
+            publish: self.publish,
+            subscribe: self.subscribe,
+            deny_publish: self.deny_publish,
+            deny_subscribe: self.deny_subscribe,
+            admin: self.admin,
+            client_id: self.client_id,
+            expires: self.expires,
+            created: key::format_time(SystemTime::now()),
+        };
+        Ok((Key::new(record, false)?, secret))
+    }
+}
+
+impl Auth {
+    /// The auth state from `settings`, the keys of the store and the keys seeded in config
+    /// (config wins on a clash).
+    ///
+    /// # Errors
+    /// [`AuthError::Invalid`] for a bad seeded or stored key, naming it.
+    pub fn new(
+        settings: Settings,
+        stored: Vec<KeyRecord>,
+        seeded: &[KeyRecord],
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Auth, AuthError> {
+        let mut keys = HashMap::new();
+        for r in stored {
+            let k = Key::new(r, false)?;
+            keys.insert(Arc::from(k.record.id.as_str()), Arc::new(k));
+        }
+        for r in seeded {
+            let k =
+                Key::new(r.clone(), true).map_err(|e| AuthError::Invalid(format!("[[auth.keys]]: {e}")))?;
+            keys.insert(Arc::from(k.record.id.as_str()), Arc::new(k));
+        }
+        Ok(Auth { settings, keys: RwLock::new(keys), store, ..Auth::default() })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Number of keys.
+    pub fn key_count(&self) -> usize {
+        self.keys.read().len()
+    }
+
+    /// True when some key has the admin role.
+    pub fn has_admin_key(&self) -> bool {
+        self.keys.read().values().any(|k| k.record.admin)
+    }
+
+    /// Authenticates a CONNECT. `cert_identity` says the username came from a verified TLS
+    /// client certificate (no secret needed). On success the connection's `kill` switch is
+    /// registered under its key, so a revocation reaches it.
+    ///
+    /// # Errors
+    /// [`Refused`] with the v5 CONNACK code: 0x86 bad credentials (delayed per peer), 0x87
+    /// not allowed (anonymous where not allowed, expired key, client id not allowed).
+    pub fn authenticate(&self, c: &Cred<'_>, kill: &Arc<Kill>) -> Result<Principal, Refused> {
+        let keys = self.keys.read();
+        let local = c.peer.is_some_and(|ip| ip.is_loopback() || is_mapped_loopback(ip));
+        if keys.is_empty() && local {
+            return Ok(Principal::Unrestricted);
+        }
+        let not_authorized = Refused { code: reason::NOT_AUTHORIZED, delay: Duration::ZERO };
+        let Some(id) = c.username.filter(|_| !keys.is_empty()) else {
+            if c.password.is_some() && !keys.is_empty() {
+                return Err(self.bad_credentials(failure::UNKNOWN_KEY, c.peer));
+            }
+            if self.settings.allow_anonymous {
+                return Ok(Principal::Anonymous);
+            }
+            count_failure(failure::ANONYMOUS);
+            return Err(not_authorized);
+        };
+        let Some(key) = keys.get(id).cloned() else {
+            // Same work as a known key, so timing does not tell which ids exist.
+            let _ = key::hash_secret(c.password.unwrap_or_default());
+            return Err(self.bad_credentials(failure::UNKNOWN_KEY, c.peer));
+        };
+        if !c.cert_identity && !c.password.is_some_and(|p| key.verify(p)) {
+            return Err(self.bad_credentials(failure::BAD_SECRET, c.peer));
+        }
+        if key.expired(SystemTime::now()) {
+            count_failure(failure::EXPIRED);
+            return Err(not_authorized);
+        }
+        if !key.allows_client_id(c.client_id) {
+            count_failure(failure::CLIENT_ID);
+            return Err(not_authorized);
+        }
+        // Registered while the read lock is held: a revocation (write lock) either ran before
+        // (the key is gone) or runs after and finds this connection.
+        let mut live = self.live.lock();
+        let list = live.entry(Arc::from(id)).or_default();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(kill));
+        drop(live);
+        Ok(Principal::Key(key))
+    }
+
+    fn bad_credentials(&self, reason: usize, peer: Option<IpAddr>) -> Refused {
+        count_failure(reason);
+        let delay = peer.map_or(Duration::ZERO, |ip| self.throttle.failed(ip));
+        Refused { code: reason::BAD_USER_NAME_OR_PASSWORD, delay }
+    }
+
+    /// The compiled permissions of `principal` connected as `client_id`.
+    pub fn perms(&self, principal: &Principal, client_id: &str) -> Perms {
+        match principal {
+            Principal::Unrestricted => Perms::unrestricted(),
+            Principal::Anonymous => {
+                let a = &self.settings.anonymous;
+                let lists = Lists {
+                    publish: &a.publish,
+                    subscribe: &a.subscribe,
+                    deny_publish: &a.deny_publish,
+                    deny_subscribe: &a.deny_subscribe,
+                    admin: false,
+                };
+                Perms::compile(lists, client_id, None)
+            }
+            Principal::Key(k) => {
+                let r = &k.record;
+                let lists = Lists {
+                    publish: &r.publish,
+                    subscribe: &r.subscribe,
+                    deny_publish: &r.deny_publish,
+                    deny_subscribe: &r.deny_subscribe,
+                    admin: r.admin,
+                };
+                Perms::compile(lists, client_id, Some(&r.id))
+            }
+        }
+    }
+
+    /// Checks an admin credential `id:secret` (HTTP admin endpoint).
+    pub fn verify_admin(&self, id: &str, secret: &str) -> bool {
+        let keys = self.keys.read();
+        let Some(k) = keys.get(id) else {
+            let _ = key::hash_secret(secret.as_bytes());
+            return false;
+        };
+        k.verify(secret.as_bytes()) && k.record.admin && !k.expired(SystemTime::now())
+    }
+
+    /// Every key, sorted by id.
+    pub fn list(&self) -> Vec<KeyInfo> {
+        let mut v: Vec<KeyInfo> = self.keys.read().values().map(|k| KeyInfo::of(k)).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Creates a key, durably; returns its secret (shown once).
+    ///
+    /// # Errors
+    /// [`AuthError`]: invalid spec, existing name, store failure.
+    pub async fn create(&self, spec: KeySpec) -> Result<(KeyInfo, String), AuthError> {
+        let (key, secret) = spec.into_record()?;
+        let id: Arc<str> = Arc::from(key.record.id.as_str());
+        if self.keys.read().contains_key(&id) {
+            return Err(AuthError::Exists(key.record.id.clone()));
+        }
+        if let Some(store) = &self.store {
+            store.submit(vec![Op::PutKey(Box::new(key.record.clone()))], true).wait().await?;
+        }
+        let info = KeyInfo::of(&key);
+        let mut keys = self.keys.write();
+        if keys.contains_key(&id) {
+            return Err(AuthError::Exists(info.id));
+        }
+        keys.insert(id, Arc::new(key));
+        drop(keys);
+        tracing::info!(key = %info.id, admin = info.admin, "API key created");
+        Ok((info, secret))
+    }
+
+    /// Revokes a key: later CONNECTs are refused and its live connections are closed now
+    /// (v5 DISCONNECT 0x98 Administrative action). Returns how many were closed.
+    ///
+    /// # Errors
+    /// [`AuthError::NotFound`], or the store failure (the key stays revoked in memory).
+    pub async fn revoke(&self, id: &str) -> Result<usize, AuthError> {
+        let removed = self.keys.write().remove(id);
+        let Some(key) = removed else {
+            return Err(AuthError::NotFound(id.to_string()));
+        };
+        let kills = self.live.lock().remove(id).unwrap_or_default();
+        let mut closed = 0;
+        for k in kills.iter().filter_map(Weak::upgrade) {
+            k.fire(KillReason::Revoked);
+            count_failure(failure::REVOKED);
+            closed += 1;
+        }
+        tracing::info!(key = %id, closed, "API key revoked");
+        if key.from_config {
+            tracing::warn!(key = %id, "key was seeded from [[auth.keys]]; remove it there or it returns at restart");
+        } else if let Some(store) = &self.store {
+            store.submit(vec![Op::DeleteKey(Arc::from(id))], true).wait().await?;
+        }
+        Ok(closed)
+    }
+}
+
+/// What a CONNECT presents.
+#[derive(Debug, Clone, Copy)]
+pub struct Cred<'a> {
+    pub username: Option<&'a str>,
+    pub password: Option<&'a [u8]>,
+    pub client_id: &'a str,
+    /// The username is the CN of a verified TLS client certificate.
+    pub cert_identity: bool,
+    pub peer: Option<IpAddr>,
+}
+
+fn is_mapped_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V4(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;
