@@ -628,11 +628,27 @@ fn connect_bytes(v: V, client_id: &str) -> Vec<u8> {
     frame(0x10, &body)
 }
 
+/// A SUBSCRIBE (packet id 1) to `topic` at QoS 0.
+fn subscribe_bytes(topic: &[u8]) -> Vec<u8> {
+    frame(0x82, &[&[0, 1][..], &field(topic), &[0]].concat())
+}
+
+/// A QoS 0 PUBLISH of `payload` to `topic`.
+fn publish_bytes(topic: &[u8], payload: &[u8]) -> Vec<u8> {
+    frame(0x30, &[&field(topic)[..], payload].concat())
+}
+
 // ---- Talking to the broker ----
+
+/// Decoder limits that accept any packet the protocol allows, so the broker's answer is judged
+/// by the test, not refused by the decoder.
+fn any_size() -> codec::Limits {
+    codec::Limits { max_packet_size: 268_435_460, ..codec::Limits::default() }
+}
 
 /// The next packet from the broker; `None` if it closed the connection first.
 async fn next_packet(c: &mut RawClient) -> Result<Option<Packet>, String> {
-    let limits = codec::Limits { max_packet_size: 268_435_460, ..codec::Limits::default() };
+    let limits = any_size();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         match codec::decode_from_server(&mut c.buf, c.version, &limits) {
@@ -665,7 +681,7 @@ async fn read_to_close(c: &mut RawClient) -> Result<Vec<u8>, String> {
 
 /// Every packet in `bytes`, which must hold whole packets only.
 fn decode_all(bytes: &[u8], v: ProtocolVersion) -> Result<Vec<Packet>, String> {
-    let limits = codec::Limits { max_packet_size: 268_435_460, ..codec::Limits::default() };
+    let limits = any_size();
     let mut buf = bytes::BytesMut::from(bytes);
     let mut out = Vec::new();
     while !buf.is_empty() {
@@ -713,14 +729,14 @@ async fn healthy(addr: SocketAddr, tag: &str) -> Result<(), String> {
 async fn pubsub_works(addr: SocketAddr, tag: &str) -> Result<(), String> {
     let topic = format!("check/{tag}");
     let mut sub = connected(addr, V311, &format!("sub-{tag}")).await?;
-    let subscribe = frame(0x82, &[&[0, 1][..], &field(topic.as_bytes()), &[0]].concat());
+    let subscribe = subscribe_bytes(topic.as_bytes());
     send(&mut sub, &subscribe).await?;
     match next_packet(&mut sub).await? {
         Some(Packet::SubAck(s)) if s.codes == [0] => {}
         other => return Err(format!("expected SUBACK [0], got {other:?}")),
     }
     let mut publ = connected(addr, V311, &format!("pub-{tag}")).await?;
-    send(&mut publ, &frame(0x30, &[&field(topic.as_bytes())[..], b"still-alive"].concat())).await?;
+    send(&mut publ, &publish_bytes(topic.as_bytes(), b"still-alive")).await?;
     match next_packet(&mut sub).await? {
         Some(Packet::Publish(p)) if &p.payload[..] == b"still-alive" && p.topic == topic.as_bytes() => Ok(()),
         other => Err(format!("expected the PUBLISH on {topic}, got {other:?}")),
@@ -747,22 +763,20 @@ async fn run_row(addr: SocketAddr, client_id: &str, row: &Row) -> Result<(), Str
             }
         }
         Disconnect(code) => {
-            let got = read_to_close(&mut c).await?;
-            match decode_all(&got, v)?.as_slice() {
-                [Packet::Disconnect(d)] if d.code == code => {}
-                other => {
-                    return Err(format!("expected DISCONNECT 0x{code:02X} then close, got {}", brief(other)));
-                }
-            }
+            last_packet_then_close(
+                &mut c,
+                &format!("DISCONNECT 0x{code:02X}"),
+                |p| matches!(p, Packet::Disconnect(d) if d.code == code),
+            )
+            .await?;
         }
         ConnAck(code) if v.is_v5() => {
-            let got = read_to_close(&mut c).await?;
-            match decode_all(&got, v)?.as_slice() {
-                [Packet::ConnAck(a)] if a.code == code && !a.session_present => {}
-                other => {
-                    return Err(format!("expected CONNACK 0x{code:02X} then close, got {}", brief(other)));
-                }
-            }
+            last_packet_then_close(
+                &mut c,
+                &format!("CONNACK 0x{code:02X}"),
+                |p| matches!(p, Packet::ConnAck(a) if a.code == code && !a.session_present),
+            )
+            .await?;
         }
         ConnAck(code) => {
             let got = read_to_close(&mut c).await?;
@@ -793,6 +807,20 @@ async fn run_row(addr: SocketAddr, client_id: &str, row: &Row) -> Result<(), Str
         }
     }
     Ok(())
+}
+
+/// Reads until the broker closes the connection and checks that it sent exactly one packet,
+/// one that `expected` accepts; `what` names it in the failure message.
+async fn last_packet_then_close(
+    c: &mut RawClient,
+    what: &str,
+    expected: impl Fn(&Packet) -> bool,
+) -> Result<(), String> {
+    let got = read_to_close(c).await?;
+    match decode_all(&got, c.version)?.as_slice() {
+        [p] if expected(p) => Ok(()),
+        other => Err(format!("expected {what} then close, got {}", brief(other))),
+    }
 }
 
 /// A packet in a failure message: its name and code, without the empty properties.
@@ -976,10 +1004,10 @@ async fn a_half_sent_packet_and_silence_block_no_one() {
     let b = TestBroker::start_with(|c| c.mqtt.connect_timeout = Duration::from_secs(2)).await;
     // A subscriber for the half-sent PUBLISH.
     let mut sub = connected(b.addr, V311, "half-sub").await.unwrap();
-    send(&mut sub, &frame(0x82, &[&[0, 1][..], &field(b"abcde"), &[0]].concat())).await.unwrap();
+    send(&mut sub, &subscribe_bytes(b"abcde")).await.unwrap();
     assert!(matches!(next_packet(&mut sub).await.unwrap(), Some(Packet::SubAck(_))));
     // PUBLISH "abcde" payload "xyz": 30 0a 00 05 61 62 63 64 65 78 79 7a; only 5 bytes go now.
-    let publish = frame(0x30, &[&field(b"abcde")[..], b"xyz"].concat());
+    let publish = publish_bytes(b"abcde", b"xyz");
     let mut half = connected(b.addr, V311, "half-publish").await.unwrap();
     send(&mut half, &publish[..5]).await.unwrap();
     // Half a CONNECT, and no bytes at all.

@@ -688,7 +688,7 @@ const SESSION_SUBS: [(&str, ProtocolVersion, QoS); 3] =
 
 /// Even messages of the persistent-session crash test are QoS 2, odd ones QoS 1.
 fn session_qos(i: usize) -> QoS {
-    if i % 2 == 0 { QoS::ExactlyOnce } else { QoS::AtLeastOnce }
+    if i.is_multiple_of(2) { QoS::ExactlyOnce } else { QoS::AtLeastOnce }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

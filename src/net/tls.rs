@@ -22,7 +22,7 @@ use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tracing::info;
 
-use crate::config::{TlsListenerConfig, WssListenerConfig};
+use crate::config::{TlsKeys, TlsListenerConfig, WssListenerConfig};
 
 /// Why a TLS listener's files could not be loaded. Each message names the config key and file.
 #[derive(Debug, thiserror::Error)]
@@ -54,29 +54,28 @@ fn non_empty(p: &Path) -> Option<PathBuf> {
     (!p.as_os_str().is_empty()).then(|| p.to_path_buf())
 }
 
-impl From<&TlsListenerConfig> for TlsSettings {
-    fn from(c: &TlsListenerConfig) -> Self {
+impl From<TlsKeys<'_>> for TlsSettings {
+    fn from(c: TlsKeys<'_>) -> Self {
         TlsSettings {
-            section: "listeners.tls",
-            certfile: c.certfile.clone(),
-            keyfile: c.keyfile.clone(),
-            cafile: non_empty(&c.cafile),
+            section: c.section,
+            certfile: c.certfile.to_path_buf(),
+            keyfile: c.keyfile.to_path_buf(),
+            cafile: non_empty(c.cafile),
             require_certificate: c.require_certificate,
             use_identity_as_username: c.use_identity_as_username,
         }
     }
 }
 
+impl From<&TlsListenerConfig> for TlsSettings {
+    fn from(c: &TlsListenerConfig) -> Self {
+        c.tls_keys().into()
+    }
+}
+
 impl From<&WssListenerConfig> for TlsSettings {
     fn from(c: &WssListenerConfig) -> Self {
-        TlsSettings {
-            section: "listeners.wss",
-            certfile: c.certfile.clone(),
-            keyfile: c.keyfile.clone(),
-            cafile: non_empty(&c.cafile),
-            require_certificate: c.require_certificate,
-            use_identity_as_username: c.use_identity_as_username,
-        }
+        c.tls_keys().into()
     }
 }
 

@@ -24,7 +24,12 @@ use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, reason
 
 /// Stop reading from a client while this much output waits for it.
 const OUT_HIGH_WATER: usize = 256 * 1024;
+/// First read buffer of a connection: enough for a CONNECT, small for idle connections.
+const READ_START: usize = 512;
+/// Read buffer growth step while data flows, and the size above which an emptied buffer is
+/// released (an idle connection keeps no large buffers).
 const READ_CHUNK: usize = 8 * 1024;
+const RELEASE_ABOVE: usize = 64 * 1024;
 /// Stop reading from a client while this many responses wait for the store.
 const MAX_PENDING: usize = 1024;
 
@@ -112,7 +117,7 @@ where
     );
     async move {
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut rbuf = BytesMut::with_capacity(READ_START);
         let kill = Arc::new(Kill::default());
         let mut conn = match handshake(&ctx, &info, &mut rd, &mut wr, &mut rbuf, kill.clone()).await {
             Ok(conn) => conn,
@@ -286,6 +291,9 @@ impl Conn {
                     if let Err(e) = w {
                         return Close::Io(e.to_string());
                     }
+                    if self.wbuf.is_empty() && self.wbuf.capacity() > RELEASE_ABOVE {
+                        self.wbuf = BytesMut::new();
+                    }
                 }
                 r = read_more(rd, rbuf), if want_read => {
                     match r {
@@ -401,8 +409,13 @@ async fn wait_for_room(blocked: &[(Arc<Session>, Delivery)]) {
 }
 
 async fn read_more<R: AsyncRead + Unpin>(rd: &mut R, rbuf: &mut BytesMut) -> std::io::Result<usize> {
-    if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
-        rbuf.reserve(READ_CHUNK);
+    if rbuf.is_empty() && rbuf.capacity() > RELEASE_ABOVE {
+        *rbuf = BytesMut::with_capacity(READ_START);
+    }
+    let spare = rbuf.capacity() - rbuf.len();
+    if spare < READ_START / 2 {
+        // Grow with the traffic: a connection that fills its buffer gets a bigger one.
+        rbuf.reserve(rbuf.capacity().clamp(READ_START, READ_CHUNK));
     }
     rd.read_buf(rbuf).await
 }

@@ -1,0 +1,266 @@
+//! The `[listeners.*]` sections: TCP, TLS, WebSocket and WebSocket over TLS, their defaults,
+//! and their validation (bind addresses, paths, the TLS file combinations).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Config, ConfigError, invalid};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    pub tcp: TcpListenerConfig,
+    pub tls: TlsListenerConfig,
+    pub ws: WsListenerConfig,
+    pub wss: WssListenerConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpListenerConfig {
+    /// Address of the plain MQTT listener; port 0 picks a free port.
+    pub bind: String,
+    /// Simultaneous connections on this listener; 0 = only `mqtt.max_connections` applies.
+    pub max_connections: usize,
+    /// Time from accept to CONNECT on this listener; unset = `mqtt.connect_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+}
+
+/// MQTT over TLS. Runs only when `certfile` and `keyfile` are set (a TLS listener without a
+/// certificate cannot start); then `bind` (default `0.0.0.0:8883`) is where it listens.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsListenerConfig {
+    pub bind: String,
+    /// PEM certificate chain of the server, leaf first; empty = listener off.
+    pub certfile: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the server; empty = listener off.
+    pub keyfile: PathBuf,
+    /// PEM CA certificates that client certificates are verified against; empty = no client
+    /// certificates are asked for.
+    pub cafile: PathBuf,
+    /// Refuse clients without a certificate signed by `cafile`.
+    pub require_certificate: bool,
+    /// The client certificate's subject CN becomes the CONNECT username.
+    pub use_identity_as_username: bool,
+    /// Simultaneous connections on this listener; 0 = only `mqtt.max_connections` applies.
+    pub max_connections: usize,
+    /// Time from accept to CONNECT, TLS handshake included; unset = `mqtt.connect_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+}
+
+/// MQTT over WebSocket. Runs only when `bind` is set (default empty = off).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsListenerConfig {
+    pub bind: String,
+    /// HTTP path of the WebSocket endpoint; other paths get 404.
+    pub path: String,
+    /// Simultaneous connections on this listener; 0 = only `mqtt.max_connections` applies.
+    pub max_connections: usize,
+    /// Time from accept to CONNECT, WebSocket handshake included; unset = `mqtt.connect_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+}
+
+/// MQTT over WebSocket over TLS. Runs only when `certfile` and `keyfile` are set; then `bind`
+/// (default `0.0.0.0:8084`) is where it listens. The TLS keys mean what they mean in
+/// `[listeners.tls]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WssListenerConfig {
+    pub bind: String,
+    pub path: String,
+    pub certfile: PathBuf,
+    pub keyfile: PathBuf,
+    pub cafile: PathBuf,
+    pub require_certificate: bool,
+    pub use_identity_as_username: bool,
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+}
+
+impl Default for TcpListenerConfig {
+    fn default() -> Self {
+        TcpListenerConfig { bind: "127.0.0.1:1883".into(), max_connections: 0, connect_timeout: None }
+    }
+}
+
+impl Default for TlsListenerConfig {
+    fn default() -> Self {
+        TlsListenerConfig {
+            bind: "0.0.0.0:8883".into(),
+            certfile: PathBuf::new(),
+            keyfile: PathBuf::new(),
+            cafile: PathBuf::new(),
+            require_certificate: false,
+            use_identity_as_username: false,
+            max_connections: 0,
+            connect_timeout: None,
+        }
+    }
+}
+
+impl Default for WsListenerConfig {
+    fn default() -> Self {
+        WsListenerConfig {
+            bind: String::new(),
+            path: "/mqtt".into(),
+            max_connections: 0,
+            connect_timeout: None,
+        }
+    }
+}
+
+impl Default for WssListenerConfig {
+    fn default() -> Self {
+        WssListenerConfig {
+            bind: "0.0.0.0:8084".into(),
+            path: "/mqtt".into(),
+            certfile: PathBuf::new(),
+            keyfile: PathBuf::new(),
+            cafile: PathBuf::new(),
+            require_certificate: false,
+            use_identity_as_username: false,
+            max_connections: 0,
+            connect_timeout: None,
+        }
+    }
+}
+
+impl TlsListenerConfig {
+    /// The TLS keys of this section.
+    pub fn tls_keys(&self) -> TlsKeys<'_> {
+        TlsKeys {
+            section: "listeners.tls",
+            certfile: &self.certfile,
+            keyfile: &self.keyfile,
+            cafile: &self.cafile,
+            require_certificate: self.require_certificate,
+            use_identity_as_username: self.use_identity_as_username,
+        }
+    }
+
+    /// True when the listener runs: both `certfile` and `keyfile` are set.
+    pub fn enabled(&self) -> bool {
+        self.tls_keys().enabled()
+    }
+}
+
+impl WsListenerConfig {
+    /// True when the listener runs: `bind` is set.
+    pub fn enabled(&self) -> bool {
+        !self.bind.is_empty()
+    }
+}
+
+impl WssListenerConfig {
+    /// The TLS keys of this section (they mean what they mean in `[listeners.tls]`).
+    pub fn tls_keys(&self) -> TlsKeys<'_> {
+        TlsKeys {
+            section: "listeners.wss",
+            certfile: &self.certfile,
+            keyfile: &self.keyfile,
+            cafile: &self.cafile,
+            require_certificate: self.require_certificate,
+            use_identity_as_username: self.use_identity_as_username,
+        }
+    }
+
+    /// True when the listener runs: both `certfile` and `keyfile` are set.
+    pub fn enabled(&self) -> bool {
+        self.tls_keys().enabled()
+    }
+}
+
+impl Config {
+    /// Checks the `[listeners.*]` sections and returns the bind address of every listener that
+    /// runs, with its config key, for the anonymous-access check.
+    pub(super) fn validate_listeners(&self) -> Result<Vec<(&'static str, SocketAddr)>, ConfigError> {
+        let l = &self.listeners;
+        let bind = |key: &'static str, value: &str| parse_addr(key, value).map(|addr| (key, addr));
+        let mut binds = vec![bind("listeners.tcp.bind", &l.tcp.bind)?];
+        let timeouts = [
+            ("listeners.tcp.connect_timeout", l.tcp.connect_timeout),
+            ("listeners.tls.connect_timeout", l.tls.connect_timeout),
+            ("listeners.ws.connect_timeout", l.ws.connect_timeout),
+            ("listeners.wss.connect_timeout", l.wss.connect_timeout),
+        ];
+        for (key, t) in timeouts {
+            if t.is_some_and(|t| t.is_zero()) {
+                return Err(invalid(key, "must be longer than 0s (e.g. \"10s\")"));
+            }
+        }
+        if l.tls.tls_keys().check()? {
+            binds.push(bind("listeners.tls.bind", &l.tls.bind)?);
+        }
+        if l.ws.enabled() {
+            check_path("listeners.ws.path", &l.ws.path)?;
+            binds.push(bind("listeners.ws.bind", &l.ws.bind)?);
+        }
+        if l.wss.tls_keys().check()? {
+            check_path("listeners.wss.path", &l.wss.path)?;
+            binds.push(bind("listeners.wss.bind", &l.wss.bind)?);
+        }
+        Ok(binds)
+    }
+}
+
+/// The TLS keys of `[listeners.tls]` or `[listeners.wss]`: what validation and the TLS loader
+/// (`net::tls::TlsSettings`) read from either section.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsKeys<'a> {
+    /// The config section, `listeners.tls` or `listeners.wss`.
+    pub section: &'static str,
+    pub certfile: &'a Path,
+    pub keyfile: &'a Path,
+    pub cafile: &'a Path,
+    pub require_certificate: bool,
+    pub use_identity_as_username: bool,
+}
+
+impl TlsKeys<'_> {
+    /// True when the listener runs: both `certfile` and `keyfile` are set.
+    pub fn enabled(&self) -> bool {
+        !self.certfile.as_os_str().is_empty() && !self.keyfile.as_os_str().is_empty()
+    }
+
+    /// Ok(true) when the listener runs, Ok(false) when it is off, Err for a half-set section.
+    fn check(&self) -> Result<bool, ConfigError> {
+        let (cert, key) = (!self.certfile.as_os_str().is_empty(), !self.keyfile.as_os_str().is_empty());
+        let client_certs = self.require_certificate || self.use_identity_as_username;
+        if cert != key || (!cert && client_certs) {
+            return Err(invalid(
+                self.section,
+                "certfile and keyfile must both be set to run this listener (or neither to turn it off)",
+            ));
+        }
+        if client_certs && self.cafile.as_os_str().is_empty() {
+            return Err(invalid(
+                self.section,
+                "require_certificate and use_identity_as_username need cafile (the CA that signs \
+                 client certificates)",
+            ));
+        }
+        Ok(cert)
+    }
+}
+
+fn check_path(key: &'static str, path: &str) -> Result<(), ConfigError> {
+    if !path.starts_with('/') {
+        return Err(invalid(key, format!("{path:?} must be an HTTP path starting with / (e.g. \"/mqtt\")")));
+    }
+    Ok(())
+}
+
+pub(super) fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(key, format!("{value:?} is not HOST:PORT with a numeric IP (e.g. 127.0.0.1:1883)"))
+    })
+}

@@ -1,0 +1,179 @@
+//! The plain sections of [`Config`](super::Config): `[http]`, `[storage]`, `[mqtt]`, `[auth]`,
+//! `[schemas]` and `[log]`, each with its defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Address of the HTTP listener (metrics, health); empty disables it.
+    pub bind: String,
+}
+
+/// Where state lives.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The embedded LSM store in `data_dir`.
+    Fjall,
+    /// Nothing is kept across restarts.
+    Memory,
+}
+
+/// When an acknowledged write is on disk.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acks wait for fsync.
+    Fsync,
+    /// Acks do not wait; data is flushed periodically.
+    Buffered,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    pub backend: Backend,
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+}
+
+/// Protocol limits. Durations are written like `"10s"` or `"1m 30s"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mqtt {
+    /// Largest packet accepted or sent, bytes (fixed header included).
+    pub max_packet_size: u32,
+    /// Time a new connection has to send CONNECT.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest keep alive accepted, seconds; v5 clients asking more are told Server Keep Alive.
+    pub max_keepalive: u16,
+    /// Unacknowledged outgoing QoS 1/2 messages per client.
+    pub max_inflight_messages: u16,
+    /// Incoming QoS 2 messages a client may have unreleased (v5 Receive Maximum).
+    pub receive_maximum: u16,
+    /// Topic aliases a v5 client may use towards the broker.
+    pub topic_alias_maximum: u16,
+    /// Messages queued per session beyond the in-flight window; more are dropped and counted.
+    pub max_queued_messages: usize,
+    /// Simultaneous client connections.
+    pub max_connections: usize,
+    /// Levels in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// User properties in one packet.
+    pub max_user_properties: usize,
+    /// Longest session expiry granted to v5 clients, seconds (`u32::MAX` = never expire).
+    pub max_session_expiry: u32,
+    /// How often the `$SYS/broker/...` topics are published (Mosquitto's `sys_interval`);
+    /// `"0s"` turns them off. Default `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub sys_interval: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Accept clients without credentials on non-loopback listeners too.
+    pub allow_anonymous: bool,
+    /// What anonymous clients may do where they are allowed (see `src/auth/`).
+    pub anonymous: crate::auth::AnonymousConfig,
+    /// A forbidden PUBLISH without a negative ack (3.x, v5 QoS 0): `"drop"` or `"disconnect"`.
+    pub on_forbidden_publish: crate::auth::OnForbidden,
+    /// Keys seeded from config (`[[auth.keys]]`: id, secret_sha256, permissions; hashes only).
+    pub keys: Vec<crate::auth::KeyRecord>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A `RUST_LOG`-style filter: `info`, `dataloom=debug,warn`, ...
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http { bind: "127.0.0.1:9883".into() }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage { backend: Backend::Fjall, data_dir: PathBuf::from("./data"), durability: Durability::Fsync }
+    }
+}
+
+impl Default for Mqtt {
+    fn default() -> Self {
+        Mqtt {
+            max_packet_size: 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            max_keepalive: 3600,
+            max_inflight_messages: 20,
+            receive_maximum: 20,
+            topic_alias_maximum: 10,
+            max_queued_messages: 1000,
+            max_connections: 100_000,
+            max_topic_levels: 128,
+            max_user_properties: 64,
+            max_session_expiry: u32::MAX,
+            sys_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// What happens to a PUBLISH refused by a JSON Schema when no negative ack can say so
+/// (MQTT 3.1.1, and MQTT 5 at QoS 0). MQTT 5 QoS 1/2 always get PUBACK/PUBREC 0x99.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInvalid {
+    /// Close the connection (MQTT 5: DISCONNECT 0x99 with the reason), so a misbehaving
+    /// device is visible.
+    Disconnect,
+    /// Drop the message, count it, keep the connection.
+    Drop,
+}
+
+/// `[schemas]`: the `$schema/` registry (see `src/schema/`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Schemas {
+    /// Directory of schema files loaded at start (`sensors/+/temperature.json` registers
+    /// `sensors/+/temperature`); empty: none. A missing directory is not an error.
+    pub dir: PathBuf,
+    /// Refused messages without a negative ack: `"disconnect"` (default) or `"drop"`.
+    pub on_invalid: OnInvalid,
+    /// Republish refused messages to `$dead/<original topic>` with the reason as user properties.
+    pub dead_letter: bool,
+    /// Refuse to start (exit code 2) when a file in `dir` is not a valid schema.
+    pub strict: bool,
+}
+
+impl Default for Schemas {
+    fn default() -> Self {
+        Schemas {
+            dir: PathBuf::from("./schemas"),
+            on_invalid: OnInvalid::Disconnect,
+            dead_letter: false,
+            strict: false,
+        }
+    }
+}

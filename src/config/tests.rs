@@ -1,0 +1,51 @@
+//! Tests of loading, layering and validating the configuration.
+
+use std::time::Duration;
+
+use super::*;
+
+#[test]
+fn defaults_are_valid() {
+    Config::default().validate().expect("defaults validate");
+}
+
+#[test]
+fn file_then_overrides() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[mqtt]\nmax_packet_size = 2048\nconnect_timeout = \"3s\"\n").expect("write");
+    let o = Overrides { bind: Some("127.0.0.1:0".into()), ..Overrides::default() };
+    let c = Config::load(Some(&path), &o).expect("load");
+    assert_eq!(c.mqtt.max_packet_size, 2048);
+    assert_eq!(c.mqtt.connect_timeout, Duration::from_secs(3));
+    assert_eq!(c.listeners.tcp.bind, "127.0.0.1:0");
+}
+
+#[test]
+fn bad_value_names_the_key() {
+    let mut c = Config::default();
+    c.mqtt.max_packet_size = 1;
+    let e = c.validate().expect_err("must fail").to_string();
+    assert!(e.contains("mqtt.max_packet_size"), "{e}");
+}
+
+#[test]
+fn unknown_key_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[mqtt]\nmax_pakcet_size = 2048\n").expect("write");
+    let e = Config::load(Some(&path), &Overrides::default()).expect_err("must fail");
+    assert!(e.to_string().contains("max_pakcet_size"), "{e}");
+}
+
+#[test]
+fn anonymous_on_network_needs_opt_in() {
+    let mut c = Config::default();
+    c.listeners.tcp.bind = "0.0.0.0:1883".into();
+    c.validate_settings().expect("checked at start, when the keys are known");
+    assert!(c.validate().is_err());
+    assert!(c.check_anonymous_exposure(0).is_err());
+    c.check_anonymous_exposure(1).expect("keys exist");
+    c.auth.allow_anonymous = true;
+    c.check_anonymous_exposure(0).expect("explicit opt-in");
+}
