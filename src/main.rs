@@ -88,40 +88,7 @@ struct KeyTarget {
 #[derive(Subcommand, Debug)]
 enum KeyCommand {
     /// Create a key; prints its secret once (stdout).
-    Create {
-        #[command(flatten)]
-        target: KeyTarget,
-        /// The key id (the MQTT username).
-        #[arg(long)]
-        name: String,
-        /// Topic filters it may publish to (`%c` client id, `%u` key id).
-        #[arg(long, num_args = 1..)]
-        publish: Vec<String>,
-        /// Topic filters it may subscribe to.
-        #[arg(long, num_args = 1..)]
-        subscribe: Vec<String>,
-        /// Topic filters it may never publish to (deny wins).
-        #[arg(long, num_args = 1..)]
-        deny_publish: Vec<String>,
-        /// Topic filters it may never read (deny wins).
-        #[arg(long, num_args = 1..)]
-        deny_subscribe: Vec<String>,
-        /// Role admin: write `$schema/`, read `$SYS/` and `$dead/`, manage keys over HTTP.
-        #[arg(long)]
-        admin: bool,
-        /// Expiry time, RFC 3339 (2030-01-01T00:00:00Z).
-        #[arg(long)]
-        expires: Option<String>,
-        /// Client ids it may connect with: glob with `*`, `?`, `%u`.
-        #[arg(long)]
-        client_id: Option<String>,
-        /// Read the secret from stdin (at least 32 characters) instead of generating one.
-        #[arg(long)]
-        secret_stdin: bool,
-        /// Print an `[[auth.keys]]` config block (hash only) instead of storing the key.
-        #[arg(long)]
-        print_config: bool,
-    },
+    Create(CreateArgs),
     /// List keys (never secrets).
     List {
         #[command(flatten)]
@@ -133,6 +100,43 @@ enum KeyCommand {
         target: KeyTarget,
         name: String,
     },
+}
+
+// The options of `key create` (no doc comment: the variant's is its help text).
+#[derive(clap::Args, Debug)]
+struct CreateArgs {
+    #[command(flatten)]
+    target: KeyTarget,
+    /// The key id (the MQTT username).
+    #[arg(long)]
+    name: String,
+    /// Topic filters it may publish to (`%c` client id, `%u` key id).
+    #[arg(long, num_args = 1..)]
+    publish: Vec<String>,
+    /// Topic filters it may subscribe to.
+    #[arg(long, num_args = 1..)]
+    subscribe: Vec<String>,
+    /// Topic filters it may never publish to (deny wins).
+    #[arg(long, num_args = 1..)]
+    deny_publish: Vec<String>,
+    /// Topic filters it may never read (deny wins).
+    #[arg(long, num_args = 1..)]
+    deny_subscribe: Vec<String>,
+    /// Role admin: write `$schema/`, read `$SYS/` and `$dead/`, manage keys over HTTP.
+    #[arg(long)]
+    admin: bool,
+    /// Expiry time, RFC 3339 (2030-01-01T00:00:00Z).
+    #[arg(long)]
+    expires: Option<String>,
+    /// Client ids it may connect with: glob with `*`, `?`, `%u`.
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Read the secret from stdin (at least 32 characters) instead of generating one.
+    #[arg(long)]
+    secret_stdin: bool,
+    /// Print an `[[auth.keys]]` config block (hash only) instead of storing the key.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -221,36 +225,24 @@ fn key_command(command: KeyCommand) -> ExitCode {
     let (target, action, print_config) = match command {
         KeyCommand::List { target } => (target, Action::List, false),
         KeyCommand::Revoke { target, name } => (target, Action::Revoke(name), false),
-        KeyCommand::Create {
-            target,
-            name,
-            publish,
-            subscribe,
-            deny_publish,
-            deny_subscribe,
-            admin,
-            expires,
-            client_id,
-            secret_stdin,
-            print_config,
-        } => {
+        KeyCommand::Create(a) => {
             let mut secret = String::new();
-            if secret_stdin && std::io::stdin().read_line(&mut secret).is_err() {
+            if a.secret_stdin && std::io::stdin().read_line(&mut secret).is_err() {
                 eprintln!("dataloom: cannot read the secret from stdin");
                 return ExitCode::from(2);
             }
             let spec = dataloom::auth::KeySpec {
-                name,
-                publish,
-                subscribe,
-                deny_publish,
-                deny_subscribe,
-                admin,
-                client_id: client_id.unwrap_or_default(),
-                expires: expires.unwrap_or_default(),
+                name: a.name,
+                publish: a.publish,
+                subscribe: a.subscribe,
+                deny_publish: a.deny_publish,
+                deny_subscribe: a.deny_subscribe,
+                admin: a.admin,
+                client_id: a.client_id.unwrap_or_default(),
+                expires: a.expires.unwrap_or_default(),
                 secret: secret.trim_end_matches(['\r', '\n']).to_string(),
             };
-            (target, Action::Create(spec), print_config)
+            (a.target, Action::Create(spec), a.print_config)
         }
     };
     let result = match (print_config, action) {

@@ -138,6 +138,11 @@ fn client_config(
     Arc::new(config)
 }
 
+/// A TLS 1.3 rustls client trusting the test CA of `pki`, with an optional client certificate.
+fn tls13_client(pki: &Pki, client: Option<&Issued>) -> Arc<ClientConfig> {
+    client_config(pki.ca_der(), &[&rustls::version::TLS13], client)
+}
+
 async fn tls_connect(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
@@ -320,7 +325,7 @@ async fn client_certificate_cn_is_the_identity() {
     };
     let tls = dataloom::net::tls::Tls::load(settings).expect("load");
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    let config = client_config(pki.ca_der(), &[&rustls::version::TLS13], Some(&client));
+    let config = tls13_client(&pki, Some(&client));
     let name = ServerName::try_from("localhost").expect("name");
     let (server_side, client_side) =
         tokio::join!(tls.accept(server_io), TlsConnector::from(config).connect(name, client_io));
@@ -344,18 +349,15 @@ async fn client_certificate_from_another_ca_is_refused() {
     let (tls, _, _) = addrs(&broker);
     let before = handshake_failures(Transport::Tls);
     // TLS 1.3: the client finishes first, so the refusal shows on the first read or write.
-    let refused =
-        match tls_connect(tls, client_config(pki.ca_der(), &[&rustls::version::TLS13], Some(&rogue))).await {
-            Err(_) => true,
-            Ok(mut s) => {
-                let _ = s.write_all(&from_hex(CONNECT)).await;
-                closed_by_server(&mut s).await
-            }
-        };
+    let refused = match tls_connect(tls, tls13_client(&pki, Some(&rogue))).await {
+        Err(_) => true,
+        Ok(mut s) => {
+            let _ = s.write_all(&from_hex(CONNECT)).await;
+            closed_by_server(&mut s).await
+        }
+    };
     assert!(refused, "a certificate from another CA must be refused");
-    let mut s = tls_connect(tls, client_config(pki.ca_der(), &[&rustls::version::TLS13], Some(&good)))
-        .await
-        .expect("tls");
+    let mut s = tls_connect(tls, tls13_client(&pki, Some(&good))).await.expect("tls");
     exchange(&mut s, CONNECT, CONNACK).await;
     assert!(handshake_failures(Transport::Tls) > before);
     plain_client_still_served(&broker).await;
@@ -377,8 +379,7 @@ async fn garbage_and_plaintext_on_the_tls_port_are_closed() {
         assert!(closed_by_server(&mut s).await, "closed after {:02x?}", &bytes[..4]);
     }
     assert!(handshake_failures(Transport::Tls) >= before + 3);
-    let mut s =
-        tls_connect(tls, client_config(pki.ca_der(), &[&rustls::version::TLS13], None)).await.expect("tls");
+    let mut s = tls_connect(tls, tls13_client(&pki, None)).await.expect("tls");
     exchange(&mut s, CONNECT, CONNACK).await;
     plain_client_still_served(&broker).await;
     broker.stop().await;
@@ -407,6 +408,21 @@ fn ws_request(addr: SocketAddr, path: &str) -> tokio_tungstenite::tungstenite::h
     let mut req = format!("ws://{addr}{path}").into_client_request().expect("request");
     req.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
     req
+}
+
+/// Opens a TCP connection to `addr` and upgrades it to a WebSocket on `path`.
+async fn ws_connect(
+    addr: SocketAddr,
+    path: &str,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<TcpStream>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let tcp = TcpStream::connect(addr).await.expect("tcp");
+    tokio_tungstenite::client_async(ws_request(addr, path), tcp).await
 }
 
 /// Reads binary messages until `want` bytes arrived; returns them.
@@ -460,9 +476,7 @@ async fn mqtt_over_websocket_ignores_frame_boundaries() {
     let server = pki.server("server", "localhost");
     let broker = tls_broker(&server, |_| {}).await;
     let (_, ws_addr, _) = addrs(&broker);
-    let tcp = TcpStream::connect(ws_addr).await.expect("tcp");
-    let (mut ws, resp) =
-        tokio_tungstenite::client_async(ws_request(ws_addr, "/mqtt"), tcp).await.expect("upgrade");
+    let (mut ws, resp) = ws_connect(ws_addr, "/mqtt").await.expect("upgrade");
     assert_eq!(resp.headers().get("Sec-WebSocket-Protocol").map(|v| v.as_bytes()), Some(&b"mqtt"[..]));
     ws_session(&mut ws).await;
     broker.stop().await;
@@ -474,8 +488,7 @@ async fn mqtt_over_websocket_over_tls() {
     let server = pki.server("server", "localhost");
     let broker = tls_broker(&server, |_| {}).await;
     let (_, _, wss) = addrs(&broker);
-    let tls =
-        tls_connect(wss, client_config(pki.ca_der(), &[&rustls::version::TLS13], None)).await.expect("tls");
+    let tls = tls_connect(wss, tls13_client(&pki, None)).await.expect("tls");
     let (mut ws, _) = tokio_tungstenite::client_async(ws_request(wss, "/mqtt"), tls).await.expect("upgrade");
     ws_session(&mut ws).await;
     broker.stop().await;
@@ -497,17 +510,14 @@ async fn bad_websocket_requests_are_closed() {
     s.write_all(&from_hex(CONNECT)).await.expect("write");
     assert!(closed_by_server(&mut s).await);
     // Wrong path: 404.
-    let tcp = TcpStream::connect(ws_addr).await.expect("tcp");
-    let err = tokio_tungstenite::client_async(ws_request(ws_addr, "/other"), tcp).await.expect_err("404");
+    let err = ws_connect(ws_addr, "/other").await.expect_err("404");
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 404),
         other => panic!("expected HTTP 404, got {other}"),
     }
     assert!(handshake_failures(Transport::Ws) >= before + 3);
     // A text message ends the connection with close code 1003.
-    let tcp = TcpStream::connect(ws_addr).await.expect("tcp");
-    let (mut ws, _) =
-        tokio_tungstenite::client_async(ws_request(ws_addr, "/mqtt"), tcp).await.expect("upgrade");
+    let (mut ws, _) = ws_connect(ws_addr, "/mqtt").await.expect("upgrade");
     ws.send(Message::Text("hello".into())).await.expect("send");
     let close = tokio::time::timeout(WAIT, async {
         loop {
@@ -522,9 +532,7 @@ async fn bad_websocket_requests_are_closed() {
     .expect("close in time");
     assert_eq!(close.map(|f| u16::from(f.code)), Some(1003));
     // The broker still serves WebSocket and TCP clients.
-    let tcp = TcpStream::connect(ws_addr).await.expect("tcp");
-    let (mut ws, _) =
-        tokio_tungstenite::client_async(ws_request(ws_addr, "/mqtt"), tcp).await.expect("upgrade");
+    let (mut ws, _) = ws_connect(ws_addr, "/mqtt").await.expect("upgrade");
     ws_session(&mut ws).await;
     plain_client_still_served(&broker).await;
     broker.stop().await;
@@ -536,7 +544,7 @@ async fn reloaded_certificate_serves_new_connections_and_keeps_old_ones() {
     let first = pki.server("server", "first");
     let broker = tls_broker(&first, |_| {}).await;
     let (tls, _, _) = addrs(&broker);
-    let config = client_config(pki.ca_der(), &[&rustls::version::TLS13], None);
+    let config = tls13_client(&pki, None);
     let mut old = tls_connect(tls, config.clone()).await.expect("tls");
     exchange(&mut old, CONNECT, CONNACK).await;
     assert_eq!(old.get_ref().1.peer_certificates().expect("cert")[0], first.der);
@@ -555,8 +563,7 @@ async fn reloaded_certificate_serves_new_connections_and_keeps_old_ones() {
     // A broken file keeps the current certificate.
     std::fs::write(&first.key, "not a key").expect("write");
     assert!(broker.running.as_ref().expect("running").reload_certs().is_err());
-    let s =
-        tls_connect(tls, client_config(pki.ca_der(), &[&rustls::version::TLS13], None)).await.expect("tls");
+    let s = tls_connect(tls, tls13_client(&pki, None)).await.expect("tls");
     assert_eq!(s.get_ref().1.peer_certificates().expect("cert")[0], second.der);
     broker.stop().await;
 }
@@ -593,7 +600,7 @@ async fn listener_connection_limit_is_its_own() {
     let server = pki.server("server", "localhost");
     let broker = tls_broker(&server, |c| c.listeners.tls.max_connections = 1).await;
     let (tls, _, _) = addrs(&broker);
-    let config = client_config(pki.ca_der(), &[&rustls::version::TLS13], None);
+    let config = tls13_client(&pki, None);
     let mut first = tls_connect(tls, config.clone()).await.expect("tls");
     exchange(&mut first, CONNECT, CONNACK).await;
     // The second waits in the backlog: no handshake while the first holds the only permit.

@@ -5,8 +5,7 @@ mod v5_util;
 
 use common::TestBroker;
 use dataloom::codec::{Packet, QoS};
-use rumqttc::v5::mqttbytes::v5::Packet as RPacket;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, MqttOptions};
 use v5_util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,15 +57,7 @@ async fn connack_announces_configured_limits() {
     let mut opts = MqttOptions::new("v5-limits", "127.0.0.1", b.port());
     opts.set_keep_alive(std::time::Duration::from_secs(30));
     let (_client, mut ev) = AsyncClient::new(opts, 10);
-    let ack = tokio::time::timeout(common::WAIT, async {
-        loop {
-            if let Event::Incoming(RPacket::ConnAck(a)) = ev.poll().await.expect("connects") {
-                return a;
-            }
-        }
-    })
-    .await
-    .expect("CONNACK in time");
+    let ack = rumqttc_connack(&mut ev).await;
     let props = ack.properties.expect("CONNACK properties");
     assert_eq!(props.receive_max, Some(7));
     assert_eq!(props.max_packet_size, Some(4321));

@@ -11,7 +11,7 @@ use common::{TestBroker, WAIT};
 use dataloom::codec::{Packet, Properties, QoS, RetainHandling};
 use rumqttc::v5::mqttbytes::QoS as RQoS;
 use rumqttc::v5::mqttbytes::v5::{Packet as RPacket, PublishProperties};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use v5_util::*;
 
 /// Subscribes `c` to `topic_filter` at QoS 1 in a session that outlives the connection, then
@@ -139,26 +139,13 @@ async fn publish_properties_pass_through_unchanged() {
     assert_eq!(got.properties, Properties::default());
 }
 
-/// Polls `ev` until the SUBACK arrives.
-async fn until_suback(ev: &mut EventLoop) {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Event::Incoming(RPacket::SubAck(_)) = ev.poll().await.expect("connected") {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("SUBACK in time");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_response_flow() {
     let b = TestBroker::start().await;
     let (responder, mut rev) =
         AsyncClient::new(MqttOptions::new("v5-rr-responder", "127.0.0.1", b.port()), 10);
     responder.subscribe("v5/rr/requests", RQoS::AtLeastOnce).await.unwrap();
-    until_suback(&mut rev).await;
+    rumqttc_suback(&mut rev).await;
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
     let serve = tokio::spawn(async move {
         loop {
@@ -184,7 +171,7 @@ async fn request_response_flow() {
     let (requester, mut qev) =
         AsyncClient::new(MqttOptions::new("v5-rr-requester", "127.0.0.1", b.port()), 10);
     requester.subscribe("v5/rr/responses/v5-rr-requester", RQoS::AtLeastOnce).await.unwrap();
-    until_suback(&mut qev).await;
+    rumqttc_suback(&mut qev).await;
     for (n, corr) in [&b"id-1"[..], &b"\x00\x01\x02"[..]].into_iter().enumerate() {
         let props = PublishProperties {
             response_topic: Some("v5/rr/responses/v5-rr-requester".into()),
@@ -197,15 +184,9 @@ async fn request_response_flow() {
             .publish_with_properties("v5/rr/requests", RQoS::AtLeastOnce, false, body.clone(), props)
             .await
             .unwrap();
-        let reply = tokio::time::timeout(WAIT, async {
-            loop {
-                if let Event::Incoming(RPacket::Publish(p)) = qev.poll().await.expect("connected") {
-                    return p;
-                }
-            }
-        })
-        .await
-        .expect("reply in time");
+        let reply =
+            rumqttc_until(&mut qev, "reply", |p| if let RPacket::Publish(p) = p { Some(p) } else { None })
+                .await;
         assert_eq!(&reply.topic[..], b"v5/rr/responses/v5-rr-requester");
         assert_eq!(reply.payload, format!("re:{body}").into_bytes());
         let rprops = reply.properties.expect("reply properties");

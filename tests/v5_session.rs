@@ -73,15 +73,7 @@ async fn will_is_published_when_rumqttc_client_vanishes() {
     };
     opts.set_last_will(LastWill::new("v5/will/rq", "bye", RQoS::AtLeastOnce, false, Some(props)));
     let (client, mut ev) = AsyncClient::new(opts, 10);
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Event::Incoming(RPacket::ConnAck(_)) = ev.poll().await.expect("connects") {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("CONNACK in time");
+    rumqttc_connack(&mut ev).await;
     drop(ev); // the socket goes away without DISCONNECT
     drop(client);
     let got = recv_publish(&mut w).await;
@@ -253,15 +245,7 @@ async fn shutdown_sends_0x8b_to_v5_clients() {
     let b = TestBroker::start().await;
     let mut c = connect(&b, "v5-shutdown").await;
     let (_rq, mut ev) = AsyncClient::new(MqttOptions::new("v5-shutdown-rq", "127.0.0.1", b.port()), 10);
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Event::Incoming(RPacket::ConnAck(_)) = ev.poll().await.expect("connects") {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("CONNACK in time");
+    rumqttc_connack(&mut ev).await;
     wait_sessions(&b, 2).await;
     let stop = tokio::spawn(b.stop());
     assert_eq!(recv_disconnect(&mut c).await.code, 0x8B);

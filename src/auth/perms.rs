@@ -241,32 +241,28 @@ impl Perms {
     /// and no deny filter does. A filter that only overlaps a deny filter is granted; the
     /// denied topics are then dropped on delivery ([`Perms::may_read`]).
     pub fn may_subscribe(&self, filter: &str) -> bool {
-        if self.unrestricted {
-            return true;
-        }
-        if self.deny_subscribe.iter().any(|f| f.covers(filter)) {
-            return false;
-        }
-        match tree(filter) {
-            Tree::AdminRead => self.admin,
-            Tree::Schema => self.admin || self.subscribe.iter().any(|f| f.covers(filter)),
-            Tree::Other => self.subscribe.iter().any(|f| f.covers(filter)),
-        }
+        self.read_rule(filter, Filter::covers)
     }
 
     /// May receive a message on topic name `topic` (checked on every delivery, retained
     /// messages on SUBSCRIBE included).
     pub fn may_read(&self, topic: &str) -> bool {
+        self.read_rule(topic, Filter::matches)
+    }
+
+    /// The rule of [`Perms::may_subscribe`] and [`Perms::may_read`] for `s`, a filter or a
+    /// topic name; `hits` is [`Filter::covers`] or [`Filter::matches`] accordingly.
+    fn read_rule(&self, s: &str, hits: fn(&Filter, &str) -> bool) -> bool {
         if self.unrestricted {
             return true;
         }
-        if self.deny_subscribe.iter().any(|f| f.matches(topic)) {
+        if self.deny_subscribe.iter().any(|f| hits(f, s)) {
             return false;
         }
-        match tree(topic) {
+        match tree(s) {
             Tree::AdminRead => self.admin,
-            Tree::Schema => self.admin || self.subscribe.iter().any(|f| f.matches(topic)),
-            Tree::Other => self.subscribe.iter().any(|f| f.matches(topic)),
+            Tree::Schema => self.admin || self.subscribe.iter().any(|f| hits(f, s)),
+            Tree::Other => self.subscribe.iter().any(|f| hits(f, s)),
         }
     }
 }

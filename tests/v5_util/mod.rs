@@ -203,3 +203,35 @@ pub async fn wait_sessions(b: &TestBroker, n: usize) {
 pub fn text(p: &Publish) -> String {
     String::from_utf8_lossy(&p.payload).into_owned()
 }
+
+/// Polls a rumqttc v5 event loop until an incoming packet that `pick` maps to a value; panics
+/// when none comes within [`WAIT`] (`what` names the packet).
+pub async fn rumqttc_until<T>(
+    ev: &mut rumqttc::v5::EventLoop,
+    what: &str,
+    mut pick: impl FnMut(rumqttc::v5::mqttbytes::v5::Packet) -> Option<T>,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let rumqttc::v5::Event::Incoming(p) = ev.poll().await.expect("rumqttc connection")
+                && let Some(t) = pick(p)
+            {
+                return t;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} in time"))
+}
+
+/// Polls a rumqttc v5 event loop until its CONNACK.
+pub async fn rumqttc_connack(ev: &mut rumqttc::v5::EventLoop) -> rumqttc::v5::mqttbytes::v5::ConnAck {
+    use rumqttc::v5::mqttbytes::v5::Packet as RPacket;
+    rumqttc_until(ev, "CONNACK", |p| if let RPacket::ConnAck(a) = p { Some(a) } else { None }).await
+}
+
+/// Polls a rumqttc v5 event loop until a SUBACK.
+pub async fn rumqttc_suback(ev: &mut rumqttc::v5::EventLoop) {
+    use rumqttc::v5::mqttbytes::v5::Packet as RPacket;
+    rumqttc_until(ev, "SUBACK", |p| matches!(p, RPacket::SubAck(_)).then_some(())).await;
+}
