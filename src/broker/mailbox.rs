@@ -113,7 +113,14 @@ impl Mailbox {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return Err(Refused::Dropped(Dropped::QueueFull));
             }
+            let was_empty = q.is_empty();
             q.push_back(d);
+            if !was_empty {
+                // The connection task was woken for the first one and drains everything
+                // queued before it sleeps again (or wakes on an ack or a write), so one
+                // wake-up per batch is enough.
+                return Ok(());
+            }
         }
         self.notify.notify_one();
         Ok(())
@@ -176,9 +183,11 @@ impl Mailbox {
         self.len() == 0
     }
 
-    /// Waits until something was pushed since the last wait (or a permit is stored).
-    pub async fn notified(&self) {
-        self.notify.notified().await;
+    /// Resolves when something was pushed into an empty queue since the last wait (or a
+    /// permit is stored). Keep one future alive across loop iterations: its registration
+    /// then costs nothing per iteration.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
     }
 
     /// Wakes whoever waits, e.g. the next connection after a takeover.

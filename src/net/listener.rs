@@ -80,20 +80,31 @@ impl Listener {
         let deadline = accepted + self.connect_timeout;
         let t = self.transport();
         let info = |identity| ConnInfo { peer: peer.to_string(), listener: t.label(), identity, deadline };
+        // The TLS and WebSocket states are boxed: a future is as large as its largest
+        // variant, and a plain TCP connection should not carry a TLS session's worth of memory.
         match &self.upgrade {
             Upgrade::Tcp => serve_connection(Counted::new(stream), info(None), ctx).await,
             Upgrade::Tls(tls) => {
-                let (s, identity) = handshake(t, peer, deadline, "TLS", tls.accept(stream)).await?;
-                serve_connection(Counted::new(s), info(identity), ctx).await
+                Box::pin(async {
+                    let (s, identity) = handshake(t, peer, deadline, "TLS", tls.accept(stream)).await?;
+                    serve_connection(Counted::new(s), info(identity), ctx).await
+                })
+                .await
             }
             Upgrade::Ws(settings) => {
-                let s = handshake(t, peer, deadline, "WebSocket", ws::accept(stream, settings)).await?;
-                serve_connection(Counted::new(s), info(None), ctx).await
+                Box::pin(async {
+                    let s = handshake(t, peer, deadline, "WebSocket", ws::accept(stream, settings)).await?;
+                    serve_connection(Counted::new(s), info(None), ctx).await
+                })
+                .await
             }
             Upgrade::Wss(tls, settings) => {
-                let (s, identity) = handshake(t, peer, deadline, "TLS", tls.accept(stream)).await?;
-                let s = handshake(t, peer, deadline, "WebSocket", ws::accept(s, settings)).await?;
-                serve_connection(Counted::new(s), info(identity), ctx).await
+                Box::pin(async {
+                    let (s, identity) = handshake(t, peer, deadline, "TLS", tls.accept(stream)).await?;
+                    let s = handshake(t, peer, deadline, "WebSocket", ws::accept(s, settings)).await?;
+                    serve_connection(Counted::new(s), info(identity), ctx).await
+                })
+                .await
             }
         }
     }

@@ -119,7 +119,10 @@ where
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut rbuf = BytesMut::with_capacity(READ_START);
         let kill = Arc::new(Kill::default());
-        let mut conn = match handshake(&ctx, &info, &mut rd, &mut wr, &mut rbuf, kill.clone()).await {
+        // Boxed: the CONNECT's state is large and needed only until the session runs, so it
+        // should not stay part of every connection's future.
+        let mut conn = match Box::pin(handshake(&ctx, &info, &mut rd, &mut wr, &mut rbuf, kill.clone())).await
+        {
             Ok(conn) => conn,
             Err(close) => {
                 match close {
@@ -243,8 +246,7 @@ async fn read_connect<R: AsyncRead + Unpin>(
             Ok(None) => {}
             Err(e) => return Err(Close::Decode(e)),
         }
-        rbuf.reserve(READ_CHUNK);
-        match rd.read_buf(rbuf).await {
+        match read_more(rd, rbuf).await {
             Ok(0) => return Err(Close::Io("closed before CONNECT".into())),
             Ok(_) => {}
             Err(e) => return Err(Close::Io(e.to_string())),
@@ -264,6 +266,12 @@ impl Conn {
         let mut last_read = Instant::now();
         let keepalive = tokio::time::sleep(grace.max(Duration::from_secs(1)));
         tokio::pin!(keepalive);
+        // Long-lived wake-up futures: registered once, not once per loop iteration.
+        let session = self.session.clone();
+        let killed = kill.fired();
+        tokio::pin!(killed);
+        let mail = session.mailbox.notified();
+        tokio::pin!(mail);
         loop {
             if self.wbuf.len() < OUT_HIGH_WATER {
                 self.out.drain_mailbox(
@@ -280,7 +288,7 @@ impl Conn {
                 && self.blocked.is_empty();
             tokio::select! {
                 biased;
-                r = kill.fired() => {
+                r = &mut killed => {
                     return match r {
                         KillReason::TakenOver => Close::Server(reason::SESSION_TAKEN_OVER, "session taken over"),
                         KillReason::Shutdown => Close::Server(reason::SERVER_SHUTTING_DOWN, "server shutting down"),
@@ -311,7 +319,9 @@ impl Conn {
                         return Close::Server(reason::UNSPECIFIED_ERROR, "store failure");
                     }
                 }
-                _ = self.session.mailbox.notified(), if want_mail => {}
+                _ = &mut mail, if want_mail => {
+                    mail.set(session.mailbox.notified());
+                }
                 _ = wait_for_room(&self.blocked), if !self.blocked.is_empty() => {
                     self.ctx.broker.offer_blocked(&mut self.blocked, false);
                     if self.blocked.is_empty()
@@ -411,6 +421,9 @@ async fn wait_for_room(blocked: &[(Arc<Session>, Delivery)]) {
 async fn read_more<R: AsyncRead + Unpin>(rd: &mut R, rbuf: &mut BytesMut) -> std::io::Result<usize> {
     if rbuf.is_empty() && rbuf.capacity() > RELEASE_ABOVE {
         *rbuf = BytesMut::with_capacity(READ_START);
+    }
+    if rbuf.capacity() == 0 {
+        rbuf.reserve(READ_START);
     }
     let spare = rbuf.capacity() - rbuf.len();
     if spare < READ_START / 2 {

@@ -58,6 +58,11 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// The in-flight window (unacknowledged QoS 1/2 messages per client) every broker gets, so the
+/// QoS 1 scenarios compare brokers, not their default windows (Mosquitto's and dataloom's
+/// default is 20, rumqttd's demo config 100).
+pub const INFLIGHT: u16 = 100;
+
 fn mosquitto_conf(port: u16) -> String {
     format!(
         "# written by dataloom-bench\n\
@@ -66,6 +71,7 @@ fn mosquitto_conf(port: u16) -> String {
          persistence false\n\
          log_dest none\n\
          max_queued_messages 1000000\n\
+         max_inflight_messages {INFLIGHT}\n\
          max_connections -1\n"
     )
 }
@@ -87,7 +93,7 @@ fn rumqttd_conf(port: u16) -> String {
          [v4.1.connections]\n\
          connection_timeout_ms = 60000\n\
          max_payload_size = 1048576\n\
-         max_inflight_count = 500\n\
+         max_inflight_count = {INFLIGHT}\n\
          dynamic_filters = true\n"
     )
 }
@@ -106,6 +112,10 @@ pub async fn start(bin: &BrokerBin, dir: &Path, cpu: Option<&str>) -> anyhow::Re
             for a in ["--storage", "memory", "--log-level", "warn"] {
                 args.push(a.into());
             }
+            args.push("--config".into());
+            let conf = dir.join("dataloom.toml");
+            std::fs::write(&conf, format!("[mqtt]\nmax_inflight_messages = {INFLIGHT}\n"))?;
+            args.push(conf.display().to_string());
         }
         Kind::Mosquitto => {
             port = free_port()?;
