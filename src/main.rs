@@ -306,6 +306,17 @@ fn init_logging(cfg: &Config) {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
+    // Before any thread exists: raise the open-file limit and size the file table for every
+    // connection (plus the store's and listeners' own descriptors).
+    let want = u64::try_from(config.mqtt.max_connections).unwrap_or(u64::MAX).saturating_add(1024);
+    match dataloom::net::fds::prepare(want) {
+        Some(limit) if limit < want => tracing::debug!(
+            limit,
+            max_connections = config.mqtt.max_connections,
+            "open-file limit caps connections below mqtt.max_connections; raise it (ulimit -n) to serve that many"
+        ),
+        _ => {}
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

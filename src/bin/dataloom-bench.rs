@@ -37,7 +37,8 @@ struct Args {
     /// Brokers to run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "dataloom,mosquitto,rumqttd")]
     brokers: Vec<String>,
-    /// Scenarios, comma-separated: fanin-qos0, fanin-qos1, fanout, mesh-N, rate, idle, state.
+    /// Scenarios, comma-separated: fanin-qos0, fanin-qos1, fanout, mesh-N, rate, idle, state
+    /// (issue 3), durable, restart-1m (issue 4), schema (issue 5), connect-auth, tls (issue 6).
     /// Default all (mesh-300 and mesh-1000; mesh-100 and mesh-300 with --quick).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
@@ -47,7 +48,16 @@ struct Args {
     /// Retained topics of the state-sync scenario. Default 100000 (20000 with --quick).
     #[arg(long)]
     state: Option<usize>,
-    /// QoS of the state-sync subscriber (0 or 1).
+    /// Retained topics of restart-1m. Default 1000000 (100000 with --quick).
+    #[arg(long)]
+    restart: Option<usize>,
+    /// Unrelated schemas registered by the schema scenario.
+    #[arg(long, default_value_t = 10_000)]
+    schemas: usize,
+    /// CONNECTs per variant of connect-auth and tls. Default 10000 (2000 with --quick).
+    #[arg(long)]
+    connects: Option<usize>,
+    /// QoS of the state-sync subscriber (0 or 1; also restart-1m's).
     #[arg(long, default_value_t = 0)]
     state_qos: u8,
     /// Messages per second of each of the 20 fixed-rate clients.
@@ -89,6 +99,11 @@ fn parse_scenario(s: &str) -> anyhow::Result<Scenario> {
         "rate" => Scenario::Rate,
         "idle" => Scenario::Idle,
         "state" => Scenario::State,
+        "durable" => Scenario::Durable,
+        "restart-1m" | "restart" => Scenario::Restart,
+        "schema" => Scenario::Schema,
+        "connect-auth" => Scenario::ConnectAuth,
+        "tls" => Scenario::Tls,
         s => match s.strip_prefix("mesh-").and_then(|n| n.parse().ok()) {
             Some(n) if n > 0 => Scenario::Mesh(n),
             _ => anyhow::bail!("unknown scenario {s:?}"),
@@ -146,6 +161,45 @@ fn headline(s: Scenario, o: &scenario::Outcome) -> String {
         ),
         Scenario::State => format!("{} of {} in {} s", f("count", 0), f("sent", 0), f("time_s", 3)),
         Scenario::Mesh(_) => format!("{} s, lost {}, dups {}", f("time_s", 3), f("loss", 0), f("dups", 0)),
+        Scenario::Durable => format!(
+            "{} acked updates/s, ack p99 {} ms; buffered {} /s, p99 {} ms",
+            f("acked_per_s", 0),
+            f("ack_p99_ms", 3),
+            f("buffered_acked_per_s", 0),
+            f("buffered_ack_p99_ms", 3)
+        ),
+        Scenario::Restart => format!(
+            "RSS {} MiB, ready after {} s, {} of {} in {} s",
+            f("state_rss_mib", 1),
+            f("restart_ready_s", 3),
+            f("count", 0),
+            f("sent", 0),
+            f("time_s", 3)
+        ),
+        Scenario::Schema => format!(
+            "json {} /s, schema {} /s ({}), plain {} /s, plain with many schemas {} /s ({}), lost {}",
+            f("json_per_s", 0),
+            f("schema_per_s", 0),
+            f("schema_ratio", 2),
+            f("plain_per_s", 0),
+            f("after_per_s", 0),
+            f("after_ratio", 2),
+            f("loss", 0)
+        ),
+        Scenario::ConnectAuth => format!(
+            "anonymous {} /s, API key {} /s ({})",
+            f("anon_connects_per_s", 0),
+            f("auth_connects_per_s", 0),
+            f("auth_ratio", 2)
+        ),
+        Scenario::Tls => format!(
+            "connects TCP {} /s, TLS {} /s; fan-in QoS 0 TCP {} /s, TLS {} /s ({})",
+            f("tcp_connects_per_s", 0),
+            f("tls_connects_per_s", 0),
+            f("tcp_fanin_per_s", 0),
+            f("tls_fanin_per_s", 0),
+            f("tls_fanin_ratio", 2)
+        ),
         _ => format!(
             "{} deliveries/s, p50 {} ms, p99 {} ms, lost {}, dups {}",
             f("throughput", 0),
@@ -185,12 +239,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         state: args.state.unwrap_or(if q { 20_000 } else { 100_000 }).max(1),
         state_qos: if args.state_qos >= 1 { QoS::AtLeastOnce } else { QoS::AtMostOnce },
         run_timeout: Duration::from_secs(args.run_timeout),
+        restart: args.restart.unwrap_or(if q { 100_000 } else { 1_000_000 }).max(1),
+        schemas: args.schemas,
+        connects: args.connects.unwrap_or(if q { 2_000 } else { 10_000 }).max(1),
     };
     let scenario_names: Vec<String> = if args.scenarios.is_empty() {
         let mesh = if q { ["mesh-100", "mesh-300"] } else { ["mesh-300", "mesh-1000"] };
-        ["fanin-qos0", "fanin-qos1", "fanout", mesh[0], mesh[1], "rate", "idle", "state"]
-            .map(String::from)
-            .to_vec()
+        let mut all = vec!["fanin-qos0", "fanin-qos1", "fanout", mesh[0], mesh[1], "rate", "idle", "state"];
+        all.extend(["durable", "restart-1m", "schema", "connect-auth", "tls"]);
+        all.into_iter().map(String::from).collect()
     } else {
         args.scenarios.clone()
     };
@@ -234,8 +291,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let key = s.key();
         let title = s.describe(&params);
         titled.push((key.clone(), title.clone()));
+        let bins: Vec<&BrokerBin> =
+            bins.iter().filter(|b| !s.dataloom_only() || b.kind == Kind::Dataloom).collect();
+        let kinds: Vec<Kind> = bins.iter().map(|b| b.kind).collect();
         for round in 0..rounds {
-            for bin in &bins {
+            for &bin in &bins {
                 let t = Instant::now();
                 let outcome = if started.elapsed() > time_limit {
                     Err(format!("skipped: overall time limit of {} s reached", time_limit.as_secs()))
@@ -273,6 +333,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(&md, report::markdown(&runs, &titled, &kinds, &preamble))?;
     let config = json!({"rounds": rounds, "quick": q, "duration_s": params.duration.as_secs_f64(),
         "idle": params.idle, "state": params.state, "rate": params.rate, "scenarios": scenario_names,
+        "restart": params.restart, "schemas": params.schemas, "connects": params.connects,
         "brokers": kinds.iter().map(|k| k.name()).collect::<Vec<_>>()});
     let js = args.out.join("results.json");
     std::fs::write(&js, serde_json::to_string_pretty(&report::json(&runs, &titled, &kinds, config))?)?;
@@ -288,6 +349,19 @@ async fn one_run(
     dir: &std::path::Path,
     cpu: Option<&str>,
 ) -> Result<scenario::Outcome, String> {
+    if s.managed() {
+        // The scenario starts and stops its brokers; a timeout drops (kills) them.
+        let env = scenario::Env { bin, dir, cpu };
+        let limit = s.timeout(p) + Duration::from_secs(5);
+        let result = match tokio::time::timeout(limit, scenario::run_managed(s, p, &env)).await {
+            Ok(Ok(o)) => Ok(o),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => Err(format!("no result within {} s", limit.as_secs())),
+        };
+        env.cleanup();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        return result;
+    }
     let mut broker = brokers::start(bin, dir, cpu).await.map_err(|e| format!("{e:#}"))?;
     let limit = p.run_timeout + Duration::from_secs(5);
     let result = match tokio::time::timeout(limit, scenario::run(s, p, &mut broker)).await {

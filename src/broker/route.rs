@@ -115,9 +115,16 @@ impl Broker {
             crate::metrics::get().retained_replaced(old.map_or(0, |m| m.payload.len()), 0);
             Op::DeleteRetained(msg.topic.clone())
         } else {
-            let old = self.retained.write().set(&msg.topic, msg.clone());
+            // The retained copy owns its bytes: a slice of the publisher's read buffer would
+            // keep the whole buffer (and every other message in it) alive as long as the state.
+            let kept = Arc::new(Message {
+                topic_bytes: bytes::Bytes::copy_from_slice(&msg.topic_bytes),
+                payload: bytes::Bytes::copy_from_slice(&msg.payload),
+                ..Message::clone(msg)
+            });
+            let old = self.retained.write().set(&msg.topic, kept.clone());
             crate::metrics::get().retained_replaced(old.map_or(0, |m| m.payload.len()), msg.payload.len());
-            Op::PutRetained(msg.clone())
+            Op::PutRetained(kept)
         }
     }
 

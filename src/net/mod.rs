@@ -3,6 +3,7 @@
 //! stopping on shutdown. [`listener`] says what each kind of listener (TCP, TLS, WebSocket,
 //! WebSocket over TLS) does before MQTT starts; [`tls`] and [`ws`] are those handshakes.
 
+pub mod fds;
 pub mod listener;
 pub mod tls;
 pub mod ws;

@@ -25,7 +25,7 @@ use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, reason
 /// Stop reading from a client while this much output waits for it.
 const OUT_HIGH_WATER: usize = 256 * 1024;
 /// First read buffer of a connection: enough for a CONNECT, small for idle connections.
-const READ_START: usize = 512;
+const READ_START: usize = 256;
 /// Read buffer growth step while data flows, and the size above which an emptied buffer is
 /// released (an idle connection keeps no large buffers).
 const READ_CHUNK: usize = 8 * 1024;
@@ -40,7 +40,7 @@ pub struct Conn {
     pub(super) session: Arc<Session>,
     pub(super) generation: u64,
     pub(super) keep_alive: Duration,
-    pub(super) will: Option<WillSpec>,
+    pub(super) will: Option<Box<WillSpec>>,
     /// Topic aliases the client set up (v5), alias -> topic.
     pub(super) aliases_in: HashMap<u16, Bytes>,
     pub(super) out: Outbound,
@@ -65,7 +65,7 @@ impl Conn {
         version: ProtocolVersion,
         attached: Attached,
         keep_alive: Duration,
-        will: Option<WillSpec>,
+        will: Option<Box<WillSpec>>,
         limits: OutboundLimits,
     ) -> Conn {
         Conn {

@@ -111,7 +111,7 @@ pub fn accept(
         c.keep_alive
     };
     let expiry = session_expiry(ctx, &c, &mut props);
-    let will = c.will.as_ref().map(|w| will_message(w, expiry));
+    let will = c.will.as_ref().map(|w| Box::new(will_message(w, expiry)));
     let mut attached = ctx.broker.attach(&client_id, c.clean_start, expiry, kill);
     let commit = std::mem::replace(&mut attached.commit, Commit::done());
     if v5 {

@@ -44,13 +44,37 @@ pub struct BrokerBin {
     pub path: PathBuf,
 }
 
+/// How to start a broker beyond the defaults (dataloom only; the others ignore it).
+#[derive(Debug, Clone, Default)]
+pub struct Opts {
+    /// Run dataloom on the fjall store in this directory (default: `--storage memory`).
+    pub data_dir: Option<PathBuf>,
+    /// TOML appended to dataloom's configuration file (after `[mqtt]`: start with a section).
+    pub toml: String,
+    /// Name of the log and config files (default: the broker's name), so that several starts in
+    /// one run directory keep their logs.
+    pub name: Option<String>,
+    /// Wait for an `mqtts://` listening line too.
+    pub tls: bool,
+    /// Longest wait for the listening line and then for the first CONNACK (default 10 s each).
+    pub start_timeout: Option<Duration>,
+    /// Username and password of the readiness probe (when API keys exist).
+    pub login: Option<(String, String)>,
+}
+
 /// A running broker process.
 pub struct Running {
     child: Child,
     pub pid: u32,
     pub addr: SocketAddr,
+    /// The MQTT/TLS listener (dataloom with `Opts::tls`).
+    pub tls_addr: Option<SocketAddr>,
     pub log: PathBuf,
     cpu_at_start: f64,
+    /// From spawning the process to its `listening on mqtt://` line (dataloom).
+    pub listening_after: Option<Duration>,
+    /// From spawning the process to the first successful CONNACK.
+    pub ready_after: Duration,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -100,8 +124,20 @@ fn rumqttd_conf(port: u16) -> String {
 
 /// Starts `bin` pinned to `cpu` (a `taskset -c` list) with its files under `dir`.
 pub async fn start(bin: &BrokerBin, dir: &Path, cpu: Option<&str>) -> anyhow::Result<Running> {
+    start_with(bin, dir, cpu, &Opts::default()).await
+}
+
+/// [`start`] with options (storage, extra configuration, TLS).
+pub async fn start_with(
+    bin: &BrokerBin,
+    dir: &Path,
+    cpu: Option<&str>,
+    opts: &Opts,
+) -> anyhow::Result<Running> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let log = dir.join(format!("{}.log", bin.kind.name()));
+    let name = opts.name.clone().unwrap_or_else(|| bin.kind.name().to_string());
+    let log = dir.join(format!("{name}.log"));
+    let start_timeout = opts.start_timeout.unwrap_or(Duration::from_secs(10));
     let mut args: Vec<String> = Vec::new();
     let mut port = 0;
     match bin.kind {
@@ -109,12 +145,19 @@ pub async fn start(bin: &BrokerBin, dir: &Path, cpu: Option<&str>) -> anyhow::Re
             for a in ["serve", "--bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"] {
                 args.push(a.into());
             }
-            for a in ["--storage", "memory", "--log-level", "warn"] {
-                args.push(a.into());
+            match &opts.data_dir {
+                Some(d) => args.extend([
+                    "--storage".into(),
+                    "fjall".into(),
+                    "--data-dir".into(),
+                    d.display().to_string(),
+                ]),
+                None => args.extend(["--storage".into(), "memory".into()]),
             }
+            args.extend(["--log-level".into(), "warn".into()]);
             args.push("--config".into());
-            let conf = dir.join("dataloom.toml");
-            std::fs::write(&conf, format!("[mqtt]\nmax_inflight_messages = {INFLIGHT}\n"))?;
+            let conf = dir.join(format!("{name}.toml"));
+            std::fs::write(&conf, format!("[mqtt]\nmax_inflight_messages = {INFLIGHT}\n{}", opts.toml))?;
             args.push(conf.display().to_string());
         }
         Kind::Mosquitto => {
@@ -143,22 +186,34 @@ pub async fn start(bin: &BrokerBin, dir: &Path, cpu: Option<&str>) -> anyhow::Re
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log)?)
         .kill_on_drop(true);
+    let spawned = std::time::Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("cannot run {}", bin.path.display()))?;
     let pid = child.id().ok_or_else(|| anyhow!("{} exited at once", bin.kind.name()))?;
     let stdout = child.stdout.take().expect("piped stdout");
+    let mut listening_after = None;
+    let mut tls_addr = None;
     let addr = if bin.kind == Kind::Dataloom {
         let mut lines = BufReader::new(stdout).lines();
         let wait = async {
+            let mut addr = None;
             while let Some(line) = lines.next_line().await? {
                 if let Some(a) = line.strip_prefix("dataloom listening on mqtt://") {
-                    return Ok::<_, anyhow::Error>(a.trim().parse::<SocketAddr>()?);
+                    listening_after = Some(spawned.elapsed());
+                    addr = Some(a.trim().parse::<SocketAddr>()?);
+                } else if let Some(a) = line.strip_prefix("dataloom listening on mqtts://") {
+                    tls_addr = Some(a.trim().parse::<SocketAddr>()?);
+                }
+                if let Some(a) = addr
+                    && (!opts.tls || tls_addr.is_some())
+                {
+                    return Ok::<_, anyhow::Error>(a);
                 }
             }
             bail!("dataloom exited before it was listening (see {})", log.display())
         };
-        let addr = tokio::time::timeout(Duration::from_secs(10), wait)
-            .await
-            .map_err(|_| anyhow!("dataloom did not print its address within 10 s"))??;
+        let addr = tokio::time::timeout(start_timeout, wait).await.map_err(|_| {
+            anyhow!("dataloom did not print its address within {} s", start_timeout.as_secs())
+        })??;
         // Keep draining stdout so the broker never blocks on a full pipe.
         tokio::task::spawn_local(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         addr
@@ -169,22 +224,40 @@ pub async fn start(bin: &BrokerBin, dir: &Path, cpu: Option<&str>) -> anyhow::Re
         });
         SocketAddr::from(([127, 0, 0, 1], port))
     };
-    let mut running = Running { child, pid, addr, log, cpu_at_start: 0.0 };
-    running.wait_ready(bin.kind).await?;
+    let mut running = Running {
+        child,
+        pid,
+        addr,
+        tls_addr,
+        log,
+        cpu_at_start: 0.0,
+        listening_after,
+        ready_after: Duration::ZERO,
+    };
+    let login = opts.login.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+    running.wait_ready(bin.kind, start_timeout, login).await?;
+    running.ready_after = spawned.elapsed();
     running.cpu_at_start = running.cpu_seconds();
     Ok(running)
 }
 
 impl Running {
-    /// Retries a full MQTT CONNECT/CONNACK for up to 10 s.
-    async fn wait_ready(&mut self, kind: Kind) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    /// Retries a full MQTT CONNECT/CONNACK for up to `limit`.
+    async fn wait_ready(
+        &mut self,
+        kind: Kind,
+        limit: Duration,
+        login: Option<(&str, &str)>,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 bail!("{} exited with {status} (see {})", kind.name(), self.log.display());
             }
-            let attempt =
-                tokio::time::timeout(Duration::from_secs(2), Client::connect(self.addr, "bench-probe"));
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(2),
+                Client::connect_as(self.addr, "bench-probe", login),
+            );
             match attempt.await {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) if tokio::time::Instant::now() > deadline => {
@@ -213,6 +286,35 @@ impl Running {
         match self.child.try_wait() {
             Ok(Some(status)) => Some(format!("broker exited with {status} (see {})", self.log.display())),
             _ => None,
+        }
+    }
+
+    /// Stops the broker with SIGTERM and waits up to `limit` for it to exit (then SIGKILL).
+    /// Returns how long it took and its exit status, or an error if it had to be killed.
+    pub async fn terminate(
+        mut self,
+        limit: Duration,
+    ) -> anyhow::Result<(Duration, std::process::ExitStatus)> {
+        let t = std::time::Instant::now();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !sent {
+            bail!("could not send SIGTERM to {}", self.pid);
+        }
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(Ok(status)) => Ok((t.elapsed(), status)),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                let _ = self.child.start_kill();
+                let _ = self.child.wait().await;
+                bail!(
+                    "did not exit within {} s of SIGTERM (killed; see {})",
+                    limit.as_secs(),
+                    self.log.display()
+                )
+            }
         }
     }
 

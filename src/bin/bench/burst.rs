@@ -33,7 +33,13 @@ pub async fn mesh(n: usize, broker: &mut Running, deadline_ns: u64) -> anyhow::R
         writers.push(wr);
         let t = Rc::new(RefCell::new(Tracker::flat(1)));
         trackers.push(t.clone());
-        receivers.push(tokio::task::spawn_local(receive(rd, None, c.rbuf, t, shared.clone())));
+        receivers.push(tokio::task::spawn_local(receive(
+            rd,
+            None::<tokio::io::Sink>,
+            c.rbuf,
+            t,
+            shared.clone(),
+        )));
         let mut f = BytesMut::new();
         Template::new(&format!("mesh/{i}"), QoS::AtMostOnce, false, i as u32).put(&mut f, 0, 0, 0);
         frames.push(f);
@@ -119,7 +125,7 @@ pub async fn state(p: &Params, broker: &mut Running, deadline_ns: u64) -> anyhow
     };
     let left = Duration::from_nanos(deadline_ns.saturating_sub(now_ns()));
     let sent = Rc::new(Cell::new(0));
-    let publishing = windowed(publisher, frame, 100, move |seq| seq >= n, sent.clone());
+    let publishing = windowed(publisher, frame, 100, move |seq| seq >= n, sent.clone(), None);
     let publisher = match tokio::time::timeout(left, publishing).await {
         Ok(r) => r?,
         Err(_) => anyhow::bail!("retained publishing not acked before the time limit ({} sent)", sent.get()),

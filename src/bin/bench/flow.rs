@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
 use super::brokers::Running;
-use super::client::{Template, blast, receive, windowed};
+use super::client::{Body, Template, blast, receive, windowed};
 use super::scenario::{
     CpuMeter, Outcome, Params, connect_many, delivery_metrics, drain, new_shared, start_receivers,
 };
@@ -43,7 +43,7 @@ pub fn summarize_errors(errors: &[String]) -> Vec<String> {
 
 /// Waits for publisher tasks until `deadline_ns`; their errors become notes. Returns what they
 /// return (connections to keep open until the end of the run).
-async fn join_publishers<T>(
+pub async fn join_publishers<T>(
     handles: Vec<JoinHandle<std::io::Result<T>>>,
     deadline_ns: u64,
     o: &mut Outcome,
@@ -67,14 +67,41 @@ async fn join_publishers<T>(
     kept
 }
 
+/// Topics, client ids and payload of a flow.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowOpts<'a> {
+    /// Publishers publish to `{topic}/{i}`, subscribers subscribe to `{topic}/#`.
+    pub topic: &'a str,
+    /// Client ids are `{clients}sub-{i}` and `{clients}pub-{i}`.
+    pub clients: &'a str,
+    pub body: Body,
+}
+
+impl Default for FlowOpts<'_> {
+    fn default() -> Self {
+        FlowOpts { topic: "bench", clients: "", body: Body::Binary }
+    }
+}
+
 /// Fan-in: 10 publishers on `bench/{i}` -> 1 subscriber on `bench/#`, at `qos`.
 pub async fn fan_in(p: &Params, broker: &mut Running, qos: QoS, deadline_ns: u64) -> anyhow::Result<Outcome> {
-    flow(p, broker, 10, 1, qos, deadline_ns).await
+    flow(p, broker, 10, 1, qos, deadline_ns, FlowOpts::default()).await
+}
+
+/// [`fan_in`] on other topics, client ids or payloads.
+pub async fn fan_in_with(
+    p: &Params,
+    broker: &mut Running,
+    qos: QoS,
+    deadline_ns: u64,
+    opts: FlowOpts<'_>,
+) -> anyhow::Result<Outcome> {
+    flow(p, broker, 10, 1, qos, deadline_ns, opts).await
 }
 
 /// Fan-out: 1 publisher -> 100 subscribers on `bench/#`, QoS 0.
 pub async fn fan_out(p: &Params, broker: &mut Running, deadline_ns: u64) -> anyhow::Result<Outcome> {
-    flow(p, broker, 1, 100, QoS::AtMostOnce, deadline_ns).await
+    flow(p, broker, 1, 100, QoS::AtMostOnce, deadline_ns, FlowOpts::default()).await
 }
 
 async fn flow(
@@ -84,14 +111,17 @@ async fn flow(
     subs: usize,
     qos: QoS,
     deadline_ns: u64,
+    opts: FlowOpts<'_>,
 ) -> anyhow::Result<Outcome> {
     let mut o = Outcome::default();
     let addr = broker.addr;
-    let sub_clients = connect_many(addr, "sub", subs, 32, Some(("bench/#", qos))).await?;
+    let filter = format!("{}/#", opts.topic);
+    let sub_prefix = format!("{}sub", opts.clients);
+    let sub_clients = connect_many(addr, &sub_prefix, subs, 32, Some((&filter, qos))).await?;
     let shared = new_shared();
     let (receivers, trackers) =
         start_receivers(sub_clients.into_iter().map(|(c, _)| c).collect(), || Tracker::new(pubs), &shared);
-    let pub_clients = connect_many(addr, "pub", pubs, 32, None).await?;
+    let pub_clients = connect_many(addr, &format!("{}pub", opts.clients), pubs, 32, None).await?;
     let cpu = CpuMeter::start(broker);
     let t0 = now_ns();
     let until = t0 + p.duration.as_nanos() as u64;
@@ -100,7 +130,7 @@ async fn flow(
     let mut keep_qos0 = Vec::new();
     let mut handles_qos1 = Vec::new();
     for (i, (c, _)) in pub_clients.into_iter().enumerate() {
-        let tpl = Template::new(&format!("bench/{i}"), qos, false, i as u32);
+        let tpl = Template::with_body(&format!("{}/{i}", opts.topic), qos, false, i as u32, opts.body);
         let sent = sent[i].clone();
         if qos == QoS::AtMostOnce {
             let (rd, wr) = c.stream.into_split();
@@ -114,6 +144,7 @@ async fn flow(
                 WINDOW,
                 move |_| now_ns() >= until,
                 sent,
+                None,
             )));
         }
     }
@@ -157,7 +188,13 @@ pub async fn fixed_rate(p: &Params, broker: &mut Running, deadline_ns: u64) -> a
         writers.push(wr);
         let t = Rc::new(std::cell::RefCell::new(Tracker::new(CLIENTS)));
         trackers.push(t.clone());
-        receivers.push(tokio::task::spawn_local(receive(rd, None, c.rbuf, t, shared.clone())));
+        receivers.push(tokio::task::spawn_local(receive(
+            rd,
+            None::<tokio::io::Sink>,
+            c.rbuf,
+            t,
+            shared.clone(),
+        )));
     }
     let cpu = CpuMeter::start(broker);
     let t0 = now_ns();

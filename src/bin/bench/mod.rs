@@ -1,10 +1,13 @@
 //! The load generator behind `make bench` (issue 3): brokers as child processes, an MQTT 3.1.1
 //! client on dataloom's codec, the scenarios, and the report.
 
+pub mod auth;
 pub mod brokers;
 pub mod burst;
 pub mod client;
+pub mod durable;
 pub mod flow;
 pub mod report;
 pub mod scenario;
+pub mod schema;
 pub mod stats;

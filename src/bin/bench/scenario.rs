@@ -4,13 +4,14 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
 use dataloom::codec::QoS;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::brokers::Running;
+use super::brokers::{self, BrokerBin, Kind, Opts, Running};
 use super::client::{Client, RxShared, Shared, receive};
 use super::stats::{Histogram, Tracker, cpu_seconds, now_ns};
 
@@ -24,6 +25,16 @@ pub enum Scenario {
     Rate,
     Idle,
     State,
+    /// Issue 4: durable retained updates (dataloom on fjall, fsync and buffered).
+    Durable,
+    /// Issue 4: restart with many retained topics (`restart-1m`).
+    Restart,
+    /// Issue 5: fan-in QoS 1 under a JSON Schema, and with 10,000 unrelated schemas.
+    Schema,
+    /// Issue 6: CONNECT rate with API keys on and off.
+    ConnectAuth,
+    /// Issue 6: TLS handshake rate and fan-in QoS 0 over TLS beside TCP.
+    Tls,
 }
 
 impl Scenario {
@@ -36,6 +47,37 @@ impl Scenario {
             Scenario::Rate => "rate".into(),
             Scenario::Idle => "idle".into(),
             Scenario::State => "state".into(),
+            Scenario::Durable => "durable".into(),
+            Scenario::Restart => "restart-1m".into(),
+            Scenario::Schema => "schema".into(),
+            Scenario::ConnectAuth => "connect-auth".into(),
+            Scenario::Tls => "tls".into(),
+        }
+    }
+
+    /// Scenarios that only make sense on dataloom (the others are not run there).
+    pub fn dataloom_only(self) -> bool {
+        matches!(self, Scenario::Schema | Scenario::ConnectAuth | Scenario::Tls)
+    }
+
+    /// Scenarios that start (and restart) their brokers themselves.
+    pub fn managed(self) -> bool {
+        matches!(
+            self,
+            Scenario::Durable | Scenario::Restart | Scenario::Schema | Scenario::ConnectAuth | Scenario::Tls
+        )
+    }
+
+    /// Longest one run of this scenario may take.
+    pub fn timeout(self, p: &Params) -> Duration {
+        match self {
+            // Publishing the topics, a restart, the sync: sized by the topic count.
+            Scenario::Restart => p.run_timeout.max(Duration::from_secs(60 + p.restart as u64 / 4_000)),
+            // Several phases on one or two brokers.
+            Scenario::Durable | Scenario::Schema | Scenario::ConnectAuth | Scenario::Tls => {
+                p.run_timeout.max(Duration::from_secs(150))
+            }
+            _ => p.run_timeout,
         }
     }
 
@@ -63,6 +105,30 @@ impl Scenario {
             Scenario::State => {
                 format!("state sync: {} retained topics, then a fresh subscriber to # counts them", p.state)
             }
+            Scenario::Durable => format!(
+                "durable retained updates: {} publishers x 100 in flight, QoS 1, retained, {} topics each, \
+                 64 B, {secs} s; dataloom on fjall (fsync; buffered in extra rows), others in memory",
+                super::durable::PUBLISHERS,
+                super::durable::TOPICS_PER_PUB
+            ),
+            Scenario::Restart => format!(
+                "{} retained topics of 100 B (QoS 1), RSS, SIGTERM and restart on the same data dir (dataloom), \
+                 then a fresh subscriber to # counts them",
+                p.restart
+            ),
+            Scenario::Schema => format!(
+                "fan-in QoS 1 (10 pubs -> 1 sub, 100 in flight) with a 6-field JSON Schema vs without, \
+                 then plain fan-in with {} unrelated schemas registered, {secs} s each",
+                p.schemas
+            ),
+            Scenario::ConnectAuth => format!(
+                "{} CONNECTs (32 at a time, each CONNECT/CONNACK/DISCONNECT) with an API key vs anonymous, fjall store",
+                p.connects
+            ),
+            Scenario::Tls => format!(
+                "{} TLS connections (handshake + CONNECT, 32 at a time), then fan-in QoS 0 over TCP and TLS, {secs} s each",
+                p.connects
+            ),
         }
     }
 }
@@ -80,6 +146,50 @@ pub struct Params {
     pub state_qos: QoS,
     /// Longest one run may take before it is abandoned.
     pub run_timeout: Duration,
+    /// Retained topics of `restart-1m`.
+    pub restart: usize,
+    /// Unrelated schemas registered in `schema`.
+    pub schemas: usize,
+    /// CONNECTs per variant in `connect-auth` and TLS handshakes in `tls`.
+    pub connects: usize,
+}
+
+/// What a managed scenario needs to start its own brokers.
+pub struct Env<'a> {
+    pub bin: &'a BrokerBin,
+    /// The run directory (logs, configuration, data directories).
+    pub dir: &'a Path,
+    pub cpu: Option<&'a str>,
+}
+
+impl Env<'_> {
+    pub fn kind(&self) -> Kind {
+        self.bin.kind
+    }
+
+    /// A fresh (emptied) data directory `data-{name}` in the run directory.
+    pub fn data_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let d = self.dir.join(format!("data-{name}"));
+        if d.exists() {
+            std::fs::remove_dir_all(&d)?;
+        }
+        Ok(d)
+    }
+
+    pub async fn start(&self, opts: &Opts) -> anyhow::Result<Running> {
+        brokers::start_with(self.bin, self.dir, self.cpu, opts).await
+    }
+
+    /// Removes the data directories of the run (they can be large).
+    pub fn cleanup(&self) {
+        if let Ok(entries) = std::fs::read_dir(self.dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("data-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
 }
 
 /// What one run of a scenario measured: metric keys (see `report::METRICS`) and notes.
@@ -265,6 +375,19 @@ pub fn memory_metrics(o: &mut Outcome, broker: &Running) {
     }
 }
 
+/// Runs one managed scenario: it starts and stops its brokers itself.
+pub async fn run_managed(s: Scenario, p: &Params, env: &Env<'_>) -> anyhow::Result<Outcome> {
+    let deadline_ns = now_ns() + s.timeout(p).as_nanos() as u64;
+    match s {
+        Scenario::Durable => super::durable::durable(p, env, deadline_ns).await,
+        Scenario::Restart => super::durable::restart(p, env, deadline_ns).await,
+        Scenario::Schema => super::schema::schema(p, env, deadline_ns).await,
+        Scenario::ConnectAuth => super::auth::connect_auth(p, env, deadline_ns).await,
+        Scenario::Tls => super::auth::tls(p, env, deadline_ns).await,
+        _ => anyhow::bail!("{} is not a managed scenario", s.key()),
+    }
+}
+
 /// Runs one scenario against a started broker.
 pub async fn run(s: Scenario, p: &Params, broker: &mut Running) -> anyhow::Result<Outcome> {
     let deadline_ns = now_ns() + p.run_timeout.as_nanos() as u64;
@@ -276,6 +399,7 @@ pub async fn run(s: Scenario, p: &Params, broker: &mut Running) -> anyhow::Resul
         Scenario::Mesh(n) => super::burst::mesh(n, broker, deadline_ns).await?,
         Scenario::Idle => super::burst::idle(p, broker).await?,
         Scenario::State => super::burst::state(p, broker, deadline_ns).await?,
+        _ => anyhow::bail!("{} starts its own brokers", s.key()),
     };
     memory_metrics(&mut o, broker);
     Ok(o)
