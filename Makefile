@@ -41,7 +41,7 @@ clean:
 certs:
 	sh certs/gen.sh certs
 
-# Benchmarks against Mosquitto and rumqttd (issue 3; not part of `make test`): installs what is
+# Benchmarks against Mosquitto and rumqttd (issues 3-6; not part of `make test`): installs what is
 # missing, prints tables, writes target/bench/results.md. `make bench QUICK=1` is a short run;
 # BENCH_ARGS passes flags to dataloom-bench (see benches/README.md).
 .PHONY: bench

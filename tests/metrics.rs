@@ -424,7 +424,8 @@ async fn counters_move_and_the_world_can_read_them() {
     assert_eq!(d("dataloom_packets_sent_total", &[("type", "pubcomp")]), 1.0);
     assert_eq!(d("dataloom_packets_sent_total", &[("type", "pubrel")]), 1.0);
     assert_eq!(d("dataloom_packets_sent_total", &[("type", "publish")]), 4.0);
-    assert_eq!(d("dataloom_publish_latency_seconds_count", &[]), 5.0);
+    // One publish in 16 per thread is timed (metrics::LATENCY_SAMPLE_EVERY).
+    assert!(d("dataloom_publish_latency_seconds_count", &[]) <= 5.0);
     assert!(d("dataloom_bytes_received_total", &[]) > 50.0);
     assert!(d("dataloom_bytes_sent_total", &[]) > 30.0);
     assert!(m1.get("dataloom_subscriptions", &[]) >= 1.0);

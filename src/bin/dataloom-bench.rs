@@ -1,4 +1,4 @@
-//! `dataloom-bench`: the load generator behind `make bench` (issue 3). It runs every scenario
+//! `dataloom-bench`: the load generator behind `make bench` (issues 3 to 6). It runs every scenario
 //! against dataloom, Mosquitto and rumqttd, alternating A B C A B C, each broker started fresh
 //! on its own port and pinned to one core, the generator pinned to another; it prints one table
 //! per scenario (medians over rounds, ratios dataloom/rumqttd and dataloom/mosquitto), the

@@ -138,7 +138,7 @@ impl Broker {
             |_| true,
             |key, entry, group| {
                 if group.is_some() {
-                    out.push((entry.session.clone(), delivery(msg, &[entry])));
+                    out.push((entry.session.clone(), delivery(msg, std::iter::once(entry))));
                 } else if !(entry.opts.no_local && msg.publisher == Some(key)) {
                     plain.push((key, entry));
                 }
@@ -146,8 +146,8 @@ impl Broker {
         );
         plain.sort_unstable_by_key(|(k, _)| *k);
         for group in plain.chunk_by(|a, b| a.0 == b.0) {
-            let entries: Vec<&SubEntry> = group.iter().map(|(_, e)| *e).collect();
-            out.push((entries[0].session.clone(), delivery(msg, &entries)));
+            let Some((_, first)) = group.first() else { continue };
+            out.push((first.session.clone(), delivery(msg, group.iter().map(|(_, e)| *e))));
         }
         out
     }
@@ -211,13 +211,13 @@ impl Broker {
 
 /// The delivery for one session from its matching subscriptions: highest QoS, every
 /// subscription identifier, retain kept if any subscription asks for retain-as-published.
-fn delivery(msg: &Arc<Message>, entries: &[&SubEntry]) -> Delivery {
-    let granted = entries.iter().map(|e| e.opts.qos).max().unwrap_or(QoS::AtMostOnce);
+fn delivery<'a>(msg: &Arc<Message>, entries: impl Iterator<Item = &'a SubEntry> + Clone) -> Delivery {
+    let granted = entries.clone().map(|e| e.opts.qos).max().unwrap_or(QoS::AtMostOnce);
     Delivery {
         msg: msg.clone(),
         qos: msg.qos.min(granted),
-        retain: msg.retain && entries.iter().any(|e| e.opts.retain_as_published),
-        sub_ids: entries.iter().filter_map(|e| e.opts.sub_id).collect(),
+        retain: msg.retain && entries.clone().any(|e| e.opts.retain_as_published),
+        sub_ids: entries.filter_map(|e| e.opts.sub_id).collect(),
         seq: None,
     }
 }

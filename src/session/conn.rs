@@ -246,7 +246,7 @@ async fn read_connect<R: AsyncRead + Unpin>(
             Ok(None) => {}
             Err(e) => return Err(Close::Decode(e)),
         }
-        match read_more(rd, rbuf).await {
+        match read_more(rd, rbuf, &mut false).await {
             Ok(0) => return Err(Close::Io("closed before CONNECT".into())),
             Ok(_) => {}
             Err(e) => return Err(Close::Io(e.to_string())),
@@ -268,6 +268,8 @@ impl Conn {
         tokio::pin!(keepalive);
         // Long-lived wake-up futures: registered once, not once per loop iteration.
         let session = self.session.clone();
+        // Set while reads fill the buffer: then reads get READ_CHUNK of room each.
+        let mut busy = false;
         let killed = kill.fired();
         tokio::pin!(killed);
         let mail = session.mailbox.notified();
@@ -303,7 +305,7 @@ impl Conn {
                         self.wbuf = BytesMut::new();
                     }
                 }
-                r = read_more(rd, rbuf), if want_read => {
+                r = read_more(rd, rbuf, &mut busy), if want_read => {
                     match r {
                         Ok(0) => return Close::Io("closed by peer".into()),
                         Ok(_) => last_read = Instant::now(),
@@ -418,17 +420,22 @@ async fn wait_for_room(blocked: &[(Arc<Session>, Delivery)]) {
     }
 }
 
-async fn read_more<R: AsyncRead + Unpin>(rd: &mut R, rbuf: &mut BytesMut) -> std::io::Result<usize> {
-    if rbuf.is_empty() && rbuf.capacity() > RELEASE_ABOVE {
+async fn read_more<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    rbuf: &mut BytesMut,
+    busy: &mut bool,
+) -> std::io::Result<usize> {
+    if rbuf.is_empty() && !*busy && rbuf.capacity() > RELEASE_ABOVE {
         *rbuf = BytesMut::with_capacity(READ_START);
     }
-    if rbuf.capacity() == 0 {
-        rbuf.reserve(READ_START);
+    // An idle connection reads into a small buffer; one whose reads fill the buffer (a busy
+    // publisher) gets READ_CHUNK of room per read, so it needs few system calls.
+    let room = if *busy { READ_CHUNK } else { READ_START };
+    if rbuf.capacity() - rbuf.len() < room / 2 {
+        rbuf.reserve(room);
     }
     let spare = rbuf.capacity() - rbuf.len();
-    if spare < READ_START / 2 {
-        // Grow with the traffic: a connection that fills its buffer gets a bigger one.
-        rbuf.reserve(rbuf.capacity().clamp(READ_START, READ_CHUNK));
-    }
-    rd.read_buf(rbuf).await
+    let n = rd.read_buf(rbuf).await?;
+    *busy = n * 2 >= spare;
+    Ok(n)
 }

@@ -110,7 +110,6 @@ impl Conn {
         if !self.perms.may_publish(topic_str) {
             return self.refuse_forbidden(p.qos, p.pkid, topic_str);
         }
-        let now = Instant::now();
         let msg = Message {
             topic: Arc::from(topic_str),
             topic_bytes: topic.clone(),
@@ -118,7 +117,10 @@ impl Conn {
             qos: p.qos,
             retain: p.retain,
             properties: forwarded_properties(&p.properties),
-            expires_at: p.properties.message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s))),
+            expires_at: p
+                .properties
+                .message_expiry_interval
+                .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
             publisher: Some(self.session.id),
         };
         let schemas = &self.ctx.schemas;
