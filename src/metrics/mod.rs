@@ -206,7 +206,7 @@ pub struct Metrics {
     /// `dataloom_authorization_denials_total{action}`, indexed like [`AUTHZ_ACTIONS`].
     pub authz_denials: [IntCounter; AUTHZ_ACTIONS.len()],
     schema_validations: IntCounterVec,
-    /// `dataloom_store_write_batch_size`: ops per group commit.
+    /// `dataloom_store_write_batch_size`: submissions (messages) per group commit.
     pub store_batch_size: Histogram,
     /// `dataloom_store_write_latency_seconds`: time to apply one batch.
     pub store_write_latency: Histogram,
@@ -418,7 +418,7 @@ impl Metrics {
             store_batch_size: histogram(
                 &r,
                 "dataloom_store_write_batch_size",
-                "Operations per store group commit.",
+                "Submissions (one per message or session change) per store group commit.",
                 &BATCH_BUCKETS,
             )?,
             store_write_latency: histogram(

@@ -117,6 +117,9 @@ impl Schema {
     pub fn validate(&self, payload: &[u8]) -> Result<(), Box<Rejection>> {
         let result = match parse_json(payload) {
             Err(e) => Err(self.rejection(String::new(), format!("payload is not JSON: {e}"), true)),
+            // The boolean check is the fast path; the error (with its path) is built only
+            // for a payload that fails.
+            Ok(v) if self.validator.is_valid(&v) => Ok(()),
             Ok(v) => match self.validator.validate(&v) {
                 Ok(()) => Ok(()),
                 Err(e) => Err(self.rejection(e.instance_path().to_string(), e.to_string(), false)),

@@ -193,7 +193,12 @@ impl Writer {
         }
 
         if !batch.is_empty() {
-            if let Err(e) = self.write(batch) {
+            let m = crate::metrics::get();
+            m.store_batch_size.observe(group.len() as f64);
+            let started = Instant::now();
+            let written = self.write(batch);
+            m.store_write_latency.observe(started.elapsed().as_secs_f64());
+            if let Err(e) = written {
                 let e = self.poison(e);
                 answer_all(group, &e);
                 return;
@@ -302,8 +307,12 @@ impl Writer {
         if self.shared.poisoned().is_some() {
             return false;
         }
+        let started = Instant::now();
         match self.ks.db.persist(PersistMode::SyncData) {
-            Ok(()) => true,
+            Ok(()) => {
+                crate::metrics::get().store_fsync_latency.observe(started.elapsed().as_secs_f64());
+                true
+            }
             Err(e) => {
                 self.poison(fjall_error(e, &self.path));
                 false
