@@ -613,3 +613,72 @@ async fn readyz_follows_listeners_and_store() {
     assert!(body.contains("fsync failed"), "{body}");
     assert_eq!(http_get(http, "/healthz").await.0, 200, "alive even when not ready");
 }
+
+/// A v5 CONNECT with credentials.
+fn connect_v5(client_id: &str, user: &str, pass: &str) -> Packet {
+    let Packet::Connect(mut c) = connect_packet(client_id, 60) else { unreachable!("a CONNECT") };
+    c.protocol = ProtocolVersion::V5;
+    c.username = Some(user.into());
+    c.password = Some(bytes::Bytes::from(pass.to_string()));
+    Packet::Connect(c)
+}
+
+/// A v5 QoS 1 PUBLISH from `c`; returns the PUBACK reason code.
+async fn publish_qos1(c: &mut RawClient, topic: &str, payload: &str, pkid: u16) -> u8 {
+    let p = dataloom::codec::Publish {
+        dup: false,
+        qos: dataloom::codec::QoS::AtLeastOnce,
+        retain: false,
+        topic: bytes::Bytes::from(topic.to_string()),
+        pkid,
+        properties: Properties::default(),
+        payload: bytes::Bytes::from(payload.to_string()),
+    };
+    c.send_packet(&Packet::Publish(p)).await;
+    match c.recv().await {
+        Some(Packet::PubAck(a)) if a.pkid == pkid => a.code,
+        other => panic!("expected PUBACK {pkid}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_failures_denials_and_schema_rejections_move_their_counters() {
+    let _guard = LOCK.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("m")).expect("schema dir");
+    std::fs::write(dir.path().join("m/+.json"), r#"{"type":"object","required":["v"]}"#)
+        .expect("schema file");
+    let schema_dir = dir.path().to_path_buf();
+    let b = TestBroker::start_with(move |c| c.schemas.dir = schema_dir).await;
+    let http = b.running.as_ref().and_then(|r| r.http_addr).expect("HTTP listener bound");
+    let auth = &b.running.as_ref().expect("running").auth;
+    let spec = dataloom::auth::KeySpec {
+        name: "meter".into(),
+        publish: vec!["m/#".into()],
+        subscribe: vec!["m/#".into()],
+        ..dataloom::auth::KeySpec::default()
+    };
+    let secret = auth.create(spec).await.expect("key created").1;
+    let (_, m0) = scrape(http).await;
+
+    let mut bad = RawClient::connect(b.addr).await;
+    bad.send_packet(&connect_v5("intruder", "meter", "not-the-secret")).await;
+    assert!(matches!(bad.recv().await, Some(Packet::ConnAck(a)) if a.code == 0x86));
+
+    let mut good = RawClient::connect(b.addr).await;
+    good.send_packet(&connect_v5("meter-1", "meter", &secret)).await;
+    assert!(matches!(good.recv().await, Some(Packet::ConnAck(a)) if a.code == 0));
+    assert_eq!(publish_qos1(&mut good, "other/x", "{}", 1).await, 0x87, "outside the key's filters");
+    assert_eq!(publish_qos1(&mut good, "m/1", r#"{"w":1}"#, 2).await, 0x99, "schema requires v");
+    assert_eq!(publish_qos1(&mut good, "m/1", r#"{"v":1}"#, 3).await, 0x10, "valid, nobody subscribed");
+
+    let (_, m1) = scrape(http).await;
+    let d = |name: &str, labels: &[(&str, &str)]| m1.get(name, labels) - m0.get(name, labels);
+    assert_eq!(d("dataloom_auth_failures_total", &[("reason", "bad_secret")]), 1.0);
+    assert_eq!(d("dataloom_authorization_denials_total", &[("action", "publish")]), 1.0);
+    assert_eq!(d("dataloom_messages_dropped_total", &[("reason", "not_authorized")]), 1.0);
+    assert_eq!(d("dataloom_schema_validations_total", &[("filter", "m/+"), ("result", "invalid")]), 1.0);
+    assert_eq!(d("dataloom_schema_validations_total", &[("filter", "m/+"), ("result", "valid")]), 1.0);
+    assert_eq!(d("dataloom_messages_dropped_total", &[("reason", "schema_invalid")]), 1.0);
+    b.stop().await;
+}
