@@ -102,6 +102,9 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     crate::sys::spawn(broker.clone(), cfg.mqtt.sys_interval, rx);
     ready.store(true, std::sync::atomic::Ordering::Release);
     let failed = watch_store(broker.clone(), ready.clone());
+    if cfg.storage.backend == Backend::Fjall {
+        crate::store::disk::watch(broker.clone(), cfg.storage.data_dir.clone(), cfg.storage.min_free_bytes);
+    }
     let max_connections = cfg.mqtt.max_connections;
     Ok(Running {
         mqtt_addr,

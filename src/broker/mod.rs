@@ -75,6 +75,8 @@ pub struct Broker {
     /// Next position in the durable per-session queues (shared counter, strictly increasing).
     next_seq: AtomicU64,
     store: Arc<dyn Store>,
+    /// Set while the data directory's file system is below `storage.min_free_bytes`.
+    disk_full: std::sync::atomic::AtomicBool,
     pub stats: Stats,
 }
 
@@ -94,10 +96,22 @@ impl Broker {
             next_session: AtomicU64::new(1),
             next_seq: AtomicU64::new(1),
             store,
+            disk_full: std::sync::atomic::AtomicBool::new(false),
             stats: Stats::default(),
         });
         broker.restore(recovered);
         Ok(broker)
+    }
+
+    /// Marks the store's disk as (not) full: while full, messages that would write to the
+    /// store are refused with [`StoreError::DiskFull`]; everything else goes on.
+    pub fn set_disk_full(&self, full: bool) {
+        self.disk_full.store(full, Ordering::Relaxed);
+    }
+
+    /// True while the store's disk is below its free-space minimum.
+    pub fn disk_full(&self) -> bool {
+        self.disk_full.load(Ordering::Relaxed)
     }
 
     /// The store behind the broker.

@@ -59,14 +59,28 @@ impl Broker {
             return Err(e);
         }
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        // $SYS state is regenerated every interval; storing it would only cost writes.
+        let stores_state = msg.retain && !msg.topic.starts_with("$SYS/");
+        let disk_full = self.disk_full();
+        let refused =
+            || StoreError::DiskFull(format!("{} refused: the data directory is almost full", msg.topic));
+        if disk_full && (stores_state || !extra.is_empty()) {
+            return Err(refused());
+        }
+        // Retained state first, then fan-out: a client subscribing meanwhile gets the new
+        // state, the live message, or both, never neither.
         if msg.retain {
             let op = self.set_retained(&msg);
-            // $SYS state is regenerated every interval; storing it would only cost writes.
-            if !msg.topic.starts_with("$SYS/") {
+            if stores_state {
                 extra.push(op);
             }
         }
         let mut targets = self.fan_out(&msg);
+        if disk_full && targets.iter().any(|(s, d)| d.qos != QoS::AtMostOnce && s.is_persistent()) {
+            // Only a $SYS retained update can have taken effect: refuse rather than accept a
+            // copy for a persistent session that cannot be stored.
+            return Err(refused());
+        }
         for (session, d) in &mut targets {
             if d.qos != QoS::AtMostOnce
                 && session.is_persistent()

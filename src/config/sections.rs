@@ -39,6 +39,10 @@ pub struct Storage {
     pub backend: Backend,
     pub data_dir: PathBuf,
     pub durability: Durability,
+    /// Below this many free bytes on the data directory's file system, messages that would
+    /// write to the store are refused (v5 0x97 Quota exceeded) while reads go on; 0 turns the
+    /// check off.
+    pub min_free_bytes: u64,
 }
 
 /// Protocol limits. Durations are written like `"10s"` or `"1m 30s"`.
@@ -111,7 +115,12 @@ impl Default for Http {
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { backend: Backend::Fjall, data_dir: PathBuf::from("./data"), durability: Durability::Fsync }
+        Storage {
+            backend: Backend::Fjall,
+            data_dir: PathBuf::from("./data"),
+            durability: Durability::Fsync,
+            min_free_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 

@@ -138,12 +138,16 @@ impl Conn {
                 (reason::SUCCESS, published.commit)
             }
             Err(e) => {
-                tracing::error!(error = %e, "store refuses writes; message not accepted");
+                let code = match e {
+                    crate::store::StoreError::DiskFull(_) => reason::QUOTA_EXCEEDED,
+                    _ => reason::UNSPECIFIED_ERROR,
+                };
+                tracing::warn!(error = %e, "message not accepted: the store refuses writes");
                 if !self.version.is_v5() && p.qos != QoS::AtMostOnce {
-                    return Err(Close::Server(reason::UNSPECIFIED_ERROR, "store failure"));
+                    return Err(Close::Server(code, "store refuses writes"));
                 }
                 self.session.state.lock().incoming_qos2.remove(&p.pkid);
-                (reason::UNSPECIFIED_ERROR, Commit::done())
+                (code, Commit::done())
             }
         };
         match p.qos {

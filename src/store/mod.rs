@@ -6,6 +6,7 @@
 //! reads everything back with [`Store::recover`]. `memory` keeps nothing; `fjall` is the
 //! embedded LSM store. Nothing outside this module touches fjall.
 
+pub mod disk;
 pub mod fjall;
 pub mod memory;
 pub mod record;
