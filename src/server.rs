@@ -71,7 +71,10 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         }
         Backend::Fjall => Arc::new(FjallStore::open(&cfg.storage.data_dir, cfg.storage.durability)?),
     };
-    let limits = BrokerLimits { max_queued_messages: cfg.mqtt.max_queued_messages };
+    let limits = BrokerLimits {
+        max_queued_messages: cfg.mqtt.max_queued_messages,
+        max_queued_bytes: cfg.mqtt.max_queued_bytes,
+    };
     let broker = Broker::new(limits, store)?;
     let settings = crate::auth::Settings {
         allow_anonymous: cfg.auth.allow_anonymous,

@@ -41,15 +41,36 @@ pub enum Refused {
     Dropped(Dropped),
 }
 
+/// The deliveries and how many payload and topic bytes they hold.
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Delivery>,
+    bytes: usize,
+}
+
+/// Bytes a delivery counts against `max_queued_bytes`.
+fn weight(d: &Delivery) -> usize {
+    d.msg.payload.len() + d.msg.topic_bytes.len()
+}
+
+impl Queue {
+    /// Full for one more delivery of `w` bytes (a lone delivery always fits).
+    fn full(&self, limit: usize, byte_limit: usize, w: usize) -> bool {
+        self.items.len() >= limit || (byte_limit > 0 && !self.items.is_empty() && self.bytes + w > byte_limit)
+    }
+}
+
 /// A session's queue of undelivered messages.
 #[derive(Debug)]
 pub struct Mailbox {
-    queue: Mutex<VecDeque<Delivery>>,
+    queue: Mutex<Queue>,
     notify: Notify,
     /// Woken when the connection task takes messages out (publishers waiting for room).
     space: Notify,
     online: AtomicBool,
     limit: usize,
+    /// Most payload + topic bytes queued (0: no limit).
+    byte_limit: usize,
     dropped: AtomicU64,
     /// When the queue was last drained, in milliseconds since [`epoch`].
     last_drain_ms: AtomicU64,
@@ -65,10 +86,12 @@ fn now_ms() -> u64 {
 }
 
 impl Mailbox {
-    /// An empty mailbox holding at most `limit` deliveries from publishers.
-    pub fn new(limit: usize) -> Mailbox {
+    /// An empty mailbox holding at most `limit` deliveries (and `byte_limit` payload and topic
+    /// bytes, 0 for no limit) from publishers.
+    pub fn new(limit: usize, byte_limit: usize) -> Mailbox {
         Mailbox {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
+            byte_limit,
             notify: Notify::new(),
             space: Notify::new(),
             online: AtomicBool::new(false),
@@ -105,7 +128,8 @@ impl Mailbox {
         }
         {
             let mut q = self.queue.lock();
-            if q.len() >= self.limit {
+            let w = weight(&d);
+            if q.full(self.limit, self.byte_limit, w) {
                 drop(q);
                 if self.online.load(Ordering::Relaxed) && self.is_draining() {
                     return Err(Refused::Full(d));
@@ -113,8 +137,9 @@ impl Mailbox {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return Err(Refused::Dropped(Dropped::QueueFull));
             }
-            let was_empty = q.is_empty();
-            q.push_back(d);
+            let was_empty = q.items.is_empty();
+            q.bytes += w;
+            q.items.push_back(d);
             if !was_empty {
                 // The connection task was woken for the first one and drains everything
                 // queued before it sleeps again (or wakes on an ack or a write), so one
@@ -144,7 +169,12 @@ impl Mailbox {
     /// Queues deliveries that bypass the limit: retained messages sent on SUBSCRIBE, which the
     /// client asked for and which must all arrive however many there are.
     pub fn push_all_unbounded(&self, ds: impl IntoIterator<Item = Delivery>) {
-        self.queue.lock().extend(ds);
+        let mut q = self.queue.lock();
+        for d in ds {
+            q.bytes += weight(&d);
+            q.items.push_back(d);
+        }
+        drop(q);
         self.notify.notify_one();
     }
 
@@ -155,16 +185,19 @@ impl Mailbox {
         }
         let mut q = self.queue.lock();
         for d in ds.into_iter().rev() {
-            q.push_front(d);
+            q.bytes += weight(&d);
+            q.items.push_front(d);
         }
     }
 
     /// Moves up to `max` deliveries into `out`; returns how many.
     pub fn drain_into(&self, out: &mut Vec<Delivery>, max: usize) -> usize {
         let mut q = self.queue.lock();
-        let n = q.len().min(max);
-        let was_full = q.len() >= self.limit;
-        out.extend(q.drain(..n));
+        let n = q.items.len().min(max);
+        let was_full = q.full(self.limit, self.byte_limit, 0);
+        let start = out.len();
+        out.extend(q.items.drain(..n));
+        q.bytes -= out[start..].iter().map(weight).sum::<usize>();
         drop(q);
         self.last_drain_ms.store(now_ms(), Ordering::Relaxed);
         if was_full && n > 0 {
@@ -175,7 +208,7 @@ impl Mailbox {
 
     /// Deliveries waiting.
     pub fn len(&self) -> usize {
-        self.queue.lock().len()
+        self.queue.lock().items.len()
     }
 
     /// True when nothing waits.

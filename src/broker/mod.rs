@@ -50,6 +50,8 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 pub struct BrokerLimits {
     pub max_queued_messages: usize,
+    /// Payload and topic bytes queued per session (0: no limit).
+    pub max_queued_bytes: usize,
 }
 
 /// Result of connecting a client to its session.
@@ -121,7 +123,7 @@ impl Broker {
 
     fn new_session(&self, client_id: Arc<str>) -> Arc<Session> {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Session::new(id, client_id, self.limits.max_queued_messages))
+        Arc::new(Session::new(id, client_id, self.limits.max_queued_messages, self.limits.max_queued_bytes))
     }
 
     /// Attaches a connection to the session of `client_id`: resumes it unless `clean_start`,

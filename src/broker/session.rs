@@ -139,11 +139,11 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(id: SessionId, client_id: Arc<str>, queue_limit: usize) -> Session {
+    pub(crate) fn new(id: SessionId, client_id: Arc<str>, queue_limit: usize, queue_bytes: usize) -> Session {
         Session {
             id,
             client_id,
-            mailbox: Mailbox::new(queue_limit),
+            mailbox: Mailbox::new(queue_limit, queue_bytes),
             state: Mutex::new(SessionState::default()),
             generation: AtomicU64::new(0),
             owner: Mutex::new(Owner::default()),

@@ -64,6 +64,8 @@ pub struct Mqtt {
     pub topic_alias_maximum: u16,
     /// Messages queued per session beyond the in-flight window; more are dropped and counted.
     pub max_queued_messages: usize,
+    /// Payload and topic bytes queued per session; more are dropped and counted (0: no limit).
+    pub max_queued_bytes: usize,
     /// Simultaneous client connections.
     pub max_connections: usize,
     /// Levels in a topic name or filter.
@@ -134,6 +136,7 @@ impl Default for Mqtt {
             receive_maximum: 20,
             topic_alias_maximum: 10,
             max_queued_messages: 1000,
+            max_queued_bytes: 0,
             max_connections: 100_000,
             max_topic_levels: 128,
             max_user_properties: 64,
