@@ -322,6 +322,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
+        // Handlers first: a supervisor may send SIGTERM as soon as it reads the listening line.
+        let mut signals = Signals::install()?;
         let running = dataloom::server::start(&config).await?;
         println!("dataloom listening on mqtt://{}", running.mqtt_addr);
         if let Some(a) = running.tls_addr {
@@ -336,7 +338,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         if let Some(a) = running.http_addr {
             println!("dataloom listening on http://{a}");
         }
-        let stop = wait_for_signal(&running).await;
+        let stop = signals.wait(&running).await;
         tracing::info!("shutting down");
         running.shutdown(Duration::from_secs(5)).await;
         stop
@@ -347,24 +349,38 @@ fn running_store_failed(e: &dataloom::store::StoreError) {
     tracing::error!(error = %e, "store failed; exiting so a supervisor can restart the broker");
 }
 
-/// Waits for SIGINT or SIGTERM (or a store failure); SIGHUP meanwhile reloads the TLS certificates.
-async fn wait_for_signal(running: &dataloom::server::Running) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        tokio::select! {
-            r = &mut ctrl_c => return r.context("cannot listen for SIGINT"),
-            _ = term.recv() => return Ok(()),
-            e = running.store_failed() => {
-                running_store_failed(&e);
-                return Err(anyhow::Error::new(e).context("stopping: the store can no longer write"));
-            }
-            _ = hup.recv() => {
-                // reload_certs logs each failure; the old certificates stay in force.
-                let _ = running.reload_certs();
+/// SIGINT, SIGTERM and SIGHUP, listened for from start-up on.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            hup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+        })
+    }
+
+    /// Waits for SIGINT or SIGTERM (or a store failure); SIGHUP meanwhile reloads the TLS
+    /// certificates.
+    async fn wait(&mut self, running: &dataloom::server::Running) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => return Ok(()),
+                _ = self.term.recv() => return Ok(()),
+                e = running.store_failed() => {
+                    running_store_failed(&e);
+                    return Err(anyhow::Error::new(e).context("stopping: the store can no longer write"));
+                }
+                _ = self.hup.recv() => {
+                    // reload_certs logs each failure; the old certificates stay in force.
+                    let _ = running.reload_certs();
+                }
             }
         }
     }
