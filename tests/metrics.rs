@@ -6,6 +6,7 @@
 //!
 //! Metrics are process-wide, so the tests of this file take one lock and compare deltas.
 mod common;
+mod v5_util;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -614,30 +615,12 @@ async fn readyz_follows_listeners_and_store() {
     assert_eq!(http_get(http, "/healthz").await.0, 200, "alive even when not ready");
 }
 
-/// A v5 CONNECT with credentials.
-fn connect_v5(client_id: &str, user: &str, pass: &str) -> Packet {
-    let Packet::Connect(mut c) = connect_packet(client_id, 60) else { unreachable!("a CONNECT") };
-    c.protocol = ProtocolVersion::V5;
-    c.username = Some(user.into());
-    c.password = Some(bytes::Bytes::from(pass.to_string()));
-    Packet::Connect(c)
-}
-
-/// A v5 QoS 1 PUBLISH from `c`; returns the PUBACK reason code.
-async fn publish_qos1(c: &mut RawClient, topic: &str, payload: &str, pkid: u16) -> u8 {
-    let p = dataloom::codec::Publish {
-        dup: false,
-        qos: dataloom::codec::QoS::AtLeastOnce,
-        retain: false,
-        topic: bytes::Bytes::from(topic.to_string()),
-        pkid,
-        properties: Properties::default(),
-        payload: bytes::Bytes::from(payload.to_string()),
-    };
-    c.send_packet(&Packet::Publish(p)).await;
-    match c.recv().await {
-        Some(Packet::PubAck(a)) if a.pkid == pkid => a.code,
-        other => panic!("expected PUBACK {pkid}, got {other:?}"),
+/// A v5 CONNECT editor setting credentials.
+fn creds(user: &str, pass: &str) -> impl FnOnce(&mut Connect) {
+    let (user, pass) = (user.to_string(), pass.to_string());
+    move |c| {
+        c.username = Some(user);
+        c.password = Some(bytes::Bytes::from(pass));
     }
 }
 
@@ -661,16 +644,13 @@ async fn auth_failures_denials_and_schema_rejections_move_their_counters() {
     let secret = auth.create(spec).await.expect("key created").1;
     let (_, m0) = scrape(http).await;
 
-    let mut bad = RawClient::connect(b.addr).await;
-    bad.send_packet(&connect_v5("intruder", "meter", "not-the-secret")).await;
-    assert!(matches!(bad.recv().await, Some(Packet::ConnAck(a)) if a.code == 0x86));
+    let (_, refused) = v5_util::connect_with(b.addr, "intruder", creds("meter", "not-the-secret")).await;
+    assert_eq!(refused.code, 0x86);
 
-    let mut good = RawClient::connect(b.addr).await;
-    good.send_packet(&connect_v5("meter-1", "meter", &secret)).await;
-    assert!(matches!(good.recv().await, Some(Packet::ConnAck(a)) if a.code == 0));
-    assert_eq!(publish_qos1(&mut good, "other/x", "{}", 1).await, 0x87, "outside the key's filters");
-    assert_eq!(publish_qos1(&mut good, "m/1", r#"{"w":1}"#, 2).await, 0x99, "schema requires v");
-    assert_eq!(publish_qos1(&mut good, "m/1", r#"{"v":1}"#, 3).await, 0x10, "valid, nobody subscribed");
+    let mut good = v5_util::connect_ok(&b, "meter-1", creds("meter", &secret)).await;
+    assert_eq!(v5_util::pub1(&mut good, 1, "other/x", b"{}").await, 0x87, "outside the key's filters");
+    assert_eq!(v5_util::pub1(&mut good, 2, "m/1", br#"{"w":1}"#).await, 0x99, "schema requires v");
+    assert_eq!(v5_util::pub1(&mut good, 3, "m/1", br#"{"v":1}"#).await, 0x10, "valid, nobody subscribed");
 
     let (_, m1) = scrape(http).await;
     let d = |name: &str, labels: &[(&str, &str)]| m1.get(name, labels) - m0.get(name, labels);

@@ -40,7 +40,8 @@ pub fn will(topic: &str, payload: &str) -> LastWill {
     }
 }
 
-/// Connects with a CONNECT built by `edit` and returns the client and its CONNACK.
+/// Connects with a CONNECT built by `edit` (which may change the protocol version) and returns
+/// the client and its CONNACK.
 pub async fn connect_with(
     addr: std::net::SocketAddr,
     client_id: &str,
@@ -49,6 +50,7 @@ pub async fn connect_with(
     let mut c = RawClient::connect(addr).await;
     let mut p = connect_packet(client_id);
     edit(&mut p);
+    c.version = p.protocol;
     c.send_packet(&Packet::Connect(Box::new(p))).await;
     match c.recv().await {
         Some(Packet::ConnAck(a)) => (c, a),
