@@ -548,6 +548,29 @@ async fn qos2_duplicate_publish_before_pubrel_is_delivered_once() {
     b.stop().await;
 }
 
+/// 3.1.1 has no Receive Maximum: a client with more unreleased QoS 2 messages than the v5
+/// limit keeps its connection, and every message is delivered once after its PUBREL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_unreleased_beyond_the_v5_receive_maximum_keeps_a_311_connection() {
+    let b = TestBroker::start_with(|c| c.mqtt.receive_maximum = 3).await;
+    let mut sub = mq(&b, "rm-sub", true).await;
+    sub.subscribe("rm/t", QoS::ExactlyOnce).await;
+    let (mut c, _) = raw_connect(&b, "rm-pub", true, 60, None).await;
+    for pkid in 1..=10u16 {
+        c.send(&publish_pkt("rm/t", pkid.to_string().as_bytes(), 2, pkid, false, false)).await;
+        assert!(matches!(c.recv().await, Some(Packet::PubRec(a)) if a.pkid == pkid), "PUBREC {pkid}");
+    }
+    for pkid in 1..=10u16 {
+        c.send(&pubrel_pkt(pkid)).await;
+        assert!(matches!(c.recv().await, Some(Packet::PubComp(a)) if a.pkid == pkid), "PUBCOMP {pkid}");
+    }
+    for pkid in 1..=10u16 {
+        assert_eq!(sub.next_publish().await.payload, Bytes::from(pkid.to_string()));
+    }
+    sub.no_publish().await;
+    b.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Persistent sessions
 

@@ -11,7 +11,12 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::tape::{Tape, TapeError, TapeJson};
 use crate::metrics::SchemaCounters;
+
+/// A compiled schema: the document as registered and its validator (which runs on a
+/// [`Tape`] of the payload).
+pub type Compiled = (Value, jsonschema::Validator<TapeJson>);
 
 /// Longest reason text kept (reason strings travel in acks; long instances are cut).
 const MAX_WHAT: usize = 200;
@@ -61,7 +66,7 @@ pub struct Schema {
     pub version: u64,
     /// The document as registered (compared to tell a re-registration from a change).
     pub document: Value,
-    validator: jsonschema::Validator,
+    validator: jsonschema::Validator<TapeJson>,
     counters: Option<SchemaCounters>,
 }
 
@@ -86,25 +91,21 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, String> {
 ///
 /// # Errors
 /// [`SchemaError`] when the document is not JSON or not a valid schema.
-pub fn compile(bytes: &[u8]) -> Result<(Value, jsonschema::Validator), SchemaError> {
+pub fn compile(bytes: &[u8]) -> Result<Compiled, SchemaError> {
     let document = parse_json(bytes).map_err(SchemaError::NotJson)?;
     if !document.is_object() && !document.is_boolean() {
         return Err(SchemaError::Invalid("a schema is a JSON object (or true/false)".into()));
     }
-    let validator =
-        jsonschema::validator_for(&document).map_err(|e| SchemaError::Invalid(cut(e.to_string())))?;
+    let validator = jsonschema::options_for::<TapeJson>()
+        .build(&document)
+        .map_err(|e| SchemaError::Invalid(cut(e.to_string())))?;
     Ok((document, validator))
 }
 
 impl Schema {
     /// A schema for `filter` at `version` from a compiled document; `metered` resolves its
     /// `dataloom_schema_validations_total` counters (label: the filter).
-    pub fn new(
-        filter: &str,
-        version: u64,
-        compiled: (Value, jsonschema::Validator),
-        metered: bool,
-    ) -> Schema {
+    pub fn new(filter: &str, version: u64, compiled: Compiled, metered: bool) -> Schema {
         let (document, validator) = compiled;
         let counters = metered.then(|| crate::metrics::get().schema_validations(filter));
         Schema { filter: Arc::from(filter), version, document, validator, counters }
@@ -115,16 +116,7 @@ impl Schema {
     /// # Errors
     /// [`Rejection`] naming the first failing value.
     pub fn validate(&self, payload: &[u8]) -> Result<(), Box<Rejection>> {
-        let result = match parse_json(payload) {
-            Err(e) => Err(self.rejection(String::new(), format!("payload is not JSON: {e}"), true)),
-            // The boolean check is the fast path; the error (with its path) is built only
-            // for a payload that fails.
-            Ok(v) if self.validator.is_valid(&v) => Ok(()),
-            Ok(v) => match self.validator.validate(&v) {
-                Ok(()) => Ok(()),
-                Err(e) => Err(self.rejection(e.instance_path().to_string(), e.to_string(), false)),
-            },
-        };
+        let result = self.check(payload);
         if let Some(c) = &self.counters {
             let i = match &result {
                 Ok(()) => 0,
@@ -138,7 +130,37 @@ impl Schema {
 
     /// True when `payload` validates (not counted; for counting retained state).
     pub fn accepts(&self, payload: &[u8]) -> bool {
-        parse_json(payload).is_ok_and(|v| self.validator.is_valid(&v))
+        self.check(payload).is_ok()
+    }
+
+    /// Parses `payload` into a tape and validates it. The boolean check is the fast path;
+    /// the error (with its path) is built only for a payload that fails.
+    fn check(&self, payload: &[u8]) -> Result<(), Box<Rejection>> {
+        match Tape::parse(payload) {
+            Ok(tape) => self.check_tape(&tape),
+            Err(TapeError::DuplicateKey) => match parse_json(payload) {
+                // The last of a repeated key counts, as in `serde_json::Value`.
+                Ok(value) => self.check_tape(&Tape::from_value(&value)),
+                Err(e) => Err(self.not_json(e)),
+            },
+            Err(TapeError::Syntax(e)) => {
+                Err(self.not_json(parse_json(payload).err().unwrap_or(e.to_string())))
+            }
+        }
+    }
+
+    fn check_tape(&self, tape: &Tape<'_>) -> Result<(), Box<Rejection>> {
+        if self.validator.is_valid(tape.root()) {
+            return Ok(());
+        }
+        match self.validator.validate(tape.root()) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.rejection(e.instance_path().to_string(), e.to_string(), false)),
+        }
+    }
+
+    fn not_json(&self, e: String) -> Box<Rejection> {
+        self.rejection(String::new(), format!("payload is not JSON: {e}"), true)
     }
 
     fn rejection(&self, pointer: String, what: String, not_json: bool) -> Box<Rejection> {

@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard, RwLock};
-use serde_json::Value;
 
-use super::document::{Rejection, Schema};
+use super::document::{Compiled, Rejection, Schema};
 use super::filter::topic_of_filter;
 use super::trie::FilterTrie;
 use crate::broker::message::Message;
@@ -143,7 +142,7 @@ impl Registry {
         &self,
         broker: &Broker,
         filter: &str,
-        compiled: (Value, jsonschema::Validator),
+        compiled: Compiled,
         payload: Bytes,
         template: Option<&Message>,
         extra: Vec<Op>,

@@ -94,7 +94,9 @@ impl Conn {
                 self.ack(Packet::PubRec, p.pkid, Commit::done(), reason::SUCCESS);
                 return Ok(());
             }
-            if st.incoming_qos2.len() >= usize::from(self.ctx.mqtt.receive_maximum) {
+            // Receive Maximum is a v5 contract; a 3.1.1 client never learns it, so its
+            // unreleased ids are bounded only by the 16-bit identifier space.
+            if self.version.is_v5() && st.incoming_qos2.len() >= usize::from(self.ctx.mqtt.receive_maximum) {
                 return Err(Close::Server(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
                     "too many unreleased QoS 2 messages",

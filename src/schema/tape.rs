@@ -1,0 +1,485 @@
+//! The payload representation validation runs on: a flat tape of the JSON document's nodes,
+//! parsed by `serde_json` straight from the payload bytes, with strings borrowed from them
+//! (owned only where an escape had to be decoded).
+//!
+//! Validating a `serde_json::Value` costs a heap allocation per key, string and container;
+//! on a small sensor object that is most of the cost of enforcing a schema. The tape is one
+//! `Vec` and implements `jsonschema`'s custom-representation traits ([`jsonschema::json`]),
+//! so the same compiled keywords run on it.
+//!
+//! Layout: a container's slot records its member count and the index just past its last
+//! descendant; an object's members follow it as (key slot, value subtree) pairs in document
+//! order. Numbers are `serde_json::Number`s made exactly as `serde_json::Value` makes them.
+//! An object with a repeated key is refused by [`Tape::parse`] ([`TapeError::DuplicateKey`]);
+//! [`Tape::from_value`] then builds the tape from the `Value` parse, whose last-one-wins rule
+//! the validator has always applied.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use jsonschema::JsonType;
+use jsonschema::json::{Array, Json, Node, NodeIdentity, Object};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+/// A members pass beats this many linear-scan lookups per required key (see `required`).
+const KEYS_PER_SCAN: usize = 16;
+
+/// One node of the tape.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Slot<'a> {
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(Cow<'a, str>),
+    /// `len` elements; the subtree ends before `end`.
+    Array {
+        len: u32,
+        end: u32,
+    },
+    /// `len` (key, value) members; the subtree ends before `end`.
+    Object {
+        len: u32,
+        end: u32,
+    },
+}
+
+/// Why a payload has no tape.
+#[derive(Debug, thiserror::Error)]
+pub enum TapeError {
+    /// Not JSON (the parser's message).
+    #[error("{0}")]
+    Syntax(#[from] serde_json::Error),
+    /// An object names one key twice.
+    #[error("an object repeats a key")]
+    DuplicateKey,
+}
+
+/// A parsed JSON document.
+#[derive(Debug, Default)]
+pub struct Tape<'a> {
+    slots: Vec<Slot<'a>>,
+}
+
+impl<'a> Tape<'a> {
+    /// Parses `bytes` (one JSON document, nothing after it but whitespace).
+    ///
+    /// # Errors
+    /// [`TapeError`] when `bytes` is not JSON or repeats a key in an object.
+    pub fn parse(bytes: &'a [u8]) -> Result<Tape<'a>, TapeError> {
+        let mut tape = Tape { slots: Vec::with_capacity(16 + bytes.len() / 8) };
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let mut dup = false;
+        Build { slots: &mut tape.slots, dup: &mut dup }.deserialize(&mut de)?;
+        de.end()?;
+        if dup {
+            return Err(TapeError::DuplicateKey);
+        }
+        Ok(tape)
+    }
+
+    /// The tape of an already parsed document (strings borrowed from it).
+    pub fn from_value(value: &'a Value) -> Tape<'a> {
+        let mut tape = Tape::default();
+        tape.push_value(value);
+        tape
+    }
+
+    fn push_value(&mut self, value: &'a Value) {
+        match value {
+            Value::Null => self.slots.push(Slot::Null),
+            Value::Bool(b) => self.slots.push(Slot::Bool(*b)),
+            Value::Number(n) => self.slots.push(Slot::Number(n.clone())),
+            Value::String(s) => self.slots.push(Slot::String(Cow::Borrowed(s))),
+            Value::Array(items) => {
+                let at = self.open(Slot::Array { len: 0, end: 0 });
+                items.iter().for_each(|v| self.push_value(v));
+                self.close(at, items.len());
+            }
+            Value::Object(members) => {
+                let at = self.open(Slot::Object { len: 0, end: 0 });
+                for (k, v) in members {
+                    self.slots.push(Slot::String(Cow::Borrowed(k)));
+                    self.push_value(v);
+                }
+                self.close(at, members.len());
+            }
+        }
+    }
+
+    fn open(&mut self, slot: Slot<'a>) -> usize {
+        self.slots.push(slot);
+        self.slots.len() - 1
+    }
+
+    fn close(&mut self, at: usize, count: usize) {
+        close(&mut self.slots, at, count);
+    }
+
+    /// The document's root node.
+    pub fn root(&self) -> TapeNode<'_> {
+        TapeNode::At { slots: &self.slots, at: 0 }
+    }
+}
+
+/// Sets the member count and end of the container opened at `at`.
+fn close(slots: &mut [Slot<'_>], at: usize, count: usize) {
+    let (len, end) = (to_u32(count), to_u32(slots.len()));
+    match &mut slots[at] {
+        Slot::Array { len: l, end: e } | Slot::Object { len: l, end: e } => (*l, *e) = (len, end),
+        _ => {}
+    }
+}
+
+/// Tape indices fit in `u32`: a payload is at most 256 MiB and a slot takes at least a byte.
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Appends one parsed value (and its subtree) to the tape.
+struct Build<'t, 'a> {
+    slots: &'t mut Vec<Slot<'a>>,
+    dup: &'t mut bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Build<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Build<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.slots.push(Slot::Bool(v));
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.slots.push(Slot::Number(v.into()));
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.slots.push(Slot::Number(v.into()));
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        // As `serde_json::Value` does: a non-finite float is null.
+        self.slots.push(Number::from_f64(v).map_or(Slot::Null, Slot::Number));
+        Ok(())
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<(), E> {
+        self.slots.push(Slot::String(Cow::Borrowed(v)));
+        Ok(())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.slots.push(Slot::String(Cow::Owned(v.to_owned())));
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.slots.push(Slot::Null);
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let at = self.slots.len();
+        self.slots.push(Slot::Array { len: 0, end: 0 });
+        let mut count = 0;
+        while seq.next_element_seed(Build { slots: &mut *self.slots, dup: &mut *self.dup })?.is_some() {
+            count += 1;
+        }
+        close(self.slots, at, count);
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let at = self.slots.len();
+        self.slots.push(Slot::Object { len: 0, end: 0 });
+        let mut keys: Vec<usize> = Vec::new();
+        while map.next_key_seed(Build { slots: &mut *self.slots, dup: &mut *self.dup })?.is_some() {
+            keys.push(self.slots.len() - 1);
+            map.next_value_seed(Build { slots: &mut *self.slots, dup: &mut *self.dup })?;
+        }
+        *self.dup |= repeats_key(self.slots, &keys);
+        close(self.slots, at, keys.len());
+        Ok(())
+    }
+}
+
+/// True when two of the key slots at `keys` hold the same name.
+fn repeats_key(slots: &[Slot<'_>], keys: &[usize]) -> bool {
+    let name = |i: usize| match &slots[keys[i]] {
+        Slot::String(s) => s.as_ref(),
+        _ => "",
+    };
+    if keys.len() <= 16 {
+        return (1..keys.len()).any(|i| (0..i).any(|j| name(i) == name(j)));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(keys.len());
+    !(0..keys.len()).all(|i| seen.insert(name(i)))
+}
+
+/// The tape as a `jsonschema` instance representation.
+pub struct TapeJson;
+
+/// A node: a slot of a tape, or a property name (`propertyNames`).
+#[derive(Debug, Clone, Copy)]
+pub enum TapeNode<'a> {
+    At { slots: &'a [Slot<'a>], at: u32 },
+    Name(&'a str),
+}
+
+impl Json for TapeJson {
+    type Node<'a> = TapeNode<'a>;
+    type PreparedKey = Box<str>;
+    type StringBuffer = ();
+    const KEYS_PER_LOOKUP: usize = KEYS_PER_SCAN;
+    const ACYCLIC: bool = true;
+
+    fn prepare_key(key: &str) -> Box<str> {
+        key.into()
+    }
+
+    fn with_string_node<T>((): &mut (), string: &str, f: impl FnOnce(TapeNode<'_>) -> T) -> T {
+        f(TapeNode::Name(string))
+    }
+}
+
+/// The index just past the subtree at `at`.
+fn end_of(slots: &[Slot<'_>], at: usize) -> usize {
+    match slots[at] {
+        Slot::Array { end, .. } | Slot::Object { end, .. } => end as usize,
+        _ => at + 1,
+    }
+}
+
+impl<'a> TapeNode<'a> {
+    fn slot(&self) -> Option<&'a Slot<'a>> {
+        match *self {
+            TapeNode::At { slots, at } => slots.get(at as usize),
+            TapeNode::Name(_) => None,
+        }
+    }
+
+    fn container(&self, want_object: bool) -> Option<Members<'a>> {
+        let TapeNode::At { slots, at } = *self else { return None };
+        match (&slots[at as usize], want_object) {
+            (Slot::Object { len, end }, true) | (Slot::Array { len, end }, false) => {
+                Some(Members { slots, next: at as usize + 1, end: *end as usize, len: *len as usize })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The members of an object or the elements of an array.
+#[derive(Debug, Clone, Copy)]
+pub struct Members<'a> {
+    slots: &'a [Slot<'a>],
+    next: usize,
+    end: usize,
+    len: usize,
+}
+
+impl<'a> Members<'a> {
+    fn node(&self, at: usize) -> TapeNode<'a> {
+        TapeNode::At { slots: self.slots, at: to_u32(at) }
+    }
+
+    fn key(&self, at: usize) -> &'a str {
+        match &self.slots[at] {
+            Slot::String(s) => s,
+            _ => "",
+        }
+    }
+}
+
+/// Iterates an object's (name, value) members.
+pub struct MembersIter<'a>(Members<'a>);
+
+impl<'a> Iterator for MembersIter<'a> {
+    type Item = (&'a str, TapeNode<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let m = &mut self.0;
+        if m.next >= m.end {
+            return None;
+        }
+        let (key, value) = (m.key(m.next), m.node(m.next + 1));
+        m.next = end_of(m.slots, m.next + 1);
+        Some((key, value))
+    }
+}
+
+/// Iterates an array's elements.
+pub struct ElementsIter<'a>(Members<'a>);
+
+impl<'a> Iterator for ElementsIter<'a> {
+    type Item = TapeNode<'a>;
+
+    fn next(&mut self) -> Option<TapeNode<'a>> {
+        let m = &mut self.0;
+        if m.next >= m.end {
+            return None;
+        }
+        let node = m.node(m.next);
+        m.next = end_of(m.slots, m.next);
+        Some(node)
+    }
+}
+
+impl<'a> Object<'a, TapeJson> for Members<'a> {
+    type Node = TapeNode<'a>;
+    type MemberName = &'a str;
+    type MembersIter = MembersIter<'a>;
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, key: &Box<str>) -> Option<TapeNode<'a>> {
+        MembersIter(*self).find(|(name, _)| *name == &**key).map(|(_, v)| v)
+    }
+
+    fn members(&self) -> MembersIter<'a> {
+        MembersIter(*self)
+    }
+}
+
+impl<'a> Array<'a, TapeJson> for Members<'a> {
+    type Node = TapeNode<'a>;
+    type ElementsIter = ElementsIter<'a>;
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn elements(&self) -> ElementsIter<'a> {
+        ElementsIter(*self)
+    }
+}
+
+impl<'a> Node<'a, TapeJson> for TapeNode<'a> {
+    type Object = Members<'a>;
+    type Array = Members<'a>;
+    type Number = &'a Number;
+
+    fn as_object(&self) -> Option<Members<'a>> {
+        self.container(true)
+    }
+
+    fn as_array(&self) -> Option<Members<'a>> {
+        self.container(false)
+    }
+
+    fn as_string(&self) -> Option<Cow<'a, str>> {
+        match (self, self.slot()) {
+            (TapeNode::Name(s), _) => Some(Cow::Borrowed(s)),
+            (_, Some(Slot::String(s))) => Some(Cow::Borrowed(s)),
+            _ => None,
+        }
+    }
+
+    fn as_number(&self) -> Option<&'a Number> {
+        match self.slot() {
+            Some(Slot::Number(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    fn as_boolean(&self) -> Option<bool> {
+        match self.slot() {
+            Some(Slot::Bool(b)) => Some(*b),
+            _ => None,
+        }
+    }
+
+    fn is_null(&self) -> bool {
+        matches!(self.slot(), Some(Slot::Null))
+    }
+
+    fn json_type(&self) -> JsonType {
+        match self.slot() {
+            None | Some(Slot::String(_)) => JsonType::String,
+            Some(Slot::Null) => JsonType::Null,
+            Some(Slot::Bool(_)) => JsonType::Boolean,
+            Some(Slot::Number(_)) => JsonType::Number,
+            Some(Slot::Array { .. }) => JsonType::Array,
+            Some(Slot::Object { .. }) => JsonType::Object,
+        }
+    }
+
+    fn string_length_within(&self, min: u64, max: u64) -> Option<bool> {
+        let s = self.as_string()?;
+        // A code point takes one to four bytes: the byte length often decides alone.
+        let bytes = s.len() as u64;
+        if bytes < min || bytes.div_ceil(4) > max {
+            return Some(false);
+        }
+        if min <= bytes.div_ceil(4) && bytes <= max {
+            return Some(true);
+        }
+        Some((min..=max).contains(&(s.chars().count() as u64)))
+    }
+
+    fn equals_value(&self, expected: &Value) -> bool {
+        match (self.slot(), expected) {
+            (None | Some(Slot::String(_)), Value::String(e)) => {
+                self.as_string().is_some_and(|s| s == e.as_str())
+            }
+            (None | Some(Slot::String(_)), _) => false,
+            (Some(Slot::Null), e) => e.is_null(),
+            (Some(Slot::Bool(b)), e) => e.as_bool() == Some(*b),
+            _ => jsonschema::json::cmp::equal(&self.to_value(), expected),
+        }
+    }
+
+    fn to_value(&self) -> Cow<'a, Value> {
+        Cow::Owned(match *self {
+            TapeNode::Name(s) => Value::String(s.to_owned()),
+            TapeNode::At { slots, at } => to_value(slots, at as usize),
+        })
+    }
+
+    fn identity(&self) -> Option<NodeIdentity> {
+        self.slot().map(|s| NodeIdentity::new(std::ptr::from_ref(s) as usize))
+    }
+}
+
+/// The `serde_json::Value` of the subtree at `at` (error reports, `const`/`enum` on
+/// containers, `uniqueItems`).
+fn to_value(slots: &[Slot<'_>], at: usize) -> Value {
+    let node = TapeNode::At { slots, at: to_u32(at) };
+    match &slots[at] {
+        Slot::Null => Value::Null,
+        Slot::Bool(b) => Value::Bool(*b),
+        Slot::Number(n) => Value::Number(n.clone()),
+        Slot::String(s) => Value::String(s.to_string()),
+        Slot::Array { .. } => Value::Array(
+            node.container(false)
+                .map(ElementsIter)
+                .into_iter()
+                .flatten()
+                .map(|n| n.to_value().into_owned())
+                .collect(),
+        ),
+        Slot::Object { .. } => {
+            let members = node.container(true).map(MembersIter).into_iter().flatten();
+            Value::Object(
+                members.map(|(k, v)| (k.to_owned(), v.to_value().into_owned())).collect::<Map<_, _>>(),
+            )
+        }
+    }
+}
