@@ -37,8 +37,8 @@ struct Args {
     /// Brokers to run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "dataloom,mosquitto,rumqttd")]
     brokers: Vec<String>,
-    /// Scenarios, comma-separated: fanin-qos0, fanin-qos1, fanout, mesh-N, rate, idle, state
-    /// (issue 3), durable, restart-1m (issue 4), schema (issue 5), connect-auth, tls (issue 6).
+    /// Scenarios, comma-separated: fanin-qos0, fanin-qos1, fanin-qos2, fanout, mesh-N, rate, idle,
+    /// state (issue 3), durable, restart-1m (issue 4), schema (issue 5), connect-auth, tls (issue 6).
     /// Default all (mesh-300 and mesh-1000; mesh-100 and mesh-300 with --quick).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
@@ -95,6 +95,7 @@ fn parse_scenario(s: &str) -> anyhow::Result<Scenario> {
     Ok(match s {
         "fanin-qos0" => Scenario::FanInQos0,
         "fanin-qos1" => Scenario::FanInQos1,
+        "fanin-qos2" => Scenario::FanInQos2,
         "fanout" => Scenario::FanOut,
         "rate" => Scenario::Rate,
         "idle" => Scenario::Idle,
@@ -245,7 +246,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let scenario_names: Vec<String> = if args.scenarios.is_empty() {
         let mesh = if q { ["mesh-100", "mesh-300"] } else { ["mesh-300", "mesh-1000"] };
-        let mut all = vec!["fanin-qos0", "fanin-qos1", "fanout", mesh[0], mesh[1], "rate", "idle", "state"];
+        let mut all = vec!["fanin-qos0", "fanin-qos1", "fanin-qos2", "fanout", mesh[0], mesh[1]];
+        all.extend(["rate", "idle", "state"]);
         all.extend(["durable", "restart-1m", "schema", "connect-auth", "tls"]);
         all.into_iter().map(String::from).collect()
     } else {

@@ -125,7 +125,8 @@ pub async fn state(p: &Params, broker: &mut Running, deadline_ns: u64) -> anyhow
     };
     let left = Duration::from_nanos(deadline_ns.saturating_sub(now_ns()));
     let sent = Rc::new(Cell::new(0));
-    let publishing = windowed(publisher, frame, 100, move |seq| seq >= n, sent.clone(), None);
+    let publishing =
+        windowed(publisher, QoS::AtLeastOnce, frame, 100, move |seq| seq >= n, sent.clone(), None);
     let publisher = match tokio::time::timeout(left, publishing).await {
         Ok(r) => r?,
         Err(_) => anyhow::bail!("retained publishing not acked before the time limit ({} sent)", sent.get()),

@@ -1,7 +1,8 @@
 //! The generator's MQTT 3.1.1 client, built on dataloom's codec: connect and subscribe, PUBLISH
 //! frame templates (encoded once with `encode_publish`, then only sequence number, timestamp and
-//! packet id are patched), and the receive loop that decodes with `decode_from_server`, records
-//! latency, loss and duplicates, and acks QoS 1 in one write per read.
+//! packet id are patched), the receive loop that decodes with `decode_from_server`, records
+//! latency, loss and duplicates, and acks QoS 1 and 2 in one write per read (QoS 2: PUBREC, then
+//! PUBCOMP for each PUBREL), and the windowed QoS 1/2 publisher (flows in `acks.rs`).
 //!
 //! Payload layout (64 bytes): publisher id (u32 LE), sequence number (u32 LE), send time in
 //! generator nanoseconds (u64 LE), zero padding. The schema scenario uses a JSON payload
@@ -16,13 +17,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use dataloom::codec::{
-    Ack, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, RetainHandling, Subscribe,
+    Connect, Limits, Packet, Properties, ProtocolVersion, Publish, QoS, RetainHandling, Subscribe,
     SubscribeFilter, decode_from_server, encode, encode_publish,
 };
-use dataloom::codec::{Limits, Packet::PubAck};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::acks::{AckFrames, AckKind, Arrival, InFlight, Unreleased};
 use super::stats::{Histogram, Tracker, now_ns};
 
 /// Every client speaks MQTT 3.1.1.
@@ -34,7 +35,7 @@ fn limits() -> Limits {
     Limits { max_packet_size: 16 * 1024 * 1024, ..Limits::default() }
 }
 
-fn proto_err(what: impl std::fmt::Display) -> io::Error {
+pub fn proto_err(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
@@ -86,12 +87,15 @@ impl Client {
         self.send(&Packet::Subscribe(sub)).await
     }
 
-    /// Subscribes and waits for a SUBACK that grants the subscription.
+    /// Subscribes and waits for a SUBACK that grants the subscription at `qos` (a broker that
+    /// grants less is an error: the scenario would not measure what it says).
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> io::Result<()> {
         self.send_subscribe(filter, qos).await?;
         match self.next_packet().await? {
-            Packet::SubAck(a) if a.codes.first().is_some_and(|&c| c < 0x80) => Ok(()),
-            Packet::SubAck(a) => Err(proto_err(format!("SUBACK refused {filter}: {:?}", a.codes))),
+            Packet::SubAck(a) if a.codes.first().is_some_and(|&c| c == qos as u8) => Ok(()),
+            Packet::SubAck(a) => {
+                Err(proto_err(format!("SUBACK for {filter} at QoS {}: granted {:?}", qos as u8, a.codes)))
+            }
             p => Err(proto_err(format!("expected SUBACK, got {}", p.name()))),
         }
     }
@@ -294,13 +298,17 @@ pub struct RxShared {
     pub first_rx_ns: u64,
     pub last_rx_ns: u64,
     pub errors: Vec<String>,
+    /// QoS 2 PUBLISHes under a packet id still awaiting PUBREL for another message (lost).
+    pub qos2_reused_ids: u64,
+    /// PUBRELs for a packet id with no message awaiting release (answered with PUBCOMP).
+    pub unknown_pubrels: u64,
 }
 
 pub type Shared = Rc<RefCell<RxShared>>;
 
 /// Receives until the connection fails or the task is aborted: every PUBLISH is tracked, its
-/// latency recorded, and QoS 1 acked (all acks of one read in one write; a receiver without a
-/// writer refuses QoS 1).
+/// latency recorded, and acked: PUBACK at QoS 1; PUBREC at QoS 2, then PUBCOMP for its PUBREL
+/// (all acks of one read in one write; a receiver without a writer refuses QoS 1 and 2).
 pub async fn receive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut rd: R,
     mut wr: Option<W>,
@@ -320,27 +328,22 @@ async fn receive_inner<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     shared: &Shared,
 ) -> io::Error {
     let limits = limits();
-    let mut acks = BytesMut::with_capacity(4096);
-    let ack_tpl = {
-        let mut b = BytesMut::new();
-        encode(&PubAck(Ack { pkid: 1, code: 0, properties: Properties::default() }), V, &mut b);
-        b.to_vec()
-    };
+    let mut acks = RxAcks::default();
     loop {
-        if let Err(e) = process(buf, &limits, &mut acks, &ack_tpl, tracker, shared) {
+        if let Err(e) = process(buf, &limits, &mut acks, tracker, shared) {
             return e;
         }
-        if !acks.is_empty() {
+        if !acks.out.is_empty() {
             let Some(wr) = wr.as_mut() else {
-                return proto_err("QoS 1 PUBLISH on a QoS 0 subscription");
+                return proto_err("QoS 1 or 2 PUBLISH on a QoS 0 subscription");
             };
-            if let Err(e) = wr.write_all(&acks).await {
+            if let Err(e) = wr.write_all(&acks.out).await {
                 return e;
             }
             if let Err(e) = wr.flush().await {
                 return e;
             }
-            acks.clear();
+            acks.out.clear();
         }
         buf.reserve(READ_CHUNK);
         match rd.read_buf(buf).await {
@@ -351,38 +354,77 @@ async fn receive_inner<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
 }
 
+/// Decodes what `buf` holds: PUBLISHes are tracked and acked, PUBRELs answered.
 fn process(
     buf: &mut BytesMut,
     limits: &Limits,
-    acks: &mut BytesMut,
-    ack_tpl: &[u8],
+    acks: &mut RxAcks,
     tracker: &Rc<RefCell<Tracker>>,
     shared: &Shared,
 ) -> io::Result<()> {
     let now = now_ns();
     let mut sh = shared.borrow_mut();
     let mut tr = tracker.borrow_mut();
+    let mut delivered = false;
     while let Some(p) = decode_from_server(buf, V, limits).map_err(proto_err)? {
-        let Packet::Publish(p) = p else { continue };
-        let (pub_id, seq, ts) =
-            parse_payload(&p.payload).ok_or_else(|| proto_err("PUBLISH payload shorter than 16 bytes"))?;
-        tr.mark(pub_id, seq);
-        sh.latency.record(now.saturating_sub(ts));
-        sh.received += 1;
-        if p.qos != QoS::AtMostOnce {
-            if p.qos == QoS::ExactlyOnce {
-                return Err(proto_err("QoS 2 PUBLISH received, subscribed at most QoS 1"));
-            }
-            let at = acks.len();
-            acks.extend_from_slice(ack_tpl);
-            acks[at + 2..at + 4].copy_from_slice(&p.pkid.to_be_bytes());
+        match p {
+            Packet::Publish(p) => match acks.on_publish(&p)? {
+                ((pub_id, seq, ts), Arrival::New) => {
+                    tr.mark(pub_id, seq);
+                    sh.latency.record(now.saturating_sub(ts));
+                    sh.received += 1;
+                    delivered = true;
+                }
+                (_, Arrival::Resent) => {}
+                (_, Arrival::Reused) => sh.qos2_reused_ids += 1,
+            },
+            Packet::PubRel(r) => sh.unknown_pubrels += u64::from(!acks.on_pubrel(r.pkid)),
+            _ => {}
         }
     }
-    if sh.first_rx_ns == 0 {
-        sh.first_rx_ns = now;
+    if delivered {
+        if sh.first_rx_ns == 0 {
+            sh.first_rx_ns = now;
+        }
+        sh.last_rx_ns = now;
     }
-    sh.last_rx_ns = now;
     Ok(())
+}
+
+/// A receiver's acks to write and its QoS 2 messages awaiting PUBREL.
+#[derive(Default)]
+struct RxAcks {
+    out: BytesMut,
+    frames: AckFrames,
+    unreleased: Unreleased,
+}
+
+impl RxAcks {
+    /// Acks `p` (PUBACK at QoS 1, PUBREC at QoS 2) and returns its (publisher, sequence number,
+    /// timestamp) and whether it is a delivery: at QoS 2 not when its packet id awaits PUBREL
+    /// (see [`Arrival`]; a second delivery under a new packet id is a duplicate).
+    fn on_publish(&mut self, p: &Publish) -> io::Result<((u32, u32, u64), Arrival)> {
+        let msg =
+            parse_payload(&p.payload).ok_or_else(|| proto_err("PUBLISH payload shorter than 16 bytes"))?;
+        let arrival = match p.qos {
+            QoS::AtMostOnce => Arrival::New,
+            QoS::AtLeastOnce => {
+                self.frames.put(&mut self.out, AckKind::Acked, p.pkid);
+                Arrival::New
+            }
+            QoS::ExactlyOnce => {
+                self.frames.put(&mut self.out, AckKind::Received, p.pkid);
+                self.unreleased.publish(p.pkid, (msg.0, msg.1))
+            }
+        };
+        Ok((msg, arrival))
+    }
+
+    /// Answers PUBREL with PUBCOMP (always, MQTT 4.3.3); `false` when no message awaited it.
+    fn on_pubrel(&mut self, pkid: u16) -> bool {
+        self.frames.put(&mut self.out, AckKind::Complete, pkid);
+        self.unreleased.release(pkid)
+    }
 }
 
 /// Publishes QoS 0 as fast as the socket takes it, `batch` frames per write, until `until_ns`.
@@ -428,12 +470,15 @@ pub async fn blast<W: AsyncWrite + Unpin>(
     Ok(wr)
 }
 
-/// Publishes QoS 1 keeping `window` messages in flight until `done(seq)` says to stop, then waits
-/// for the remaining PUBACKs and returns the still connected client. `frame(out, seq, ts, pkid)`
-/// appends message `seq`. Checks that every PUBACK answers an outstanding packet id. With
-/// `acks`, records each message's ack latency (send to PUBACK) and counts the acks.
+/// Publishes at `qos` (1 or 2) keeping `window` messages in flight until `done(seq)` says to
+/// stop, then waits for the exchanges still open and returns the still connected client.
+/// `frame(out, seq, ts, pkid)` appends message `seq`. A message leaves the window at PUBACK
+/// (QoS 1) or PUBCOMP (QoS 2; each PUBREC is answered with PUBREL, in the next write); acks
+/// the exchange does not expect are errors (see [`InFlight`]). With `acks`, records each
+/// message's ack latency (send to PUBACK or PUBCOMP) and counts the acks.
 pub async fn windowed(
     mut c: Client,
+    qos: QoS,
     frame: impl Fn(&mut BytesMut, u32, u64, u16),
     window: u32,
     done: impl Fn(u32) -> bool,
@@ -441,28 +486,23 @@ pub async fn windowed(
     acks: Option<Rc<RefCell<AckStats>>>,
 ) -> io::Result<Client> {
     let limits = limits();
-    let mut outstanding = vec![0u64; 65_536 / 64];
-    let mut sent_at = if acks.is_some() { vec![0u64; 65_536] } else { Vec::new() };
+    let mut flight = InFlight::new(qos, acks.is_some());
     let mut out = BytesMut::with_capacity(window as usize * 128);
-    let (mut seq, mut inflight) = (0u32, 0u32);
+    let mut seq = 0u32;
     loop {
         let ts = now_ns();
-        while inflight < window && !done(seq) {
+        while flight.len() < window && !done(seq) {
             let id = pkid_of(seq);
-            outstanding[usize::from(id) / 64] |= 1 << (id % 64);
-            if let Some(t) = sent_at.get_mut(usize::from(id)) {
-                *t = ts;
-            }
+            flight.publish(id, ts);
             frame(&mut out, seq, ts, id);
             seq += 1;
-            inflight += 1;
         }
         if !out.is_empty() {
             c.stream.write_all(&out).await?;
             out.clear();
             sent.set(u64::from(seq));
         }
-        if inflight == 0 && done(seq) {
+        if flight.len() == 0 && done(seq) {
             return Ok(c);
         }
         c.rbuf.reserve(READ_CHUNK);
@@ -472,24 +512,16 @@ pub async fn windowed(
         let now = now_ns();
         let mut stats = acks.as_ref().map(|a| a.borrow_mut());
         while let Some(p) = decode_from_server(&mut c.rbuf, V, &limits).map_err(proto_err)? {
-            if let Packet::PubAck(a) = p {
-                let (w, b) = (usize::from(a.pkid) / 64, a.pkid % 64);
-                if outstanding[w] & (1 << b) == 0 {
-                    return Err(proto_err(format!("PUBACK for packet id {} not in flight", a.pkid)));
-                }
-                outstanding[w] &= !(1 << b);
-                inflight -= 1;
-                if let Some(st) = stats.as_mut() {
-                    st.latency.record(now.saturating_sub(sent_at[usize::from(a.pkid)]));
-                    st.acked += 1;
-                    st.last_ns = now;
-                }
+            if let (Some(id), Some(st)) = (flight.on_packet(&p, &mut out)?, stats.as_mut()) {
+                st.latency.record(now.saturating_sub(flight.sent_at(id)));
+                st.acked += 1;
+                st.last_ns = now;
             }
         }
     }
 }
 
-/// PUBACKs counted by [`windowed`] publishers: ack latency and the time of the last one.
+/// Acks (PUBACK, or PUBCOMP at QoS 2) counted by [`windowed`] publishers: ack latency and the time of the last one.
 #[derive(Default)]
 pub struct AckStats {
     pub latency: Histogram,
@@ -513,5 +545,29 @@ mod tests {
         assert_eq!(v.as_object().map(|o| o.len()), Some(6));
         assert_eq!(parse_payload(p), Some((42, 123_456, u64::MAX / 3)));
         assert_eq!(parse_payload(&payload(123, 5, 9)), Some((123, 5, 9)));
+    }
+
+    #[test]
+    fn qos2_receiver_acks_each_step_and_catches_a_second_delivery() {
+        let (tpl, frames) = (Template::new("bench/3", QoS::ExactlyOnce, false, 3), AckFrames::new());
+        let mut buf = BytesMut::new();
+        tpl.put(&mut buf, 7, 0, 10);
+        tpl.put(&mut buf, 7, 0, 10); // resent before PUBREL: the same delivery
+        tpl.put(&mut buf, 8, 0, 10); // id 10 reused before PUBREL: taken as a resend, lost
+        frames.put(&mut buf, AckKind::Release, 10);
+        tpl.put(&mut buf, 7, 0, 11); // the same message again under a new id: a duplicate
+        frames.put(&mut buf, AckKind::Release, 10); // nothing awaits it: PUBCOMP anyway
+        let tracker = Rc::new(RefCell::new(Tracker::new(4)));
+        let shared: Shared = Rc::default();
+        let mut acks = RxAcks::default();
+        process(&mut buf, &limits(), &mut acks, &tracker, &shared).unwrap();
+        assert!(buf.is_empty());
+        let rec = |id| [0x50, 2, 0, id];
+        let comp = [0x70, 2, 0, 10];
+        let want = [rec(10), rec(10), rec(10), comp, rec(11), comp].concat();
+        assert_eq!(&acks.out[..], &want[..]);
+        assert_eq!((tracker.borrow().unique, tracker.borrow().dups), (1, 1));
+        let sh = shared.borrow();
+        assert_eq!((sh.received, sh.qos2_reused_ids, sh.unknown_pubrels), (2, 1, 1));
     }
 }

@@ -94,6 +94,7 @@ async fn updates(
         };
         handles.push(tokio::task::spawn_local(windowed(
             c,
+            QoS::AtLeastOnce,
             frame,
             WINDOW,
             move |_| now_ns() >= until,
@@ -186,6 +187,7 @@ pub async fn restart(p: &Params, env: &Env<'_>, deadline_ns: u64) -> anyhow::Res
         };
         handles.push(tokio::task::spawn_local(windowed(
             c,
+            QoS::AtLeastOnce,
             frame,
             WINDOW,
             move |seq| seq >= count,

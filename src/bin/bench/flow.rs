@@ -1,6 +1,6 @@
-//! Sustained-flow scenarios: fan-in (QoS 0 and QoS 1 with 100 in flight per publisher),
-//! fan-out, and the fixed-rate test. Publishers run open loop for the measurement window (QoS 0
-//! as fast as the socket takes it, QoS 1 limited by the in-flight window). After the window the
+//! Sustained-flow scenarios: fan-in (QoS 0, and QoS 1 and QoS 2 with 100 in flight per
+//! publisher), fan-out, and the fixed-rate test. Publishers run open loop for the measurement
+//! window (QoS 0 as fast as the socket takes it, QoS 1 and 2 limited by the in-flight window). After the window the
 //! run waits for deliveries still on their way (at most 3 s at QoS 0). Throughput is all
 //! deliveries divided by the time from the first publish to the last delivery; the rate within
 //! the window alone is reported too.
@@ -18,13 +18,14 @@ use tokio::task::JoinHandle;
 use super::brokers::Running;
 use super::client::{Body, Template, blast, receive, windowed};
 use super::scenario::{
-    CpuMeter, Outcome, Params, connect_many, delivery_metrics, drain, new_shared, start_receivers,
+    CpuMeter, Outcome, Params, connect_many, delivery_metrics, drain, new_shared, qos2_metrics,
+    start_receivers,
 };
 use super::stats::{Tracker, now_ns};
 
 /// Frames per write of a QoS 0 publisher.
 const BATCH: usize = 64;
-/// In-flight window of a QoS 1 publisher.
+/// In-flight window of a QoS 1 or 2 publisher.
 const WINDOW: u32 = 100;
 /// A flow ends when nothing was delivered for this long after the publishers stopped.
 const STALL: Duration = Duration::from_secs(1);
@@ -128,7 +129,7 @@ async fn flow(
     let sent: Vec<Rc<Cell<u64>>> = (0..pubs).map(|_| Rc::new(Cell::new(0))).collect();
     let mut read_halves = Vec::new();
     let mut keep_qos0 = Vec::new();
-    let mut handles_qos1 = Vec::new();
+    let mut handles_acked = Vec::new();
     for (i, (c, _)) in pub_clients.into_iter().enumerate() {
         let tpl = Template::with_body(&format!("{}/{i}", opts.topic), qos, false, i as u32, opts.body);
         let sent = sent[i].clone();
@@ -138,8 +139,9 @@ async fn flow(
             keep_qos0.push(tokio::task::spawn_local(blast(wr, tpl, BATCH, until, sent)));
         } else {
             let frame = move |out: &mut BytesMut, seq, ts, pkid| tpl.put(out, seq, ts, pkid);
-            handles_qos1.push(tokio::task::spawn_local(windowed(
+            handles_acked.push(tokio::task::spawn_local(windowed(
                 c,
+                qos,
                 frame,
                 WINDOW,
                 move |_| now_ns() >= until,
@@ -151,10 +153,10 @@ async fn flow(
     tokio::time::sleep(Duration::from_nanos(until.saturating_sub(now_ns()))).await;
     let (in_window, window_end) = (shared.borrow().received, now_ns());
     let _kept0 = join_publishers(keep_qos0, deadline_ns, &mut o).await;
-    let _kept1 = join_publishers(handles_qos1, deadline_ns, &mut o).await;
+    let _kept1 = join_publishers(handles_acked, deadline_ns, &mut o).await;
     let total_sent: u64 = sent.iter().map(|s| s.get()).sum();
     let expected = total_sent * subs as u64;
-    // QoS 1 must all arrive; QoS 0 a broker may drop, or queue for longer than is worth waiting.
+    // QoS 1 and 2 must all arrive; QoS 0 a broker may drop, or queue for longer than is worth waiting.
     let drain_limit = if qos == QoS::AtMostOnce { DRAIN_QOS0 } else { p.run_timeout };
     let drain_deadline = deadline_ns.min(now_ns() + drain_limit.as_nanos() as u64);
     let drained = drain(&shared, broker, |sh| sh.received >= expected, STALL, drain_deadline).await;
@@ -168,6 +170,9 @@ async fn flow(
     o.set("window_throughput", in_window as f64 / ((window_end - t0) as f64 / 1e9));
     o.set("published_per_s", total_sent as f64 / p.duration.as_secs_f64());
     delivery_metrics(&mut o, &sh.latency, &trackers, expected, drained);
+    if qos == QoS::ExactlyOnce {
+        qos2_metrics(&mut o, &sh);
+    }
     o.notes.extend(summarize_errors(&sh.errors));
     Ok(o)
 }

@@ -1,6 +1,7 @@
 //! The load generator behind `make bench` (issue 3): brokers as child processes, an MQTT 3.1.1
-//! client on dataloom's codec, the scenarios, and the report.
+//! client on dataloom's codec (with its QoS 1/2 ack flows), the scenarios, and the report.
 
+pub mod acks;
 pub mod auth;
 pub mod brokers;
 pub mod burst;

@@ -1,6 +1,7 @@
 //! Results: medians over rounds per scenario and broker, the ratios dataloom/rumqttd and
-//! dataloom/mosquitto, the issue-3 targets checked against them, printed as text tables and
-//! written as markdown and JSON.
+//! dataloom/mosquitto, the issues' targets checked against dataloom's figures (issue 3's,
+//! fanin-qos2's exactly once, issues 4-6), printed as text tables and written as markdown and
+//! JSON.
 
 use std::fmt::Write as _;
 
@@ -41,6 +42,8 @@ const METRICS: &[MetricDef] = &[
     m("loss_pct", "lost (%)", 2, Better::Lower),
     m("backlog", "still queued at cut-off", 0, Better::Neither),
     m("dups", "duplicates", 0, Better::Lower),
+    m("qos2_reused_ids", "QoS 2 ids reused before PUBREL (lost)", 0, Better::Lower),
+    m("unknown_pubrels", "PUBRELs for no message", 0, Better::Lower),
     m("late_sends", "late sends (pacer)", 0, Better::Neither),
     m("connections", "connections", 0, Better::Neither),
     m("rss_per_conn_kib", "RSS/connection (KiB)", 2, Better::Lower),
@@ -403,11 +406,71 @@ fn later_targets(runs: &[Run]) -> Vec<(&'static str, [String; 3])> {
     out
 }
 
+/// fanin-qos1: throughput against rumqttd, p99 against Mosquitto, no loss or duplicates.
+fn fanin_qos1_target(runs: &[Run]) -> (&'static str, [String; 3]) {
+    let s = "fanin-qos1";
+    let (a, b) = (med(runs, s, Kind::Dataloom, "throughput"), med(runs, s, Kind::Rumqttd, "throughput"));
+    let (loss, dups) = (med(runs, s, Kind::Dataloom, "loss"), med(runs, s, Kind::Dataloom, "dups"));
+    let (p99, mp99) = (med(runs, s, Kind::Dataloom, "p99_ms"), med(runs, s, Kind::Mosquitto, "p99_ms"));
+    let f = fmt_num;
+    let ok = a.zip(b).zip(p99.zip(mp99)).zip(loss.zip(dups));
+    (
+        s,
+        [
+            format!("{s}: >= 1.3x rumqttd, no loss/dups, p99 <= mosquitto"),
+            format!(
+                "{} vs {} ({}), lost {}, dups {}, p99 {} ms vs {} ms",
+                f(a, 0),
+                f(b, 0),
+                ratio(a, b),
+                f(loss, 0),
+                f(dups, 0),
+                f(p99, 3),
+                f(mp99, 3)
+            ),
+            verdict(ok.map(|(((a, b), (p, mp)), (l, d))| a >= 1.3 * b && p <= mp && l == 0.0 && d == 0.0)),
+        ],
+    )
+}
+
+/// fanin-qos2: the only bound is exactly once (no loss, no duplicates); throughput and p99 are
+/// reported beside rumqttd's and Mosquitto's.
+fn fanin_qos2_target(runs: &[Run]) -> (&'static str, [String; 3]) {
+    let s = "fanin-qos2";
+    let get = |b: Kind, k: &str| med(runs, s, b, k);
+    let (a, r, m) = (
+        get(Kind::Dataloom, "throughput"),
+        get(Kind::Rumqttd, "throughput"),
+        get(Kind::Mosquitto, "throughput"),
+    );
+    let (loss, dups) = (get(Kind::Dataloom, "loss"), get(Kind::Dataloom, "dups"));
+    let f = fmt_num;
+    (
+        s,
+        [
+            format!("{s}: no loss, no dups (throughput, p99 reported)"),
+            format!(
+                "lost {}, dups {}; {} vs rumqttd {} ({}), mosquitto {} ({}); p99 {} ms (rumqttd {}, mosquitto {})",
+                f(loss, 0),
+                f(dups, 0),
+                f(a, 0),
+                f(r, 0),
+                ratio(a, r),
+                f(m, 0),
+                ratio(a, m),
+                f(get(Kind::Dataloom, "p99_ms"), 3),
+                f(get(Kind::Rumqttd, "p99_ms"), 3),
+                f(get(Kind::Mosquitto, "p99_ms"), 3)
+            ),
+            verdict(loss.zip(dups).map(|(l, d)| l == 0.0 && d == 0.0)),
+        ],
+    )
+}
+
 /// Issue 3's targets.
 fn issue3_targets(runs: &[Run]) -> Vec<(&'static str, [String; 3])> {
     let dl = |s: &str, k: &str| med(runs, s, Kind::Dataloom, k);
     let rq = |s: &str, k: &str| med(runs, s, Kind::Rumqttd, k);
-    let mq = |s: &str, k: &str| med(runs, s, Kind::Mosquitto, k);
     let f = |v: Option<f64>, d: usize| fmt_num(v, d);
     let mut out = Vec::new();
     for s in ["fanin-qos0", "fanout"] {
@@ -421,32 +484,8 @@ fn issue3_targets(runs: &[Run]) -> Vec<(&'static str, [String; 3])> {
             ],
         ));
     }
-    let s = "fanin-qos1";
-    let (a, b) = (dl(s, "throughput"), rq(s, "throughput"));
-    let (loss, dups) = (dl(s, "loss"), dl(s, "dups"));
-    let (p99, mp99) = (dl(s, "p99_ms"), mq(s, "p99_ms"));
-    out.push((
-        "fanin-qos1",
-        [
-            format!("{s}: >= 1.3x rumqttd, no loss/dups, p99 <= mosquitto"),
-            format!(
-                "{} vs {} ({}), lost {}, dups {}, p99 {} ms vs {} ms",
-                f(a, 0),
-                f(b, 0),
-                ratio(a, b),
-                f(loss, 0),
-                f(dups, 0),
-                f(p99, 3),
-                f(mp99, 3)
-            ),
-            verdict(
-                a.zip(b)
-                    .zip(p99.zip(mp99))
-                    .zip(loss.zip(dups))
-                    .map(|(((a, b), (p, mp)), (l, d))| a >= 1.3 * b && p <= mp && l == 0.0 && d == 0.0),
-            ),
-        ],
-    ));
+    out.push(fanin_qos1_target(runs));
+    out.push(fanin_qos2_target(runs));
     let (p99, loss) = (dl("rate", "p99_ms"), dl("rate", "loss"));
     out.push((
         "rate",

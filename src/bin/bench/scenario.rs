@@ -20,6 +20,8 @@ use super::stats::{Histogram, Tracker, cpu_seconds, now_ns};
 pub enum Scenario {
     FanInQos0,
     FanInQos1,
+    /// Fan-in at QoS 2 (exactly once), the shape of `FanInQos1`.
+    FanInQos2,
     FanOut,
     Mesh(usize),
     Rate,
@@ -42,6 +44,7 @@ impl Scenario {
         match self {
             Scenario::FanInQos0 => "fanin-qos0".into(),
             Scenario::FanInQos1 => "fanin-qos1".into(),
+            Scenario::FanInQos2 => "fanin-qos2".into(),
             Scenario::FanOut => "fanout".into(),
             Scenario::Mesh(n) => format!("mesh-{n}"),
             Scenario::Rate => "rate".into(),
@@ -89,6 +92,9 @@ impl Scenario {
             }
             Scenario::FanInQos1 => format!(
                 "fan-in QoS 1: 10 publishers (100 in flight each) -> 1 subscriber on bench/#, 64 B, {secs} s"
+            ),
+            Scenario::FanInQos2 => format!(
+                "fan-in QoS 2: 10 publishers (100 in flight each) -> 1 subscriber on bench/# at QoS 2, 64 B, {secs} s"
             ),
             Scenario::FanOut => {
                 format!("fan-out QoS 0: 1 publisher -> 100 subscribers on bench/#, 64 B, {secs} s")
@@ -368,6 +374,23 @@ pub fn delivery_metrics(
     o.notes.extend(drained.note());
 }
 
+/// The QoS 2 subscribers' protocol anomalies (see `acks::Arrival`): PUBLISHes under a packet id
+/// still awaiting PUBREL for another message (counted as lost), PUBRELs for no message.
+pub fn qos2_metrics(o: &mut Outcome, sh: &RxShared) {
+    o.set("qos2_reused_ids", sh.qos2_reused_ids as f64);
+    o.set("unknown_pubrels", sh.unknown_pubrels as f64);
+    if sh.qos2_reused_ids > 0 {
+        o.notes.push(format!(
+            "{} QoS 2 PUBLISHes reused a packet id still awaiting PUBREL: a receiver must take them \
+             as resends, so they count as lost (their payloads did arrive)",
+            sh.qos2_reused_ids
+        ));
+    }
+    if sh.unknown_pubrels > 0 {
+        o.notes.push(format!("{} PUBRELs for a packet id awaiting none", sh.unknown_pubrels));
+    }
+}
+
 /// Broker memory at the end of a run.
 pub fn memory_metrics(o: &mut Outcome, broker: &Running) {
     if let Some((_, hwm)) = broker.rss() {
@@ -394,6 +417,7 @@ pub async fn run(s: Scenario, p: &Params, broker: &mut Running) -> anyhow::Resul
     let mut o = match s {
         Scenario::FanInQos0 => super::flow::fan_in(p, broker, QoS::AtMostOnce, deadline_ns).await?,
         Scenario::FanInQos1 => super::flow::fan_in(p, broker, QoS::AtLeastOnce, deadline_ns).await?,
+        Scenario::FanInQos2 => super::flow::fan_in(p, broker, QoS::ExactlyOnce, deadline_ns).await?,
         Scenario::FanOut => super::flow::fan_out(p, broker, deadline_ns).await?,
         Scenario::Rate => super::flow::fixed_rate(p, broker, deadline_ns).await?,
         Scenario::Mesh(n) => super::burst::mesh(n, broker, deadline_ns).await?,

@@ -183,7 +183,8 @@ async fn phases(p: &Params, broker: &mut Running, deadline_ns: u64, o: &mut Outc
     let t0 = now_ns();
     let sent = Rc::new(Cell::new(0));
     let left = Duration::from_nanos(deadline_ns.saturating_sub(now_ns()));
-    match tokio::time::timeout(left, windowed(c, frame, 100, move |seq| seq >= n, sent.clone(), None)).await {
+    let registering = windowed(c, QoS::AtLeastOnce, frame, 100, move |seq| seq >= n, sent.clone(), None);
+    match tokio::time::timeout(left, registering).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => anyhow::bail!("registering {n} schemas: {e} ({} sent)", sent.get()),
         Err(_) => anyhow::bail!("registering {n} schemas: not acked before the time limit"),
