@@ -136,8 +136,9 @@ impl Schema {
     /// Parses `payload` into a tape and validates it. The boolean check is the fast path;
     /// the error (with its path) is built only for a payload that fails.
     fn check(&self, payload: &[u8]) -> Result<(), Box<Rejection>> {
-        match Tape::parse(payload) {
-            Ok(tape) => self.check_tape(&tape),
+        let mut tape = Tape::default();
+        match tape.parse(payload) {
+            Ok(()) => self.check_tape(&tape),
             Err(TapeError::DuplicateKey) => match parse_json(payload) {
                 // The last of a repeated key counts, as in `serde_json::Value`.
                 Ok(value) => self.check_tape(&Tape::from_value(&value)),
@@ -202,6 +203,15 @@ mod tests {
         assert!(r.not_json && r.to_string().starts_with("schema t/+ v3: (root): payload is not JSON"), "{r}");
         let r = s.validate(b"\xff").expect_err("not utf-8");
         assert!(r.to_string().contains("not UTF-8"), "{r}");
+    }
+
+    #[test]
+    fn a_repeated_key_counts_its_last_value() {
+        let s = schema(r#"{"properties":{"c":{"type":"number"}},"additionalProperties":false}"#);
+        assert!(s.validate(br#"{"c": "hot", "c": 21.5}"#).is_ok());
+        let r = s.validate(br#"{"c": 21.5, "x": [{"c": 1, "c": 2}], "c": "hot"}"#).expect_err("invalid");
+        assert!(r.to_string().contains("/c: \"hot\" is not of type \"number\""), "{r}");
+        assert!(s.accepts(br#"{"c": 1, "c": 2}"#) && !s.accepts(br#"{"c": 1, "c": "two"}"#));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! Validating a `serde_json::Value` costs a heap allocation per key, string and container;
 //! on a small sensor object that is most of the cost of enforcing a schema. The tape is one
-//! `Vec` and implements `jsonschema`'s custom-representation traits ([`jsonschema::json`]),
+//! array (on the stack for small documents) and implements `jsonschema`'s custom-representation traits ([`jsonschema::json`]),
 //! so the same compiled keywords run on it.
 //!
 //! Layout: a container's slot records its member count and the index just past its last
@@ -21,6 +21,13 @@ use jsonschema::JsonType;
 use jsonschema::json::{Array, Json, Node, NodeIdentity, Object};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+use smallvec::SmallVec;
+
+/// Slots kept inline (on the stack) before the tape spills to the heap: a small object of a
+/// few dozen values parses without allocating.
+const INLINE_SLOTS: usize = 32;
+
+type Slots<'a> = SmallVec<[Slot<'a>; INLINE_SLOTS]>;
 
 /// A members pass beats this many linear-scan lookups per required key (see `required`).
 const KEYS_PER_SCAN: usize = 16;
@@ -58,24 +65,25 @@ pub enum TapeError {
 /// A parsed JSON document.
 #[derive(Debug, Default)]
 pub struct Tape<'a> {
-    slots: Vec<Slot<'a>>,
+    slots: Slots<'a>,
 }
 
 impl<'a> Tape<'a> {
-    /// Parses `bytes` (one JSON document, nothing after it but whitespace).
+    /// Parses `bytes` (one JSON document, nothing after it but whitespace) into this tape,
+    /// replacing what it held. (In place: a tape is too big to move around cheaply.)
     ///
     /// # Errors
     /// [`TapeError`] when `bytes` is not JSON or repeats a key in an object.
-    pub fn parse(bytes: &'a [u8]) -> Result<Tape<'a>, TapeError> {
-        let mut tape = Tape { slots: Vec::with_capacity(16 + bytes.len() / 8) };
+    pub fn parse(&mut self, bytes: &'a [u8]) -> Result<(), TapeError> {
+        self.slots.clear();
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let mut dup = false;
-        Build { slots: &mut tape.slots, dup: &mut dup }.deserialize(&mut de)?;
+        Build { slots: &mut self.slots, dup: &mut dup }.deserialize(&mut de)?;
         de.end()?;
         if dup {
             return Err(TapeError::DuplicateKey);
         }
-        Ok(tape)
+        Ok(())
     }
 
     /// The tape of an already parsed document (strings borrowed from it).
@@ -138,7 +146,7 @@ fn to_u32(n: usize) -> u32 {
 
 /// Appends one parsed value (and its subtree) to the tape.
 struct Build<'t, 'a> {
-    slots: &'t mut Vec<Slot<'a>>,
+    slots: &'t mut Slots<'a>,
     dup: &'t mut bool,
 }
 
@@ -207,28 +215,35 @@ impl<'de> Visitor<'de> for Build<'_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let at = self.slots.len();
         self.slots.push(Slot::Object { len: 0, end: 0 });
-        let mut keys: Vec<usize> = Vec::new();
+        let mut count = 0;
         while map.next_key_seed(Build { slots: &mut *self.slots, dup: &mut *self.dup })?.is_some() {
-            keys.push(self.slots.len() - 1);
             map.next_value_seed(Build { slots: &mut *self.slots, dup: &mut *self.dup })?;
+            count += 1;
         }
-        *self.dup |= repeats_key(self.slots, &keys);
-        close(self.slots, at, keys.len());
+        close(self.slots, at, count);
+        *self.dup |= repeats_key(self.slots, at);
         Ok(())
     }
 }
 
-/// True when two of the key slots at `keys` hold the same name.
-fn repeats_key(slots: &[Slot<'_>], keys: &[usize]) -> bool {
-    let name = |i: usize| match &slots[keys[i]] {
-        Slot::String(s) => s.as_ref(),
-        _ => "",
-    };
-    if keys.len() <= 16 {
-        return (1..keys.len()).any(|i| (0..i).any(|j| name(i) == name(j)));
+/// True when two members of the (closed) object at `at` have the same name. A 64-bit
+/// filter of (length, first and last byte) clears most objects without comparing names.
+fn repeats_key(slots: &[Slot<'_>], at: usize) -> bool {
+    let Some(members) = (TapeNode::At { slots, at: to_u32(at) }).container(true) else { return false };
+    let mut seen = 0u64;
+    let mut maybe = false;
+    for (name, _) in MembersIter(members) {
+        let b = name.as_bytes();
+        let (first, last) = (b.first().copied().unwrap_or(0), b.last().copied().unwrap_or(0));
+        let bit = 1u64 << ((b.len() * 7 + usize::from(first) * 3 + usize::from(last)) % 64);
+        maybe |= seen & bit != 0;
+        seen |= bit;
     }
-    let mut seen = std::collections::HashSet::with_capacity(keys.len());
-    !(0..keys.len()).all(|i| seen.insert(name(i)))
+    if !maybe {
+        return false;
+    }
+    let mut names = std::collections::HashSet::with_capacity(members.len);
+    !MembersIter(members).all(|(name, _)| names.insert(name))
 }
 
 /// The tape as a `jsonschema` instance representation.
@@ -480,6 +495,121 @@ fn to_value(slots: &[Slot<'_>], at: usize) -> Value {
             Value::Object(
                 members.map(|(k, v)| (k.to_owned(), v.to_value().into_owned())).collect::<Map<_, _>>(),
             )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tape_value(doc: &str) -> Value {
+        let mut tape = Tape::default();
+        tape.parse(doc.as_bytes()).expect("parses");
+        tape.root().to_value().into_owned()
+    }
+
+    #[test]
+    fn parses_what_serde_json_parses() {
+        for doc in [
+            r#"{"a":1,"b":[true,false,null,{"c":"d"}],"e":{},"f":[]}"#,
+            r#"[-1, 18446744073709551615, -9223372036854775808, 1.5e300, 0.1, -0.0, 1e2]"#,
+            r#"{"esc":"quote \" slash \\ \u00e9 \ud83d\ude00 tab\t","k\u0041":"x"}"#,
+            r#"  "just a string"  "#,
+            "42",
+            r#"[[[[[[["deep"]]]]]]]"#,
+            r#"{"z":1,"a":2,"m":{"y":[1,2,{"x":null}]}}"#,
+        ] {
+            let want: Value = serde_json::from_str(doc).expect("serde parses");
+            assert_eq!(tape_value(doc), want, "{doc}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_serde_json_refuses() {
+        let docs: [&[u8]; 7] = [b"{", b"[1,]", br#"{"a":1} x"#, br#""\x""#, b"nul", b"", b"[\"\xff\"]"];
+        for doc in docs {
+            let mut tape = Tape::default();
+            assert!(matches!(tape.parse(doc), Err(TapeError::Syntax(_))), "{doc:?}");
+        }
+    }
+
+    #[test]
+    fn repeated_keys_are_reported_at_any_depth() {
+        for doc in [r#"{"a":1,"a":2}"#, r#"{"x":[{"k":1,"j":2,"k":3}]}"#] {
+            let mut tape = Tape::default();
+            assert!(matches!(tape.parse(doc.as_bytes()), Err(TapeError::DuplicateKey)), "{doc}");
+        }
+        // Names that share length and first and last byte are not repeats.
+        let many: Vec<String> = (0..40).map(|i| format!("\"k{i:02}k\":{i}")).collect();
+        let doc = format!("{{{}}}", many.join(","));
+        assert_eq!(tape_value(&doc), serde_json::from_str::<Value>(&doc).expect("parses"));
+    }
+
+    #[test]
+    fn from_value_matches_parse() {
+        let v = json!({"a": [1, "two", {"three": 3.5}], "b": null});
+        assert_eq!(Tape::from_value(&v).root().to_value().into_owned(), v);
+    }
+
+    #[test]
+    fn meets_the_jsonschema_representation_contract() {
+        let doc = serde_json::to_string(&jsonschema::json::conformance::document()).expect("encodes");
+        let mut tape = Tape::default();
+        tape.parse(doc.as_bytes()).expect("parses");
+        jsonschema::json::conformance::assert_conformance::<TapeJson>(&tape.root());
+    }
+
+    /// The same verdict as validating a `serde_json::Value`, over keywords that read the
+    /// representation in different ways.
+    #[test]
+    fn validates_like_serde_json_values() {
+        let cases = [
+            (json!({"type": "integer"}), vec!["1", "1.0", "1.5", "\"1\"", "-3"]),
+            (
+                json!({"enum": ["a", 1, null, {"k": [1]}]}),
+                vec!["\"a\"", "1.0", "null", "{\"k\":[1]}", "{\"k\":[2]}", "2"],
+            ),
+            (json!({"const": {"a": [1, 2]}}), vec!["{\"a\":[1,2]}", "{\"a\":[1.0,2]}", "{\"a\":[2,1]}"]),
+            (json!({"uniqueItems": true}), vec!["[1,2,3]", "[1,1.0]", "[{\"a\":1},{\"a\":1}]", "[]"]),
+            (json!({"minLength": 2, "maxLength": 3}), vec!["\"é\"", "\"éé\"", "\"😀😀😀\"", "\"abcd\""]),
+            (json!({"propertyNames": {"pattern": "^[a-z]+$"}}), vec!["{\"ok\":1}", "{\"Bad\":1}", "{}"]),
+            (
+                json!({"patternProperties": {"^n_": {"type": "number"}}, "additionalProperties": false}),
+                vec!["{\"n_a\":1}", "{\"n_a\":\"x\"}", "{\"other\":1}"],
+            ),
+            (
+                json!({"minProperties": 2, "maxProperties": 2}),
+                vec!["{\"a\":1}", "{\"a\":1,\"b\":2}", "{\"a\":1,\"b\":2,\"c\":3}"],
+            ),
+            (
+                json!({"$defs": {"t": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/t"}}}}}, "$ref": "#/$defs/t"}),
+                vec!["{\"kids\":[{\"kids\":[]}]}", "{\"kids\":[{\"kids\":[1]}]}"],
+            ),
+            (
+                json!({"type": "object", "required": ["a", "b"], "properties": {"a": {"minimum": 0}, "b": {"type": "boolean"}}, "additionalProperties": false}),
+                vec![
+                    "{\"a\":1,\"b\":true}",
+                    "{\"b\":true,\"a\":-1}",
+                    "{\"a\":1}",
+                    "{\"a\":1,\"b\":true,\"c\":0}",
+                ],
+            ),
+            (
+                json!({"items": {"type": "string"}, "minItems": 1, "contains": {"const": "x"}}),
+                vec!["[\"x\"]", "[\"y\"]", "[]", "[\"x\",1]"],
+            ),
+        ];
+        for (schema, instances) in cases {
+            let tape_v = jsonschema::options_for::<TapeJson>().build(&schema).expect("compiles");
+            let value_v = jsonschema::validator_for(&schema).expect("compiles");
+            for doc in instances {
+                let value: Value = serde_json::from_str(doc).expect("parses");
+                let mut tape = Tape::default();
+                tape.parse(doc.as_bytes()).expect("parses");
+                assert_eq!(tape_v.is_valid(tape.root()), value_v.is_valid(&value), "{schema} on {doc}");
+            }
         }
     }
 }

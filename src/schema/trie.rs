@@ -10,9 +10,13 @@
 
 use std::collections::HashMap;
 
+/// Per-level maps hash with foldhash: topic levels are short and SipHash dominated the
+/// lookup. Only registrations (admins) insert keys, so there is no flooding to defend against.
+type Levels<V> = HashMap<Box<str>, Node<V>, foldhash::fast::RandomState>;
+
 #[derive(Debug)]
 struct Node<V> {
-    literal: HashMap<Box<str>, Node<V>>,
+    literal: Levels<V>,
     plus: Option<Box<Node<V>>>,
     /// The value of the filter ending in `#` at this node.
     hash: Option<V>,
@@ -22,7 +26,7 @@ struct Node<V> {
 
 impl<V> Default for Node<V> {
     fn default() -> Self {
-        Node { literal: HashMap::new(), plus: None, hash: None, value: None }
+        Node { literal: Levels::default(), plus: None, hash: None, value: None }
     }
 }
 

@@ -84,9 +84,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// The in-flight window (unacknowledged QoS 1/2 messages per client) every broker gets, so the
 /// QoS 1 and 2 scenarios compare brokers, not their default windows (Mosquitto's and dataloom's
-/// default is 20, rumqttd's demo config 100). dataloom also gets it as `receive_maximum`, its
-/// bound on a client's unreleased incoming QoS 2 messages (default 20; a 3.1.1 publisher with
-/// more is disconnected, it cannot be told the bound).
+/// default is 20, rumqttd's demo config 100).
 pub const INFLIGHT: u16 = 100;
 
 fn mosquitto_conf(port: u16) -> String {
@@ -159,7 +157,7 @@ pub async fn start_with(
             args.extend(["--log-level".into(), "warn".into()]);
             args.push("--config".into());
             let conf = dir.join(format!("{name}.toml"));
-            let mqtt = format!("[mqtt]\nmax_inflight_messages = {INFLIGHT}\nreceive_maximum = {INFLIGHT}\n");
+            let mqtt = format!("[mqtt]\nmax_inflight_messages = {INFLIGHT}\n");
             std::fs::write(&conf, format!("{mqtt}{}", opts.toml))?;
             args.push(conf.display().to_string());
         }
