@@ -177,9 +177,15 @@ fn message_size_hint(m: &Message) -> usize {
 /// Encodes a retained (or any standalone) message record.
 pub fn encode_message(m: &Message, clock: &Clock) -> Vec<u8> {
     let mut out = Vec::with_capacity(message_size_hint(m));
-    out.put_u8(RECORD_V1);
-    put_message_body(&mut out, m, clock);
+    encode_message_into(m, clock, &mut out);
     out
+}
+
+/// [`encode_message`] into `out` (cleared first), for a caller that reuses one buffer.
+pub fn encode_message_into(m: &Message, clock: &Clock, out: &mut Vec<u8>) {
+    out.clear();
+    out.put_u8(RECORD_V1);
+    put_message_body(out, m, clock);
 }
 
 /// Encodes a delivery record (message plus what the subscription decided).
@@ -209,10 +215,16 @@ fn inflight_header(inflight: Option<(u16, bool)>) -> [u8; 3] {
 /// Encodes a queued delivery with its in-flight state (packet id, PUBREL sent).
 pub fn encode_queued(d: &Delivery, inflight: Option<(u16, bool)>, clock: &Clock) -> Vec<u8> {
     let mut out = Vec::with_capacity(message_size_hint(&d.msg) + 12);
+    encode_queued_into(d, inflight, clock, &mut out);
+    out
+}
+
+/// [`encode_queued`] into `out` (cleared first), for a caller that reuses one buffer.
+pub fn encode_queued_into(d: &Delivery, inflight: Option<(u16, bool)>, clock: &Clock, out: &mut Vec<u8>) {
+    out.clear();
     out.put_u8(RECORD_V1);
     out.put_slice(&inflight_header(inflight));
-    put_delivery_body(&mut out, d, clock);
-    out
+    put_delivery_body(out, d, clock);
 }
 
 /// Rewrites the in-flight part of an encoded queued record, leaving the delivery untouched.

@@ -9,13 +9,13 @@
 //! A failed commit or sync poisons the store: fjall refuses further writes after a journal
 //! failure (including a full disk), so every waiter from then on gets the same error.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use ::fjall::{Keyspace, PersistMode};
+use ::fjall::{Keyspace, OwnedWriteBatch as WriteBatch, PersistMode, UserKey, UserValue};
 
 use super::{Keyspaces, Msg, Shared, client_prefix, fjall_error, qos2_key, queue_key};
 use crate::config::Durability;
@@ -31,8 +31,47 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
 type Waiter = tokio::sync::oneshot::Sender<Result<(), StoreError>>;
 
-/// Pending changes of one keyspace: key → new value, or `None` to delete.
-type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// Pending changes of one keyspace in arrival order, one entry per key (a later write of a key
+/// replaces the earlier one in place): key → new value, or `None` to delete. The writer keeps
+/// one set and clears it after each group, so its allocations are reused; keys of up to 20
+/// bytes (most topics) are stored inline by fjall's `Slice`.
+#[derive(Default)]
+struct Changes {
+    items: Vec<(UserKey, Option<UserValue>)>,
+    index: HashMap<UserKey, usize, foldhash::fast::RandomState>,
+}
+
+impl Changes {
+    fn set(&mut self, key: &[u8], value: Option<UserValue>) {
+        if let Some(&i) = self.index.get(key) {
+            self.items[i].1 = value;
+            return;
+        }
+        let key = UserKey::new(key);
+        self.index.insert(key.clone(), self.items.len());
+        self.items.push((key, value));
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&Option<UserValue>> {
+        self.index.get(key).map(|&i| &self.items[i].1)
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.index.clear();
+    }
+
+    /// Moves every change into `wb` against `ks`, leaving the set empty.
+    fn drain_into(&mut self, wb: &mut WriteBatch, ks: &Keyspace) {
+        for (k, v) in self.items.drain(..) {
+            match v {
+                Some(v) => wb.insert(ks, k, v),
+                None => wb.remove(ks, k),
+            }
+        }
+        self.index.clear();
+    }
+}
 
 /// The change set of one group commit.
 #[derive(Default)]
@@ -42,15 +81,28 @@ struct Batch {
     queue: Changes,
     qos2: Changes,
     keys: Changes,
+    /// Scratch buffer records are encoded into before they are copied into a `UserValue`.
+    scratch: Vec<u8>,
 }
 
 impl Batch {
+    fn parts(&mut self) -> [&mut Changes; 5] {
+        [&mut self.retained, &mut self.sessions, &mut self.queue, &mut self.qos2, &mut self.keys]
+    }
+
+    fn len(&self) -> usize {
+        [&self.retained, &self.sessions, &self.queue, &self.qos2, &self.keys]
+            .iter()
+            .map(|c| c.items.len())
+            .sum()
+    }
+
     fn is_empty(&self) -> bool {
-        self.retained.is_empty()
-            && self.sessions.is_empty()
-            && self.queue.is_empty()
-            && self.qos2.is_empty()
-            && self.keys.is_empty()
+        self.len() == 0
+    }
+
+    fn clear(&mut self) {
+        self.parts().into_iter().for_each(Changes::clear);
     }
 }
 
@@ -62,18 +114,15 @@ fn delete_range(
     suffix_len: usize,
 ) -> Result<(), ::fjall::Error> {
     let len = prefix.len() + suffix_len;
+    // The exact length keeps client "a" from matching the keys of client "a\0b…".
+    let matches = |k: &[u8]| k.len() == len && k.starts_with(prefix);
     for kv in ks.prefix(prefix) {
         let k = kv.key()?;
-        // The exact length keeps client "a" from matching the keys of client "a\0b…".
-        if k.len() == len {
-            pending.insert(k.to_vec(), None);
+        if matches(&k) {
+            pending.set(&k, None);
         }
     }
-    for (_, v) in pending
-        .range_mut(prefix.to_vec()..)
-        .take_while(|(k, _)| k.starts_with(prefix))
-        .filter(|(k, _)| k.len() == len)
-    {
+    for (_, v) in pending.items.iter_mut().filter(|(k, _)| matches(k)) {
         *v = None;
     }
     Ok(())
@@ -89,6 +138,8 @@ pub struct Writer {
     path: String,
     /// When the oldest commit not yet synced was made.
     dirty_since: Option<Instant>,
+    /// The change set, reused from group to group.
+    batch: Batch,
 }
 
 /// Poisons the store if the writer thread unwinds, so nobody acknowledges after that.
@@ -110,7 +161,15 @@ impl Writer {
         durability: Durability,
         path: String,
     ) -> Writer {
-        Writer { ks, shared, rx, fsync: durability == Durability::Fsync, path, dirty_since: None }
+        Writer {
+            ks,
+            shared,
+            rx,
+            fsync: durability == Durability::Fsync,
+            path,
+            dirty_since: None,
+            batch: Batch::default(),
+        }
     }
 
     /// Runs until [`Msg::Close`] or until every sender is gone; ends with a final sync.
@@ -167,7 +226,8 @@ impl Writer {
             return;
         }
         let clock = Clock::now();
-        let mut batch = Batch::default();
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
         let mut outcomes: Vec<Option<StoreError>> = Vec::with_capacity(group.len());
         let mut wants_sync = false;
         let mut fatal = None;
@@ -187,6 +247,7 @@ impl Writer {
             outcomes.push(outcome);
         }
         if let Some(e) = fatal {
+            self.batch = batch;
             let e = self.poison(e);
             answer_all(group, &e);
             return;
@@ -196,7 +257,8 @@ impl Writer {
             let m = crate::metrics::get();
             m.store_batch_size.observe(group.len() as f64);
             let started = Instant::now();
-            let written = self.write(batch);
+            let written = self.write(&mut batch);
+            self.batch = batch;
             m.store_write_latency.observe(started.elapsed().as_secs_f64());
             if let Err(e) = written {
                 let e = self.poison(e);
@@ -204,6 +266,8 @@ impl Writer {
                 return;
             }
             self.dirty_since.get_or_insert_with(Instant::now);
+        } else {
+            self.batch = batch;
         }
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
 
@@ -223,79 +287,67 @@ impl Writer {
     fn apply(&self, b: &mut Batch, op: Op, clock: &Clock) -> Result<(), Failure> {
         match op {
             Op::PutRetained(m) => {
-                b.retained.insert(m.topic.as_bytes().to_vec(), Some(record::encode_message(&m, clock)));
+                record::encode_message_into(&m, clock, &mut b.scratch);
+                b.retained.set(m.topic.as_bytes(), Some(UserValue::new(&b.scratch)));
             }
-            Op::DeleteRetained(topic) => {
-                b.retained.insert(topic.as_bytes().to_vec(), None);
-            }
+            Op::DeleteRetained(topic) => b.retained.set(topic.as_bytes(), None),
             Op::PutSession(s) => {
-                b.sessions.insert(s.client_id.as_bytes().to_vec(), Some(record::encode_session(&s)));
+                b.sessions.set(s.client_id.as_bytes(), Some(record::encode_session(&s).into()));
             }
             Op::DeleteSession(client_id) => {
-                b.sessions.insert(client_id.as_bytes().to_vec(), None);
+                b.sessions.set(client_id.as_bytes(), None);
                 let prefix = client_prefix(&client_id);
                 let fatal = |e| Failure::Fatal(fjall_error(e, &self.path));
                 delete_range(&self.ks.queue, &mut b.queue, &prefix, 8).map_err(fatal)?;
                 delete_range(&self.ks.qos2, &mut b.qos2, &prefix, 2).map_err(fatal)?;
             }
             Op::Enqueue { client_id, seq, delivery } => {
-                b.queue
-                    .insert(queue_key(&client_id, seq), Some(record::encode_queued(&delivery, None, clock)));
+                record::encode_queued_into(&delivery, None, clock, &mut b.scratch);
+                b.queue.set(&queue_key(&client_id, seq), Some(UserValue::new(&b.scratch)));
             }
-            Op::Dequeue { client_id, seq } => {
-                b.queue.insert(queue_key(&client_id, seq), None);
-            }
+            Op::Dequeue { client_id, seq } => b.queue.set(&queue_key(&client_id, seq), None),
             Op::SetInflight { client_id, seq, pkid, released } => {
-                let key = queue_key(&client_id, seq);
-                let current = match b.queue.get(&key) {
-                    Some(pending) => pending.clone(),
-                    None => self
-                        .ks
-                        .queue
-                        .get(&key)
-                        .map_err(|e| Failure::Fatal(fjall_error(e, &self.path)))?
-                        .map(|v| v.to_vec()),
-                };
-                // A message already dequeued (or never queued) has no in-flight state to keep.
-                if let Some(current) = current {
-                    let updated = record::set_queued_inflight(&current, Some((pkid, released)))
-                        .map_err(|e| Failure::Submission(super::corrupt(&self.path, "queue", &key, &e)))?;
-                    b.queue.insert(key, Some(updated));
-                }
+                self.set_inflight(b, &queue_key(&client_id, seq), (pkid, released))?;
             }
             Op::PutIncomingQos2 { client_id, pkid } => {
-                b.qos2.insert(qos2_key(&client_id, pkid), Some(Vec::new()));
+                b.qos2.set(&qos2_key(&client_id, pkid), Some(UserValue::empty()));
             }
-            Op::DeleteIncomingQos2 { client_id, pkid } => {
-                b.qos2.insert(qos2_key(&client_id, pkid), None);
-            }
+            Op::DeleteIncomingQos2 { client_id, pkid } => b.qos2.set(&qos2_key(&client_id, pkid), None),
             Op::PutKey(k) => {
                 let json = serde_json::to_vec(&*k).unwrap_or_default();
-                b.keys.insert(k.id.as_bytes().to_vec(), Some(json));
+                b.keys.set(k.id.as_bytes(), Some(json.into()));
             }
-            Op::DeleteKey(id) => {
-                b.keys.insert(id.as_bytes().to_vec(), None);
-            }
+            Op::DeleteKey(id) => b.keys.set(id.as_bytes(), None),
         }
         Ok(())
     }
 
-    /// Commits the change set as one atomic batch (flushed to the OS, not yet synced).
-    fn write(&self, b: Batch) -> Result<(), StoreError> {
-        let mut wb = self.ks.db.batch();
-        for (ks, changes) in [
-            (&self.ks.retained, b.retained),
-            (&self.ks.sessions, b.sessions),
-            (&self.ks.queue, b.queue),
-            (&self.ks.qos2, b.qos2),
-            (&self.ks.keys, b.keys),
-        ] {
-            for (k, v) in changes {
-                match v {
-                    Some(v) => wb.insert(ks, k, v),
-                    None => wb.remove(ks, k),
-                }
-            }
+    /// Rewrites the in-flight state of the queued record at `key` (pending or committed).
+    fn set_inflight(&self, b: &mut Batch, key: &[u8], inflight: (u16, bool)) -> Result<(), Failure> {
+        let current = match b.queue.get(key) {
+            Some(pending) => pending.clone(),
+            None => self.ks.queue.get(key).map_err(|e| Failure::Fatal(fjall_error(e, &self.path)))?,
+        };
+        // A message already dequeued (or never queued) has no in-flight state to keep.
+        if let Some(current) = current {
+            let updated = record::set_queued_inflight(&current, Some(inflight))
+                .map_err(|e| Failure::Submission(super::corrupt(&self.path, "queue", key, &e)))?;
+            b.queue.set(key, Some(updated.into()));
+        }
+        Ok(())
+    }
+
+    /// Commits the change set as one atomic batch (flushed to the OS, not yet synced) and
+    /// leaves it empty.
+    fn write(&self, b: &mut Batch) -> Result<(), StoreError> {
+        // As `Database::batch` makes it (written to the OS at commit), with room for every item.
+        let mut wb =
+            WriteBatch::with_capacity(self.ks.db.clone(), b.len()).durability(Some(PersistMode::Buffer));
+        let ks = &self.ks;
+        for (changes, keyspace) in
+            b.parts().into_iter().zip([&ks.retained, &ks.sessions, &ks.queue, &ks.qos2, &ks.keys])
+        {
+            changes.drain_into(&mut wb, keyspace);
         }
         wb.commit().map_err(|e| fjall_error(e, &self.path))
     }
