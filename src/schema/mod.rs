@@ -44,6 +44,7 @@ pub mod document;
 pub mod filter;
 pub mod load;
 pub mod registry;
+mod scan;
 mod tape;
 pub mod trie;
 

@@ -27,7 +27,7 @@ use smallvec::SmallVec;
 /// few dozen values parses without allocating.
 const INLINE_SLOTS: usize = 32;
 
-type Slots<'a> = SmallVec<[Slot<'a>; INLINE_SLOTS]>;
+pub(super) type Slots<'a> = SmallVec<[Slot<'a>; INLINE_SLOTS]>;
 
 /// A members pass beats this many linear-scan lookups per required key (see `required`).
 const KEYS_PER_SCAN: usize = 16;
@@ -70,11 +70,15 @@ pub struct Tape<'a> {
 
 impl<'a> Tape<'a> {
     /// Parses `bytes` (one JSON document, nothing after it but whitespace) into this tape,
-    /// replacing what it held. (In place: a tape is too big to move around cheaply.)
+    /// replacing what it held: the fast scanner first (`scan.rs`), `serde_json` when it declines. (In place: a tape is too big to move around cheaply.)
     ///
     /// # Errors
     /// [`TapeError`] when `bytes` is not JSON or repeats a key in an object.
     pub fn parse(&mut self, bytes: &'a [u8]) -> Result<(), TapeError> {
+        self.slots.clear();
+        if super::scan::scan(bytes, &mut self.slots).is_some() {
+            return Ok(());
+        }
         self.slots.clear();
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let mut dup = false;
@@ -131,7 +135,7 @@ impl<'a> Tape<'a> {
 }
 
 /// Sets the member count and end of the container opened at `at`.
-fn close(slots: &mut [Slot<'_>], at: usize, count: usize) {
+pub(super) fn close(slots: &mut [Slot<'_>], at: usize, count: usize) {
     let (len, end) = (to_u32(count), to_u32(slots.len()));
     match &mut slots[at] {
         Slot::Array { len: l, end: e } | Slot::Object { len: l, end: e } => (*l, *e) = (len, end),
@@ -228,7 +232,7 @@ impl<'de> Visitor<'de> for Build<'_, 'de> {
 
 /// True when two members of the (closed) object at `at` have the same name. A 64-bit
 /// filter of (length, first and last byte) clears most objects without comparing names.
-fn repeats_key(slots: &[Slot<'_>], at: usize) -> bool {
+pub(super) fn repeats_key(slots: &[Slot<'_>], at: usize) -> bool {
     let Some(members) = (TapeNode::At { slots, at: to_u32(at) }).container(true) else { return false };
     let mut seen = 0u64;
     let mut maybe = false;
