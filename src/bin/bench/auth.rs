@@ -27,7 +27,7 @@ use tokio_rustls::rustls::{self, RootCertStore};
 use super::brokers::{Opts, Running};
 use super::client::{Template, blast, mqtt_connect, next_packet, receive, send};
 use super::flow::{FlowOpts, fan_in_with, join_publishers, summarize_errors};
-use super::scenario::{CpuMeter, Env, Outcome, Params, delivery_metrics, drain, new_shared};
+use super::scenario::{CpuMeter, Env, Outcome, Params, delivery_metrics, drain, memory_metrics, new_shared};
 use super::stats::{Histogram, Tracker, now_ns};
 
 /// Connections opened at a time.
@@ -307,9 +307,7 @@ pub async fn tls(p: &Params, env: &Env<'_>, deadline_ns: u64) -> anyhow::Result<
         Ok::<_, anyhow::Error>(())
     }
     .await;
-    if let Some((_, hwm)) = broker.rss() {
-        o.set("peak_rss_mib", hwm as f64 / (1024.0 * 1024.0));
-    }
+    memory_metrics(&mut o, &broker);
     if let Some(d) = broker.died() {
         o.notes.push(d);
     }

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
 use super::brokers::Running;
-use super::client::{Client, Template, V, payload, receive, windowed};
+use super::client::{Client, RxShared, Template, V, payload, receive, windowed};
 use super::flow::summarize_errors;
 use super::scenario::{
     CpuMeter, Outcome, Params, connect_many, delivery_metrics, drain, new_shared, start_receivers,
@@ -133,25 +133,50 @@ pub async fn state(p: &Params, broker: &mut Running, deadline_ns: u64) -> anyhow
     };
     drop(publisher);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut sub = Client::connect(broker.addr, "state-sub").await?;
-    let shared = new_shared();
-    let cpu = CpuMeter::start(broker);
-    let t0 = now_ns();
-    sub.send_subscribe("#", p.state_qos).await?;
-    let (receivers, trackers) = start_receivers(vec![sub], || Tracker::new(1), &shared);
-    let done = |_: &super::client::RxShared| trackers[0].borrow().unique >= u64::from(n);
-    let drained = drain(&shared, broker, done, Duration::from_secs(2), deadline_ns).await;
-    cpu.finish(broker, &mut o);
-    receivers.iter().for_each(JoinHandle::abort);
-    let sh = shared.borrow();
-    let secs = sh.last_rx_ns.saturating_sub(t0) as f64 / 1e9;
-    o.set("time_s", secs);
-    o.set("count", trackers[0].borrow().unique as f64);
-    if secs > 0.0 {
-        o.set("throughput", sh.received as f64 / secs);
-    }
-    // Retained messages are old by design: their latency is not measured.
-    delivery_metrics(&mut o, &Histogram::default(), &trackers, u64::from(n), drained);
-    o.notes.extend(summarize_errors(&sh.errors));
+    let sync = RetainedSync { client_id: "state-sub", qos: p.state_qos, n: u64::from(n), publishers: 1 };
+    sync.run(broker, Duration::from_secs(2), deadline_ns, &mut o).await?;
     Ok(o)
+}
+
+/// A fresh client subscribes to `#` and counts the retained messages it receives: `n` of them,
+/// from `publishers` publishers (ids `0..publishers` in the payloads). Sets `time_s` (from
+/// sending SUBSCRIBE to the last message received), `count`, `throughput` and the loss
+/// metrics; `grace` is how long deliveries may pause before the count is final.
+pub struct RetainedSync<'a> {
+    pub client_id: &'a str,
+    pub qos: QoS,
+    pub n: u64,
+    pub publishers: usize,
+}
+
+impl RetainedSync<'_> {
+    pub async fn run(
+        &self,
+        broker: &mut Running,
+        grace: Duration,
+        deadline_ns: u64,
+        o: &mut Outcome,
+    ) -> anyhow::Result<()> {
+        let mut sub = Client::connect(broker.addr, self.client_id).await?;
+        let shared = new_shared();
+        let cpu = CpuMeter::start(broker);
+        let t0 = now_ns();
+        sub.send_subscribe("#", self.qos).await?;
+        let (receivers, trackers) = start_receivers(vec![sub], || Tracker::new(self.publishers), &shared);
+        let done = |_: &RxShared| trackers[0].borrow().unique >= self.n;
+        let drained = drain(&shared, broker, done, grace, deadline_ns).await;
+        cpu.finish(broker, o);
+        receivers.iter().for_each(JoinHandle::abort);
+        let sh = shared.borrow();
+        let secs = sh.last_rx_ns.saturating_sub(t0) as f64 / 1e9;
+        o.set("time_s", secs);
+        o.set("count", trackers[0].borrow().unique as f64);
+        if secs > 0.0 {
+            o.set("throughput", sh.received as f64 / secs);
+        }
+        // Retained messages are old by design: their latency is not measured.
+        delivery_metrics(o, &Histogram::default(), &trackers, self.n, drained);
+        o.notes.extend(summarize_errors(&sh.errors));
+        Ok(())
+    }
 }

@@ -11,15 +11,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use dataloom::codec::{Properties, Publish, QoS, encode_publish};
-use tokio::task::JoinHandle;
 
 use super::brokers::{Kind, Opts, Running};
-use super::client::{AckStats, Client, RxShared, Template, V, payload_sized, windowed};
-use super::flow::{join_publishers, summarize_errors};
-use super::scenario::{
-    CpuMeter, Env, Outcome, Params, connect_many, delivery_metrics, drain, new_shared, start_receivers,
-};
-use super::stats::{Histogram, Tracker, now_ns};
+use super::burst::RetainedSync;
+use super::client::{AckStats, Template, V, payload_sized, windowed};
+use super::flow::join_publishers;
+use super::scenario::{CpuMeter, Env, Outcome, Params, connect_many, memory_metrics};
+use super::stats::now_ns;
 
 /// Publishers of `durable`.
 pub const PUBLISHERS: usize = 100;
@@ -40,9 +38,7 @@ pub async fn durable(p: &Params, env: &Env<'_>, deadline_ns: u64) -> anyhow::Res
     if env.kind() != Kind::Dataloom {
         let mut broker = env.start(&Opts::default()).await?;
         let r = updates(p, &mut broker, deadline_ns, &mut o, false).await;
-        if let Some((_, hwm)) = broker.rss() {
-            o.set("peak_rss_mib", hwm as f64 / MIB);
-        }
+        memory_metrics(&mut o, &broker);
         broker.stop().await;
         return r.map(|()| o);
     }
@@ -55,10 +51,8 @@ pub async fn durable(p: &Params, env: &Env<'_>, deadline_ns: u64) -> anyhow::Res
         };
         let mut broker = env.start(&opts).await?;
         let r = updates(p, &mut broker, deadline_ns, &mut o, buffered).await;
-        if let Some((_, hwm)) = broker.rss()
-            && !buffered
-        {
-            o.set("peak_rss_mib", hwm as f64 / MIB);
+        if !buffered {
+            memory_metrics(&mut o, &broker);
         }
         if let Some(d) = broker.died() {
             o.notes.push(format!("{name}: {d}"));
@@ -224,9 +218,7 @@ pub async fn restart(p: &Params, env: &Env<'_>, deadline_ns: u64) -> anyhow::Res
         }
     }
     let r = sync_all(&mut broker, total, p.state_qos, deadline_ns, &mut o).await;
-    if let Some((_, hwm)) = broker.rss() {
-        o.set("peak_rss_mib", hwm as f64 / MIB);
-    }
+    memory_metrics(&mut o, &broker);
     broker.stop().await;
     r.map(|()| o)
 }
@@ -240,25 +232,6 @@ async fn sync_all(
     deadline_ns: u64,
     o: &mut Outcome,
 ) -> anyhow::Result<()> {
-    let mut sub = Client::connect(broker.addr, "sync-sub").await?;
-    let shared = new_shared();
-    let cpu = CpuMeter::start(broker);
-    let t0 = now_ns();
-    sub.send_subscribe("#", qos).await?;
-    let (receivers, trackers) = start_receivers(vec![sub], || Tracker::new(RESTART_PUBS), &shared);
-    let done = |_: &RxShared| trackers[0].borrow().unique >= n;
-    let drained = drain(&shared, broker, done, Duration::from_secs(3), deadline_ns).await;
-    cpu.finish(broker, o);
-    receivers.iter().for_each(JoinHandle::abort);
-    let sh = shared.borrow();
-    let secs = sh.last_rx_ns.saturating_sub(t0) as f64 / 1e9;
-    o.set("time_s", secs);
-    o.set("count", trackers[0].borrow().unique as f64);
-    if secs > 0.0 {
-        o.set("throughput", sh.received as f64 / secs);
-    }
-    // Retained messages are old by design: no latency.
-    delivery_metrics(o, &Histogram::default(), &trackers, n, drained);
-    o.notes.extend(summarize_errors(&sh.errors));
-    Ok(())
+    let sync = RetainedSync { client_id: "sync-sub", qos, n, publishers: RESTART_PUBS };
+    sync.run(broker, Duration::from_secs(3), deadline_ns, o).await
 }

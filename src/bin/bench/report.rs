@@ -287,6 +287,12 @@ fn verdict(ok: Option<bool>) -> String {
     }
 }
 
+/// `"<num> vs <den> <unit> (<ratio as %>)"`: dataloom's figure beside its reference.
+fn versus(num: Option<f64>, den: Option<f64>, unit: &str, ratio: Option<f64>) -> String {
+    let pct = ratio.map_or("-".into(), |r| format!("{:.0}%", 100.0 * r));
+    format!("{} vs {} {unit} ({pct})", fmt_num(num, 0), fmt_num(den, 0))
+}
+
 /// Issues 4, 5 and 6.
 fn later_targets(runs: &[Run]) -> Vec<(&'static str, [String; 3])> {
     let dl = |s: &str, k: &str| med(runs, s, Kind::Dataloom, k);
@@ -350,10 +356,8 @@ fn later_targets(runs: &[Run]) -> Vec<(&'static str, [String; 3])> {
         [
             "schema (issue 5): fan-in QoS 1 under a schema >= 70% of without".into(),
             format!(
-                "{} vs {} deliveries/s ({}), lost {}",
-                f(dl(s, "schema_per_s"), 0),
-                f(dl(s, "json_per_s"), 0),
-                r.map_or("-".into(), |r| format!("{:.0}%", 100.0 * r)),
+                "{}, lost {}",
+                versus(dl(s, "schema_per_s"), dl(s, "json_per_s"), "deliveries/s", r),
                 f(dl(s, "loss"), 0)
             ),
             verdict(r.zip(dl(s, "loss")).map(|(r, l)| r >= 0.7 && l == 0.0)),
@@ -363,12 +367,7 @@ fn later_targets(runs: &[Run]) -> Vec<(&'static str, [String; 3])> {
         s,
         [
             "schema (issue 5): with many schemas registered, plain fan-in unchanged (>= 90%)".into(),
-            format!(
-                "{} vs {} deliveries/s ({})",
-                f(dl(s, "after_per_s"), 0),
-                f(dl(s, "plain_per_s"), 0),
-                after.map_or("-".into(), |r| format!("{:.0}%", 100.0 * r))
-            ),
+            versus(dl(s, "after_per_s"), dl(s, "plain_per_s"), "deliveries/s", after),
             verdict(after.map(|r| r >= 0.9)),
         ],
     ));
@@ -378,12 +377,7 @@ fn later_targets(runs: &[Run]) -> Vec<(&'static str, [String; 3])> {
         s,
         [
             "connect-auth (issue 6): CONNECT rate with API keys >= 80% of without".into(),
-            format!(
-                "{} vs {} connects/s ({})",
-                f(dl(s, "auth_connects_per_s"), 0),
-                f(dl(s, "anon_connects_per_s"), 0),
-                r.map_or("-".into(), |r| format!("{:.0}%", 100.0 * r))
-            ),
+            versus(dl(s, "auth_connects_per_s"), dl(s, "anon_connects_per_s"), "connects/s", r),
             verdict(r.map(|r| r >= 0.8)),
         ],
     ));

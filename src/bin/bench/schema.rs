@@ -15,7 +15,7 @@ use dataloom::codec::{Packet, Properties, Publish, QoS, encode_publish};
 use super::brokers::{Opts, Running};
 use super::client::{Body, Client, V, windowed};
 use super::flow::{FlowOpts, fan_in_with};
-use super::scenario::{Env, Outcome, Params};
+use super::scenario::{Env, Outcome, Params, memory_metrics};
 use super::stats::now_ns;
 
 /// The schema of the JSON payloads (`client::json_payload`): six required fields, nothing else.
@@ -131,9 +131,7 @@ pub async fn schema(p: &Params, env: &Env<'_>, deadline_ns: u64) -> anyhow::Resu
     let mut o = Outcome::default();
     let mut broker = env.start(&Opts::default()).await?;
     let r = phases(p, &mut broker, deadline_ns, &mut o).await;
-    if let Some((_, hwm)) = broker.rss() {
-        o.set("peak_rss_mib", hwm as f64 / (1024.0 * 1024.0));
-    }
+    memory_metrics(&mut o, &broker);
     if let Some(d) = broker.died() {
         o.notes.push(d);
     }

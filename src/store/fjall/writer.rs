@@ -138,8 +138,6 @@ pub struct Writer {
     path: String,
     /// When the oldest commit not yet synced was made.
     dirty_since: Option<Instant>,
-    /// The change set, reused from group to group.
-    batch: Batch,
 }
 
 /// Poisons the store if the writer thread unwinds, so nobody acknowledges after that.
@@ -161,21 +159,15 @@ impl Writer {
         durability: Durability,
         path: String,
     ) -> Writer {
-        Writer {
-            ks,
-            shared,
-            rx,
-            fsync: durability == Durability::Fsync,
-            path,
-            dirty_since: None,
-            batch: Batch::default(),
-        }
+        Writer { ks, shared, rx, fsync: durability == Durability::Fsync, path, dirty_since: None }
     }
 
     /// Runs until [`Msg::Close`] or until every sender is gone; ends with a final sync.
     pub(super) fn run(mut self) -> Result<(), StoreError> {
         let _guard = PanicGuard(Arc::clone(&self.shared));
         let mut group: Vec<(Vec<Op>, Option<Waiter>)> = Vec::new();
+        // The change set, reused from group to group.
+        let mut batch = Batch::default();
         loop {
             let first = match self.dirty_since {
                 Some(t) => {
@@ -207,7 +199,8 @@ impl Writer {
                 next = if group.len() < MAX_GROUP { self.rx.try_recv().ok() } else { None };
             }
             if !group.is_empty() {
-                self.commit_group(&mut group);
+                batch.clear();
+                self.commit_group(&mut group, &mut batch);
             }
             if closing {
                 break;
@@ -219,15 +212,14 @@ impl Writer {
         self.final_sync()
     }
 
-    /// Applies, commits and (if needed) syncs one group, then answers its waiters.
-    fn commit_group(&mut self, group: &mut Vec<(Vec<Op>, Option<Waiter>)>) {
+    /// Applies (into `batch`, empty on entry), commits and (if needed) syncs one group, then
+    /// answers its waiters.
+    fn commit_group(&mut self, group: &mut Vec<(Vec<Op>, Option<Waiter>)>, batch: &mut Batch) {
         if let Some(e) = self.shared.poisoned() {
             answer_all(group, &e);
             return;
         }
         let clock = Clock::now();
-        let mut batch = std::mem::take(&mut self.batch);
-        batch.clear();
         let mut outcomes: Vec<Option<StoreError>> = Vec::with_capacity(group.len());
         let mut wants_sync = false;
         let mut fatal = None;
@@ -235,7 +227,7 @@ impl Writer {
             wants_sync |= done.is_some();
             let mut outcome = None;
             for op in ops.drain(..) {
-                match self.apply(&mut batch, op, &clock) {
+                match self.apply(batch, op, &clock) {
                     Ok(()) => {}
                     Err(Failure::Submission(e)) => outcome = Some(e),
                     Err(Failure::Fatal(e)) => {
@@ -247,7 +239,6 @@ impl Writer {
             outcomes.push(outcome);
         }
         if let Some(e) = fatal {
-            self.batch = batch;
             let e = self.poison(e);
             answer_all(group, &e);
             return;
@@ -257,8 +248,7 @@ impl Writer {
             let m = crate::metrics::get();
             m.store_batch_size.observe(group.len() as f64);
             let started = Instant::now();
-            let written = self.write(&mut batch);
-            self.batch = batch;
+            let written = self.write(batch);
             m.store_write_latency.observe(started.elapsed().as_secs_f64());
             if let Err(e) = written {
                 let e = self.poison(e);
@@ -266,8 +256,6 @@ impl Writer {
                 return;
             }
             self.dirty_since.get_or_insert_with(Instant::now);
-        } else {
-            self.batch = batch;
         }
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
 
