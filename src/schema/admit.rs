@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::document::{self, Rejection};
 use super::filter::{self, SCHEMA_PREFIX};
-use super::registry::Registry;
+use super::registry::{Memo, Registry};
 use crate::broker::message::Message;
 use crate::broker::{Broker, Published};
 use crate::codec::reason;
@@ -46,7 +46,7 @@ pub fn may_write_schema(client_id: &str) -> bool {
 
 impl Registry {
     /// Runs a client PUBLISH through the schema step and routes it (with `extra` store ops)
-    /// when accepted.
+    /// when accepted; `memo` is the connection's (see [`Registry::check_memo`]).
     ///
     /// # Errors
     /// [`Refusal`] when the message must not be routed; nothing was stored.
@@ -55,12 +55,12 @@ impl Registry {
         broker: &Broker,
         msg: Arc<Message>,
         extra: Vec<Op>,
-        client_id: &str,
+        (client_id, memo): (&str, &mut Memo),
     ) -> Result<Routed, Refusal> {
         if let Some(filter) = filter::filter_of_topic(&msg.topic) {
             return self.register(broker, &msg, filter, extra, client_id);
         }
-        if let Err(r) = self.check(&msg.topic, &msg.payload) {
+        if let Err(r) = self.check_memo(&msg.topic, &msg.payload, memo) {
             self.refused(broker, &msg, &r, client_id);
             return Err(Refusal { code: reason::PAYLOAD_FORMAT_INVALID, reason: r.to_string() });
         }

@@ -35,11 +35,13 @@
 //!
 //! **Cost.** Lookup walks a trie of filters ([`trie`]) once per topic level, whatever the
 //! number of schemas; a schema is compiled once per registration and shared by `Arc`; the
-//! publish path takes only the trie's read lock, and no lock at all while no schema exists.
+//! publish path takes only the trie's read lock, and no lock at all while no schema exists or
+//! when the connection's [`Memo`] already holds the topic's schema.
 //! Counters: `dataloom_schema_validations_total{filter,result}` and
 //! `dataloom_messages_dropped_total{reason="schema_invalid"}`.
 
 pub mod admit;
+mod digits;
 pub mod document;
 pub mod filter;
 pub mod load;
@@ -55,7 +57,7 @@ pub use admit::{DEAD_PREFIX, Refusal, Routed, may_write_schema};
 pub use document::{Rejection, Schema, SchemaError};
 pub use filter::{FilterError, SCHEMA_PREFIX};
 pub use load::LoadError;
-pub use registry::Registry;
+pub use registry::{Memo, Registry};
 
 use std::path::Path;
 

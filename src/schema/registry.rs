@@ -1,13 +1,16 @@
 //! The registry: every registered [`Schema`] in a [`FilterTrie`], read on each PUBLISH and
 //! changed only by registrations.
 //!
-//! The hot path ([`Registry::check`]) skips everything while no schema exists (one atomic
-//! load), otherwise takes the trie's read lock for one lookup, clones the schema's `Arc` and
-//! validates after the lock is released. Registrations are serialised by their own mutex and
-//! hold the write lock only to swap one entry.
+//! The hot path ([`Registry::check_memo`]) skips everything while no schema exists (one
+//! atomic load). Otherwise a connection's [`Memo`] answers when the topic is the one of its
+//! previous PUBLISH and no registration happened since (a generation counter): devices
+//! publish to the same few topics, so most PUBLISHes take no lock and clone no `Arc`. On a
+//! miss it takes the trie's read lock for one lookup and keeps the answer. Registrations are
+//! serialised by their own mutex, hold the write lock only to swap one entry, then bump the
+//! generation.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard, RwLock};
@@ -31,11 +34,22 @@ pub const VERSION_PROPERTY: &str = "version";
 pub struct Registry {
     trie: RwLock<FilterTrie<Arc<Schema>>>,
     count: AtomicUsize,
+    /// Bumped after every change of the trie; a [`Memo`] of an older generation is stale.
+    generation: AtomicU64,
     registering: Mutex<()>,
     pub(super) on_invalid: OnInvalid,
     pub(super) dead_letter: bool,
     /// Resolve per-filter Prometheus counters (off for `dataloom schema check`).
     pub(super) metered: bool,
+}
+
+/// One connection's last schema lookup (see [`Registry::check_memo`]); an empty memo has no
+/// topic, so its first use looks up.
+#[derive(Debug, Default)]
+pub struct Memo {
+    generation: u64,
+    topic: Option<Arc<str>>,
+    schema: Option<Arc<Schema>>,
 }
 
 /// What installing a schema did.
@@ -56,6 +70,7 @@ impl Registry {
         Registry {
             trie: RwLock::new(FilterTrie::default()),
             count: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
             registering: Mutex::new(()),
             on_invalid: cfg.on_invalid,
             dead_letter: cfg.dead_letter,
@@ -107,6 +122,33 @@ impl Registry {
         }
     }
 
+    /// [`Registry::check`] for a connection's PUBLISH: the lookup is answered by `memo` when
+    /// it holds this topic at the current generation, and `memo` keeps the answer otherwise.
+    ///
+    /// # Errors
+    /// The [`Rejection`] of the governing schema.
+    pub fn check_memo(
+        &self,
+        topic: &Arc<str>,
+        payload: &[u8],
+        memo: &mut Memo,
+    ) -> Result<(), Box<Rejection>> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        // Read before the lookup: a change after it bumps past this value.
+        let generation = self.generation.load(Ordering::Acquire);
+        if memo.generation != generation || memo.topic.as_deref() != Some(&**topic) {
+            memo.schema = self.trie.read().lookup(topic).cloned();
+            memo.topic = Some(topic.clone());
+            memo.generation = generation;
+        }
+        match &memo.schema {
+            Some(schema) => schema.validate(payload),
+            None => Ok(()),
+        }
+    }
+
     /// Serialises registrations (versions are read, then written).
     pub(super) fn lock_registrations(&self) -> MutexGuard<'_, ()> {
         self.registering.lock()
@@ -116,6 +158,7 @@ impl Registry {
     pub(super) fn insert(&self, schema: Schema) {
         let filter = schema.filter.clone();
         let old = self.trie.write().insert(&filter, Arc::new(schema));
+        self.generation.fetch_add(1, Ordering::Release);
         if old.is_none() {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
@@ -124,6 +167,7 @@ impl Registry {
     /// Takes the schema of `filter` out of force; returns it.
     pub(super) fn remove(&self, filter: &str) -> Option<Arc<Schema>> {
         let old = self.trie.write().remove(filter);
+        self.generation.fetch_add(1, Ordering::Release);
         if old.is_some() {
             self.count.fetch_sub(1, Ordering::Relaxed);
         }

@@ -1,6 +1,7 @@
 //! The fast path of [`Tape::parse`](super::tape::Tape::parse): a strict scanner for the
-//! common shape of device payloads (ASCII strings without escapes, plain numbers, shallow
-//! nesting) that writes the tape without `serde`'s per-value visitor calls.
+//! common shape of device payloads (strings without escapes, plain numbers, shallow nesting)
+//! that writes the tape without `serde`'s per-value visitor calls. The payload is checked
+//! as UTF-8 once, up front, so strings and numbers are slices of it without further checks.
 //!
 //! It never decides anything on its own: whenever a document strays from that shape, or is
 //! not JSON at all, it returns `None` and `serde_json` parses the document instead (and
@@ -11,6 +12,7 @@ use std::borrow::Cow;
 
 use serde_json::Number;
 
+use super::digits;
 use super::tape::{Slot, Slots};
 
 /// Deepest nesting scanned (`serde_json` allows 128; deeper documents take its path).
@@ -18,13 +20,17 @@ const MAX_DEPTH: usize = 64;
 
 /// Scans `bytes` into `slots` (empty on entry); `None` when `serde_json` must decide.
 pub fn scan<'a>(bytes: &'a [u8], slots: &mut Slots<'a>) -> Option<()> {
-    let mut s = Scanner { b: bytes, i: 0, slots };
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut s = Scanner { text, b: bytes, i: 0, slots };
     s.value(0)?;
     s.ws();
     (s.i == bytes.len()).then_some(())
 }
 
 struct Scanner<'a, 's> {
+    /// The payload, known to be UTF-8.
+    text: &'a str,
+    /// `text`'s bytes.
     b: &'a [u8],
     i: usize,
     slots: &'s mut Slots<'a>,
@@ -68,62 +74,65 @@ impl<'a> Scanner<'a, '_> {
         })
     }
 
-    /// A string of printable ASCII without escapes (the opening quote is at `self.i`).
+    /// A string without escapes or control characters (the opening quote is at `self.i`).
+    /// Both ends are ASCII quotes, so the slice is on character boundaries.
     fn string(&mut self) -> Option<&'a str> {
         let start = self.i + 1;
-        let len = self
-            .b
-            .get(start..)?
-            .iter()
-            .position(|&c| !(b' '..=b'~').contains(&c) || c == b'"' || c == b'\\')?;
+        let len = self.b.get(start..)?.iter().position(|&c| c < b' ' || c == b'"' || c == b'\\')?;
         let end = start + len;
         (self.b[end] == b'"').then_some(())?;
         self.i = end + 1;
-        std::str::from_utf8(&self.b[start..end]).ok()
+        self.text.get(start..end)
     }
 
     fn number(&mut self) -> Option<Slot<'a>> {
         let start = self.i;
         let negative = self.b[start] == b'-';
         let digits_at = start + usize::from(negative);
-        let int_len = self.digits(digits_at);
+        let (int_len, int) = self.digit_run(digits_at);
         // JSON: at least one digit, and no leading zero before more digits.
         if int_len == 0 || (int_len > 1 && self.b[digits_at] == b'0') {
             return None;
         }
         self.i = digits_at + int_len;
-        let mut float = false;
+        let mut fraction = None;
         if self.b.get(self.i) == Some(&b'.') {
-            let frac = self.digits(self.i + 1);
-            (frac > 0).then_some(())?;
-            self.i += 1 + frac;
-            float = true;
+            let (frac_len, frac) = self.digit_run(self.i + 1);
+            (frac_len > 0).then_some(())?;
+            self.i += 1 + frac_len;
+            fraction = Some(int.zip(frac).and_then(|(i, f)| digits::exact_fraction(i, f, frac_len)));
         }
         if let Some(b'e' | b'E') = self.b.get(self.i) {
             let sign = usize::from(matches!(self.b.get(self.i + 1), Some(b'+' | b'-')));
-            let exp = self.digits(self.i + 1 + sign);
+            let (exp, _) = self.digit_run(self.i + 1 + sign);
             (exp > 0).then_some(())?;
             self.i += 1 + sign + exp;
-            float = true;
+            fraction = Some(None);
         }
-        let text = std::str::from_utf8(&self.b[start..self.i]).ok()?;
-        if float {
+        if let Some(exact) = fraction {
             // Correctly rounded, as serde_json reads floats with its `float_roundtrip` feature
             // (on in Cargo.toml), so the value is bit for bit the one it makes. Out of range
             // (infinite) is left to serde_json, which refuses it.
-            let f = text.parse::<f64>().ok().filter(|f| f.is_finite())?;
+            let f = match exact {
+                Some(f) if negative => -f,
+                Some(f) => f,
+                None => self.text.get(start..self.i)?.parse::<f64>().ok().filter(|f| f.is_finite())?,
+            };
             return Some(Number::from_f64(f).map_or(Slot::Null, Slot::Number));
         }
+        // Beyond `u64` (serde_json makes a float of it) is left to serde_json.
+        let magnitude = int?;
         if !negative {
-            return Some(Slot::Number(text.parse::<u64>().ok()?.into()));
+            return Some(Slot::Number(magnitude.into()));
         }
-        // `-0` is left to serde_json, whatever it makes of it.
-        let n = text.parse::<i64>().ok().filter(|&n| n != 0)?;
+        // `-0` is left to serde_json, whatever it makes of it; so is below `i64::MIN`.
+        let n = 0i64.checked_sub_unsigned(magnitude).filter(|&n| n != 0)?;
         Some(Slot::Number(n.into()))
     }
 
-    fn digits(&self, from: usize) -> usize {
-        self.b.get(from..).map_or(0, |rest| rest.iter().take_while(|c| c.is_ascii_digit()).count())
+    /// The digits from `from`: how many, and their value unless it overflows `u64`.
+    fn digit_run(&self, from: usize) -> (usize, Option<u64>) {
+        digits::digit_run(self.b.get(from..).unwrap_or_default())
     }
 
     fn array(&mut self, depth: usize) -> Option<()> {
@@ -190,7 +199,7 @@ mod tests {
         Some(TapeNode::At { slots: &slots, at: 0 }.to_value().into_owned())
     }
 
-    const CORPUS: [&str; 9] = [
+    const CORPUS: [&str; 10] = [
         r#"{"seq":12  ,"ts":1763900000000000000 ,"device":"dev-7","temp":15.00,"hum":48.25,"ok":true}"#,
         r#"[1,-2,0,-0,0.5,-1.5e3,2E-2,1e400,18446744073709551615,18446744073709551616,-9223372036854775809]"#,
         r#" { "a" : [ { } , [ ] , null , false , "x y" ] , "b" : { "c" : { "d" : "" } } } "#,
@@ -199,6 +208,7 @@ mod tests {
         "[01, 1., .5, 1e, -, +1, 0x1]",
         r#"{"a" 1} {"a":1,} [1,] [,1] {,} tru nul fals"#,
         "123.456e-7",
+        "[0.1,-2.675,9007199254.740993,1.00000000000000000001,-0.0,4503599627370497.5,0.30000000000000004]",
         r#""plain""#,
     ];
 
@@ -206,9 +216,15 @@ mod tests {
     fn takes_the_common_shape() {
         let v = scanned(CORPUS[0].as_bytes()).expect("a sensor object is scanned");
         assert_eq!(v, serde_json::from_str::<Value>(CORPUS[0]).expect("JSON"));
-        for declined in [r#"{"a":1,"a":2}"#, r#"{"esc":"a\"b"}"#, "[-0]", "[01]", "[1,]", "{\"k\":\"é\"}"] {
+        for taken in ["{\"k\":\"é\"}", "[-9223372036854775808,18446744073709551615,\"\x7f\"]"] {
+            assert_eq!(scanned(taken.as_bytes()), serde_json::from_str::<Value>(taken).ok(), "{taken}");
+        }
+        for declined in
+            [r#"{"a":1,"a":2}"#, r#"{"esc":"a\"b"}"#, "[-0]", "[01]", "[1,]", "[18446744073709551616]"]
+        {
             assert!(scanned(declined.as_bytes()).is_none(), "{declined}");
         }
+        assert!(scanned(b"[\"\xff\"]").is_none(), "not UTF-8");
     }
 
     /// Whatever the scanner accepts, serde_json accepts too, with the same value.

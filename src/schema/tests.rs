@@ -45,7 +45,7 @@ fn publish(
     payload: &str,
     retain: bool,
 ) -> Result<Option<String>, Refusal> {
-    r.publish(b, msg(topic, payload, retain), Vec::new(), "c1").map(|routed| {
+    r.publish(b, msg(topic, payload, retain), Vec::new(), ("c1", &mut Memo::default())).map(|routed| {
         routed.published.expect("stored");
         routed.note
     })
@@ -74,6 +74,31 @@ async fn register_replace_remove() {
     let note = publish(&r, &b, "$schema/sensors/%2B/temperature", "", true).expect("removed");
     assert_eq!(note.as_deref(), Some("schema sensors/+/temperature v2 removed"));
     assert!(r.is_empty() && b.retained_under("$schema/#").is_empty());
+}
+
+#[tokio::test]
+async fn a_connection_memo_follows_registrations() {
+    let (b, r) = (broker(), registry(false));
+    let mut memo = Memo::default();
+    let mut send = |topic: &str, payload: &str| {
+        r.publish(&b, msg(topic, payload, false), Vec::new(), ("c1", &mut memo))
+            .map(|_| ())
+            .map_err(|e| e.reason)
+    };
+    assert!(send("t/1", "not json").is_ok(), "no schema yet");
+    publish(&r, &b, "$schema/t/%2B", TEMP, true).expect("registered");
+    let e = send("t/1", "not json").expect_err("registration seen");
+    assert!(e.starts_with("schema t/+ v1:"), "{e}");
+    assert!(send("t/1", r#"{"celsius":1}"#).is_ok());
+    publish(&r, &b, "$schema/t/1", r#"{"type":"string"}"#, true).expect("more specific");
+    let e = send("t/1", r#"{"celsius":1}"#).expect_err("the new filter governs");
+    assert!(e.starts_with("schema t/1 v1:"), "{e}");
+    assert!(send("t/2", r#"{"celsius":1}"#).is_ok(), "another topic, the old filter");
+    publish(&r, &b, "$schema/t/%2B", r#"{"type":"integer"}"#, true).expect("replaced");
+    let e = send("t/2", r#"{"celsius":1}"#).expect_err("replacement seen");
+    assert!(e.starts_with("schema t/+ v2:"), "{e}");
+    publish(&r, &b, "$schema/t/%2B", "", true).expect("removed");
+    assert!(send("t/2", "not json").is_ok(), "removal seen");
 }
 
 #[tokio::test]
@@ -130,7 +155,7 @@ async fn dead_letters() {
     let (b, r) = (broker(), registry(true));
     publish(&r, &b, "$schema/t", r#"{"type":"number"}"#, true).expect("registered");
     let m = Message { retain: true, ..(*msg("t", "\"x\"", true)).clone() };
-    r.publish(&b, Arc::new(m), Vec::new(), "dev-7").expect_err("refused");
+    r.publish(&b, Arc::new(m), Vec::new(), ("dev-7", &mut Memo::default())).expect_err("refused");
     assert!(b.retained_under("$dead/#").is_empty(), "dead letters are not retained");
     assert!(!r.admit_will(&b, &msg("t", "nope", false), "dev-7"));
     assert!(r.admit_will(&b, &msg("t", "3", false), "dev-7"));

@@ -57,6 +57,8 @@ pub struct Conn {
     /// Deliveries of this client's last PUBLISH still waiting for room in a subscriber's
     /// queue; nothing more is read or decoded until they fit (backpressure).
     pub(super) blocked: Vec<(Arc<Session>, Delivery)>,
+    /// The schema governing this connection's last PUBLISH topic.
+    pub(super) schema_memo: crate::schema::Memo,
 }
 
 impl Conn {
@@ -83,6 +85,7 @@ impl Conn {
             close_reason: None,
             perms: Arc::new(crate::auth::Perms::default()),
             blocked: Vec::new(),
+            schema_memo: crate::schema::Memo::default(),
         }
     }
 }

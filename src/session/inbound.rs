@@ -126,7 +126,8 @@ impl Conn {
             publisher: Some(self.session.id),
         };
         let schemas = &self.ctx.schemas;
-        let routed = match schemas.publish(&self.ctx.broker, Arc::new(msg), extra, &self.session.client_id) {
+        let who = (&*self.session.client_id, &mut self.schema_memo);
+        let routed = match schemas.publish(&self.ctx.broker, Arc::new(msg), extra, who) {
             Ok(routed) => routed,
             Err(refusal) => return self.refuse_publish(p.qos, p.pkid, refusal),
         };
