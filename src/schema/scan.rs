@@ -38,14 +38,20 @@ struct Scanner<'a, 's> {
 
 impl<'a> Scanner<'a, '_> {
     fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+        // Every JSON token starts above b' ': one comparison for the usual, compact case.
+        while let Some(&c) = self.b.get(self.i) {
+            if c > b' ' || !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                return;
+            }
             self.i += 1;
         }
     }
 
     /// Skips whitespace, then consumes `c` if it is next.
     fn eat(&mut self, c: u8) -> bool {
-        self.ws();
+        if self.b.get(self.i) != Some(&c) {
+            self.ws();
+        }
         let hit = self.b.get(self.i) == Some(&c);
         self.i += usize::from(hit);
         hit
