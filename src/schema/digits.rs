@@ -27,20 +27,29 @@ fn non_digits(word: u64) -> u64 {
     (((bad & !HIGH_BITS) + !HIGH_BITS) | bad) & HIGH_BITS
 }
 
+/// Digits that always fit in `u64` (`10^19 - 1 < 2^64`).
+const MAX_EXACT_DIGITS: usize = 19;
+
 /// The length of the run of ASCII digits at the start of `b`, and its value (`None` when it
 /// does not fit in `u64`; the length is counted all the same).
 pub fn digit_run(b: &[u8]) -> (usize, Option<u64>) {
-    let mut value = Some(0u64);
+    let mut value = 0u64;
     let mut i = 0;
     while let Some(w) = word(b, i).filter(|&w| non_digits(w) == 0) {
-        value = value.and_then(|v| v.checked_mul(100_000_000)?.checked_add(value_of_eight(w)));
+        value = value.wrapping_mul(100_000_000).wrapping_add(value_of_eight(w));
         i += 8;
     }
     while let Some(&d) = b.get(i).filter(|c| c.is_ascii_digit()) {
-        value = value.and_then(|v| v.checked_mul(10)?.checked_add(u64::from(d - b'0')));
+        value = value.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
         i += 1;
     }
-    (i, value)
+    // Up to 19 digits always fit; longer runs (rare) are added up again, checked.
+    if i > MAX_EXACT_DIGITS {
+        let checked =
+            b[..i].iter().try_fold(0u64, |v, &d| v.checked_mul(10)?.checked_add(u64::from(d - b'0')));
+        return (i, checked);
+    }
+    (i, Some(value))
 }
 
 /// The value of eight ASCII digits loaded little-endian (the first digit in the low byte).
@@ -64,8 +73,9 @@ const EXACT_POWERS: [f64; 23] = [
 /// division rounds correctly. `None` outside that case (the caller parses the text).
 pub fn exact_fraction(int: u64, frac: u64, frac_len: usize) -> Option<f64> {
     let scale = EXACT_POWERS.get(frac_len)?;
-    let significand =
-        int.checked_mul(10u64.checked_pow(u32::try_from(frac_len).ok()?)?)?.checked_add(frac)?;
+    // Exact as an integer too (below 2^64, as `frac_len` is at most 19 here).
+    let int_scale = (frac_len < 20).then_some(*scale as u64)?;
+    let significand = int.checked_mul(int_scale)?.checked_add(frac)?;
     // 2^53: every integer up to it is an exact double.
     (significand <= 1 << 53).then(|| significand as f64 / scale)
 }

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use serde_json::Number;
 
 use super::digits;
-use super::tape::{Slot, Slots};
+use super::tape::{KeyFilter, Slot, Slots};
 
 /// Deepest nesting scanned (`serde_json` allows 128; deeper documents take its path).
 const MAX_DEPTH: usize = 64;
@@ -163,11 +163,13 @@ impl<'a> Scanner<'a, '_> {
         self.i += 1;
         let at = self.open(Slot::Object { len: 0, end: 0 });
         let mut count = 0;
+        let mut names = KeyFilter::default();
         if !self.eat(b'}') {
             loop {
                 self.ws();
                 (self.b.get(self.i) == Some(&b'"')).then_some(())?;
                 let key = self.string()?;
+                names.add(key);
                 self.slots.push(Slot::String(Cow::Borrowed(key)));
                 self.eat(b':').then_some(())?;
                 self.value(depth)?;
@@ -180,7 +182,7 @@ impl<'a> Scanner<'a, '_> {
         }
         super::tape::close(self.slots, at, count);
         // A repeated key takes serde_json's path, which reports it.
-        (!super::tape::repeats_key(self.slots, at)).then_some(())
+        (!(names.maybe_repeated && super::tape::names_repeat(self.slots, at))).then_some(())
     }
 
     fn open(&mut self, slot: Slot<'a>) -> usize {

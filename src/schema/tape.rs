@@ -234,20 +234,34 @@ impl<'de> Visitor<'de> for Build<'_, 'de> {
 /// filter of (length, first and last byte) clears most objects without comparing names.
 pub(super) fn repeats_key(slots: &[Slot<'_>], at: usize) -> bool {
     let Some(members) = (TapeNode::At { slots, at: to_u32(at) }).container(true) else { return false };
-    let mut seen = 0u64;
-    let mut maybe = false;
-    for (name, _) in MembersIter(members) {
+    let mut filter = KeyFilter::default();
+    MembersIter(members).for_each(|(name, _)| filter.add(name));
+    filter.maybe_repeated && names_repeat(slots, at)
+}
+
+/// The names of the (closed) object at `at` compared exactly: true when one repeats.
+pub(super) fn names_repeat(slots: &[Slot<'_>], at: usize) -> bool {
+    let Some(members) = (TapeNode::At { slots, at: to_u32(at) }).container(true) else { return false };
+    let mut names = std::collections::HashSet::with_capacity(members.len);
+    !MembersIter(members).all(|(name, _)| names.insert(name))
+}
+
+/// A 64-bit filter of an object's member names by (length, first and last byte): a name
+/// that repeats always sets [`KeyFilter::maybe_repeated`]; distinct names rarely do.
+#[derive(Debug, Default)]
+pub(super) struct KeyFilter {
+    seen: u64,
+    pub(super) maybe_repeated: bool,
+}
+
+impl KeyFilter {
+    pub(super) fn add(&mut self, name: &str) {
         let b = name.as_bytes();
         let (first, last) = (b.first().copied().unwrap_or(0), b.last().copied().unwrap_or(0));
         let bit = 1u64 << ((b.len() * 7 + usize::from(first) * 3 + usize::from(last)) % 64);
-        maybe |= seen & bit != 0;
-        seen |= bit;
+        self.maybe_repeated |= self.seen & bit != 0;
+        self.seen |= bit;
     }
-    if !maybe {
-        return false;
-    }
-    let mut names = std::collections::HashSet::with_capacity(members.len);
-    !MembersIter(members).all(|(name, _)| names.insert(name))
 }
 
 /// The tape as a `jsonschema` instance representation.
