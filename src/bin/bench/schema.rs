@@ -1,5 +1,5 @@
 //! Issue 5's scenario (`schema`, dataloom only): fan-in QoS 1 (the shape of `fanin-qos1`) with
-//! JSON payloads on the topics `sjson/N`, three times without a schema and three times
+//! JSON payloads on the topics `sjson/N`, five times without a schema and five times
 //! governed by a typical 6-field object schema on `sjson/+`, alternating (the schema is registered before
 //! and removed after each governed phase); then `p.schemas` schemas registered on unrelated
 //! filters and the plain fan-in QoS 1 (binary payloads) measured again. One broker (memory
@@ -36,7 +36,7 @@ pub const SCHEMA: &str = r#"{
 }"#;
 
 /// Client-id prefixes of the (no schema, schema) phase pairs.
-const PAIRS: [(&str, &str); 3] = [("b-", "c-"), ("e-", "f-"), ("g-", "h-")];
+const PAIRS: [(&str, &str); 5] = [("b-", "c-"), ("e-", "f-"), ("g-", "h-"), ("i-", "j-"), ("k-", "l-")];
 
 /// Each pair's schema / no-schema throughput ratio, sorted (pairs that measured nothing are
 /// left out).
