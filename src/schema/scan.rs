@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use serde_json::Number;
 
 use super::digits;
-use super::tape::{KeyFilter, Slot, Slots};
+use super::tape::{self, KeyFilter, Slot, Slots};
 
 /// Deepest nesting scanned (`serde_json` allows 128; deeper documents take its path).
 const MAX_DEPTH: usize = 64;
@@ -143,51 +143,45 @@ impl<'a> Scanner<'a, '_> {
 
     fn array(&mut self, depth: usize) -> Option<()> {
         self.i += 1;
-        let at = self.open(Slot::Array { len: 0, end: 0 });
-        let mut count = 0;
-        if !self.eat(b']') {
-            loop {
-                self.value(depth)?;
-                count += 1;
-                if self.eat(b']') {
-                    break;
-                }
-                self.eat(b',').then_some(())?;
-            }
-        }
-        super::tape::close(self.slots, at, count);
+        let at = tape::open(self.slots, Slot::Array { len: 0, end: 0 });
+        let count = self.items(b']', |s| s.value(depth))?;
+        tape::close(self.slots, at, count);
         Some(())
     }
 
     fn object(&mut self, depth: usize) -> Option<()> {
         self.i += 1;
-        let at = self.open(Slot::Object { len: 0, end: 0 });
-        let mut count = 0;
+        let at = tape::open(self.slots, Slot::Object { len: 0, end: 0 });
         let mut names = KeyFilter::default();
-        if !self.eat(b'}') {
-            loop {
-                self.ws();
-                (self.b.get(self.i) == Some(&b'"')).then_some(())?;
-                let key = self.string()?;
-                names.add(key);
-                self.slots.push(Slot::String(Cow::Borrowed(key)));
-                self.eat(b':').then_some(())?;
-                self.value(depth)?;
-                count += 1;
-                if self.eat(b'}') {
-                    break;
-                }
-                self.eat(b',').then_some(())?;
-            }
-        }
-        super::tape::close(self.slots, at, count);
+        let count = self.items(b'}', |s| {
+            s.ws();
+            (s.b.get(s.i) == Some(&b'"')).then_some(())?;
+            let key = s.string()?;
+            names.add(key);
+            s.slots.push(Slot::String(Cow::Borrowed(key)));
+            s.eat(b':').then_some(())?;
+            s.value(depth)
+        })?;
+        tape::close(self.slots, at, count);
         // A repeated key takes serde_json's path, which reports it.
-        (!(names.maybe_repeated && super::tape::names_repeat(self.slots, at))).then_some(())
+        (!(names.maybe_repeated && tape::names_repeat(self.slots, at))).then_some(())
     }
 
-    fn open(&mut self, slot: Slot<'a>) -> usize {
-        self.slots.push(slot);
-        self.slots.len() - 1
+    /// Scans the comma-separated items of a container up to `end` (its opening bracket
+    /// already consumed) with `item`; returns how many there were.
+    fn items(&mut self, end: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<usize> {
+        if self.eat(end) {
+            return Some(0);
+        }
+        let mut count = 0;
+        loop {
+            item(self)?;
+            count += 1;
+            if self.eat(end) {
+                return Some(count);
+            }
+            self.eat(b',').then_some(())?;
+        }
     }
 }
 

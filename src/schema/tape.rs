@@ -104,34 +104,31 @@ impl<'a> Tape<'a> {
             Value::Number(n) => self.slots.push(Slot::Number(n.clone())),
             Value::String(s) => self.slots.push(Slot::String(Cow::Borrowed(s))),
             Value::Array(items) => {
-                let at = self.open(Slot::Array { len: 0, end: 0 });
+                let at = open(&mut self.slots, Slot::Array { len: 0, end: 0 });
                 items.iter().for_each(|v| self.push_value(v));
-                self.close(at, items.len());
+                close(&mut self.slots, at, items.len());
             }
             Value::Object(members) => {
-                let at = self.open(Slot::Object { len: 0, end: 0 });
+                let at = open(&mut self.slots, Slot::Object { len: 0, end: 0 });
                 for (k, v) in members {
                     self.slots.push(Slot::String(Cow::Borrowed(k)));
                     self.push_value(v);
                 }
-                self.close(at, members.len());
+                close(&mut self.slots, at, members.len());
             }
         }
-    }
-
-    fn open(&mut self, slot: Slot<'a>) -> usize {
-        self.slots.push(slot);
-        self.slots.len() - 1
-    }
-
-    fn close(&mut self, at: usize, count: usize) {
-        close(&mut self.slots, at, count);
     }
 
     /// The document's root node.
     pub fn root(&self) -> TapeNode<'_> {
         TapeNode::At { slots: &self.slots, at: 0 }
     }
+}
+
+/// Appends a container's slot (its count and end set by [`close`]); returns its index.
+pub(super) fn open<'a>(slots: &mut Slots<'a>, container: Slot<'a>) -> usize {
+    slots.push(container);
+    slots.len() - 1
 }
 
 /// Sets the member count and end of the container opened at `at`.
@@ -152,6 +149,13 @@ fn to_u32(n: usize) -> u32 {
 struct Build<'t, 'a> {
     slots: &'t mut Slots<'a>,
     dup: &'t mut bool,
+}
+
+impl<'de> Build<'_, 'de> {
+    /// A builder appending to the same tape (for a container's members).
+    fn child(&mut self) -> Build<'_, 'de> {
+        Build { slots: &mut *self.slots, dup: &mut *self.dup }
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Build<'_, 'de> {
@@ -205,23 +209,21 @@ impl<'de> Visitor<'de> for Build<'_, 'de> {
         Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let at = self.slots.len();
-        self.slots.push(Slot::Array { len: 0, end: 0 });
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        let at = open(self.slots, Slot::Array { len: 0, end: 0 });
         let mut count = 0;
-        while seq.next_element_seed(Build { slots: &mut *self.slots, dup: &mut *self.dup })?.is_some() {
+        while seq.next_element_seed(self.child())?.is_some() {
             count += 1;
         }
         close(self.slots, at, count);
         Ok(())
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let at = self.slots.len();
-        self.slots.push(Slot::Object { len: 0, end: 0 });
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        let at = open(self.slots, Slot::Object { len: 0, end: 0 });
         let mut count = 0;
-        while map.next_key_seed(Build { slots: &mut *self.slots, dup: &mut *self.dup })?.is_some() {
-            map.next_value_seed(Build { slots: &mut *self.slots, dup: &mut *self.dup })?;
+        while map.next_key_seed(self.child())?.is_some() {
+            map.next_value_seed(self.child())?;
             count += 1;
         }
         close(self.slots, at, count);
