@@ -25,10 +25,10 @@ test-deps:
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test: test-deps lint
-	$(CARGO) test --all-targets
+	$(CARGO) test --workspace --all-targets
 
 fmt:
 	$(CARGO) fmt

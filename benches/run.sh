@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benches/run.sh — what `make bench` runs: builds the release binaries, installs what is missing
 # (Mosquitto from Debian, rumqttd 0.20.0 from crates.io into target/bench-tools, taskset), raises
-# the open-file limit and runs the load generator (src/bin/dataloom-bench.rs).
+# the open-file limit and runs the load generator (crates/bench).
 #
 #   QUICK=1 benches/run.sh              short run for development
 #   benches/run.sh --scenarios fanout   any dataloom-bench flags (see --help)
@@ -19,7 +19,7 @@ apt_install() {
 }
 
 echo "bench: building release binaries"
-$CARGO build --release --bin dataloom --bin dataloom-bench
+$CARGO build --release -p dataloom -p dataloom-bench
 
 if [ ! -x /usr/sbin/mosquitto ]; then
   echo "bench: installing mosquitto"

@@ -5,7 +5,7 @@
 
 pub mod auth;
 pub mod broker;
-pub mod codec;
+pub use dataloom_codec as codec;
 pub mod config;
 pub mod http;
 pub mod metrics;

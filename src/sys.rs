@@ -18,8 +18,8 @@ use tracing::debug;
 
 use crate::broker::Broker;
 use crate::broker::message::Message;
-use crate::codec::{Properties, QoS};
 use crate::metrics::{self, reasons::DropReason};
+use dataloom_codec::{Properties, QoS};
 
 /// Starts the publisher; it stops when `shutdown` turns true. A zero interval disables it.
 pub fn spawn(broker: Arc<Broker>, interval: Duration, mut shutdown: watch::Receiver<bool>) {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use dataloom::codec::{Limits, Packet, ProtocolVersion, decode, decode_from_server, encode};
+use dataloom_codec::{Limits, Packet, ProtocolVersion, decode, decode_from_server, encode};
 use libfuzzer_sys::fuzz_target;
 
 const VERSIONS: [ProtocolVersion; 3] = [

@@ -27,8 +27,8 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::session::{Kill, KillReason};
-use crate::codec::reason;
 use crate::store::{Op, Store, StoreError};
+use dataloom_codec::reason;
 pub use key::{Key, KeyRecord};
 pub use perms::{Lists, Perms};
 use throttle::Throttle;

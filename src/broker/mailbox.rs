@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::message::Delivery;
-use crate::codec::QoS;
+use dataloom_codec::QoS;
 
 /// Why a delivery was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

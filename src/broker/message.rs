@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::codec::{Properties, QoS};
+use dataloom_codec::{Properties, QoS};
 
 /// Identifies a session inside the broker (never reused while the process runs).
 pub type SessionId = u64;

@@ -11,7 +11,6 @@ pub mod retained_tree;
 mod route;
 pub mod session;
 pub mod subtree;
-pub mod topic;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +19,8 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::codec::RetainHandling;
 use crate::store::{Commit, Op, SessionRecord, Store, StoreError};
+use dataloom_codec::RetainHandling;
 use message::{Message, SessionId};
 use retained_tree::RetainedTree;
 use session::{Kill, KillReason, Session, SubOptions};

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 
 use super::session::{Inflight, Phase};
 use super::{Broker, SubEntry};
-use crate::codec::QoS;
 use crate::store::{Recovered, RecoveredSession};
+use dataloom_codec::QoS;
 
 impl Broker {
     /// Loads what the store recovered into the (empty) broker.

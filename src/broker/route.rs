@@ -13,8 +13,8 @@ use super::mailbox::{Dropped, Refused};
 use super::message::{Delivery, Message, SessionId};
 use super::session::{Session, SubOptions};
 use super::{Broker, SubEntry};
-use crate::codec::QoS;
 use crate::store::{Commit, Op, StoreError};
+use dataloom_codec::QoS;
 
 /// What routing a message did.
 #[derive(Debug)]

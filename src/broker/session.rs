@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use super::mailbox::Mailbox;
 use super::message::{Delivery, SessionId};
-use crate::codec::{QoS, RetainHandling};
+use dataloom_codec::{QoS, RetainHandling};
 
 /// Options of one subscription, as granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

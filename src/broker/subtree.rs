@@ -8,7 +8,7 @@
 //! soon as they hold nothing, so churning clients do not leak memory.
 //!
 //! Filters are expected to be validated by the caller
-//! ([`crate::broker::topic::parse_subscription`]); anything else is stored
+//! ([`dataloom_codec::topic::parse_subscription`]); anything else is stored
 //! literally and never panics. All walks are iterative (no recursion), so very
 //! deep filters cannot overflow the stack.
 //!

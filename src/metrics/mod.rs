@@ -25,8 +25,8 @@ use prometheus::{
 };
 
 use crate::broker::Broker;
-use crate::codec::{Packet, QoS};
 use crate::session::Close;
+use dataloom_codec::{Packet, QoS};
 pub use io::Counted;
 pub use reasons::pt;
 use reasons::{
@@ -503,7 +503,7 @@ impl Metrics {
         }
     }
 
-    /// Counts a protocol violation of `kind` (a [`crate::codec::DecodeError::kind`] or a
+    /// Counts a protocol violation of `kind` (a [`dataloom_codec::DecodeError::kind`] or a
     /// session-level kind). Not on the hot path: it ends a connection.
     pub fn protocol_error(&self, kind: &'static str) {
         match self.protocol_errors.get(kind) {

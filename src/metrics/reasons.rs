@@ -5,8 +5,8 @@
 //! Every set here is closed: a label value never comes from the network (no client id, no
 //! topic), so the number of series stays fixed.
 
-use crate::codec::{DecodeError, Packet, reason};
 use crate::session::Close;
+use dataloom_codec::{DecodeError, Packet, reason};
 
 /// MQTT control packet type names by type code (0 is reserved and never counted).
 pub const PACKET_TYPES: [&str; 16] = [

@@ -18,10 +18,10 @@ use tracing::{debug, info};
 
 use super::tls::{Tls, TlsError, TlsSettings};
 use super::ws::{self, WsSettings};
-use crate::codec::reason;
 use crate::config::Config;
 use crate::metrics::{Counted, Transport};
 use crate::session::{Close, ConnInfo, Ctx, serve_connection};
+use dataloom_codec::reason;
 
 /// Handshakes that failed or timed out, per [`Transport`] (index `Transport as usize`).
 static HANDSHAKE_FAILURES: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];

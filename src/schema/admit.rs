@@ -10,8 +10,8 @@ use super::filter::{self, SCHEMA_PREFIX};
 use super::registry::{Memo, Registry};
 use crate::broker::message::Message;
 use crate::broker::{Broker, Published};
-use crate::codec::reason;
 use crate::store::{Op, StoreError};
+use dataloom_codec::reason;
 
 /// Topic prefix of dead letters (`schemas.dead_letter = true`).
 pub const DEAD_PREFIX: &str = "$dead/";
@@ -100,7 +100,7 @@ impl Registry {
     /// Counts a refused message and dead-letters it when configured.
     fn refused(&self, broker: &Broker, msg: &Message, r: &Rejection, client_id: &str) {
         crate::metrics::get().dropped(crate::metrics::reasons::DropReason::SchemaInvalid);
-        if !self.dead_letter || msg.topic.len() + DEAD_PREFIX.len() > crate::broker::topic::MAX_TOPIC_LEN {
+        if !self.dead_letter || msg.topic.len() + DEAD_PREFIX.len() > dataloom_codec::topic::MAX_TOPIC_LEN {
             return;
         }
         let topic = format!("{DEAD_PREFIX}{}", msg.topic);

@@ -20,7 +20,7 @@
 
 use std::path::Path;
 
-use crate::broker::topic;
+use dataloom_codec::topic;
 
 /// Topic prefix of the schema tree.
 pub const SCHEMA_PREFIX: &str = "$schema/";

@@ -20,9 +20,9 @@ use super::filter::topic_of_filter;
 use super::trie::FilterTrie;
 use crate::broker::message::Message;
 use crate::broker::{Broker, Published};
-use crate::codec::{Properties, QoS};
 use crate::config::{OnInvalid, Schemas};
 use crate::store::{Op, StoreError};
+use dataloom_codec::{Properties, QoS};
 
 /// User property naming the decoded filter on a `$schema/...` message.
 pub const FILTER_PROPERTY: &str = "filter";

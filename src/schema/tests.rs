@@ -8,9 +8,9 @@ use bytes::Bytes;
 use super::*;
 use crate::broker::message::Message;
 use crate::broker::{Broker, BrokerLimits};
-use crate::codec::QoS;
 use crate::config::Schemas;
 use crate::store::MemoryStore;
+use dataloom_codec::QoS;
 
 const TEMP: &str = r#"{"type":"object","properties":{"celsius":{"type":"number"}},"required":["celsius"]}"#;
 

@@ -178,7 +178,7 @@ fn collect<'a, V>(node: &'a Node<V>, out: &mut Vec<&'a V>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::topic::matches;
+    use dataloom_codec::topic::matches;
 
     fn trie(filters: &[&'static str]) -> FilterTrie<&'static str> {
         let mut t = FilterTrie::default();

@@ -20,7 +20,7 @@ use super::{Close, Ctx};
 use crate::broker::Attached;
 use crate::broker::message::Delivery;
 use crate::broker::session::{Kill, KillReason, Session};
-use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, reason};
+use dataloom_codec::{self as codec, Disconnect, Packet, Properties, ProtocolVersion, reason};
 
 /// Stop reading from a client while this much output waits for it.
 const OUT_HIGH_WATER: usize = 256 * 1024;

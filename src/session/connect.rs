@@ -11,9 +11,9 @@ use super::conn::Conn;
 use super::outbound::OutboundLimits;
 use crate::broker::message::Message;
 use crate::broker::session::Kill;
-use crate::codec::reason;
-use crate::codec::{ConnAck, Connect, DecodeError, LastWill, Packet, Properties, ProtocolVersion, encode};
 use crate::store::Commit;
+use dataloom_codec::reason;
+use dataloom_codec::{ConnAck, Connect, DecodeError, LastWill, Packet, Properties, ProtocolVersion, encode};
 
 /// The outcome of a CONNECT: a connection ready to run, or the code it was refused with.
 pub enum Accepted {

@@ -12,12 +12,12 @@ use super::conn::Conn;
 use super::outbound::write_ack;
 use crate::broker::message::Message;
 use crate::broker::session::SubOptions;
-use crate::broker::topic;
-use crate::codec::{
+use crate::store::{Commit, Op};
+use dataloom_codec::topic;
+use dataloom_codec::{
     Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, encode,
     reason,
 };
-use crate::store::{Commit, Op};
 
 /// The properties of a PUBLISH or will that travel with the message to subscribers.
 pub fn forwarded_properties(p: &Properties) -> Properties {

@@ -16,9 +16,9 @@ mod refuse;
 use std::sync::Arc;
 
 use crate::broker::Broker;
-use crate::codec::{DecodeError, Limits};
 use crate::config::Mqtt;
 use crate::schema::Registry;
+use dataloom_codec::{DecodeError, Limits};
 
 pub use conn::{ConnInfo, serve_connection};
 
@@ -71,7 +71,7 @@ impl Close {
             self,
             Close::ClientDisconnect(0x00)
                 | Close::Refused(_)
-                | Close::Server(crate::codec::reason::ADMINISTRATIVE_ACTION, _)
+                | Close::Server(dataloom_codec::reason::ADMINISTRATIVE_ACTION, _)
         )
     }
 

@@ -13,8 +13,10 @@ use super::pending::Pending;
 use crate::broker::Broker;
 use crate::broker::message::Delivery;
 use crate::broker::session::{Inflight, Phase, Session};
-use crate::codec::{Ack, Packet, Properties, ProtocolVersion, Publish, QoS, encode, encode_publish, reason};
 use crate::store::Commit;
+use dataloom_codec::{
+    Ack, Packet, Properties, ProtocolVersion, Publish, QoS, encode, encode_publish, reason,
+};
 
 /// Deliveries taken from the mailbox per lock.
 const BATCH: usize = 64;

@@ -7,10 +7,10 @@ use tracing::{debug, info};
 
 use super::Close;
 use super::conn::Conn;
-use crate::codec::{Ack, Packet, Properties, QoS, encode, reason};
 use crate::config::OnInvalid;
 use crate::schema::Refusal;
 use crate::store::Commit;
+use dataloom_codec::{Ack, Packet, Properties, QoS, encode, reason};
 
 impl Conn {
     /// Answers a refused PUBLISH (`qos`, `pkid`); an `Err` ends the connection.

@@ -31,7 +31,7 @@ use bytes::{Buf, BufMut, Bytes};
 use super::SessionRecord;
 use crate::broker::message::{Delivery, Message};
 use crate::broker::session::SubOptions;
-use crate::codec::{Properties, QoS, RetainHandling};
+use dataloom_codec::{Properties, QoS, RetainHandling};
 
 /// The first (and so far only) record version.
 pub const RECORD_V1: u8 = 1;

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use super::*;
 use crate::broker::message::{Delivery, Message};
 use crate::broker::session::SubOptions;
-use crate::codec::{Properties, QoS, RetainHandling};
 use crate::store::SessionRecord;
+use dataloom_codec::{Properties, QoS, RetainHandling};
 
 fn open(dir: &Path) -> FjallStore {
     FjallStore::open(dir, Durability::Fsync).unwrap()

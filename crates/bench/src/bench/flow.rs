@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use dataloom::codec::QoS;
+use dataloom_codec::QoS;
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 

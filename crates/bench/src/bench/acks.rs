@@ -10,7 +10,7 @@ use std::collections::hash_map::Entry;
 use std::io;
 
 use bytes::BytesMut;
-use dataloom::codec::{Ack, Packet, Properties, QoS, encode};
+use dataloom_codec::{Ack, Packet, Properties, QoS, encode};
 
 use super::client::{V, proto_err};
 
@@ -194,7 +194,7 @@ impl Unreleased {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dataloom::codec::{Limits, decode, decode_from_server};
+    use dataloom_codec::{Limits, decode, decode_from_server};
 
     /// Decodes one packet sent by the broker.
     fn from_broker(bytes: &[u8]) -> Packet {

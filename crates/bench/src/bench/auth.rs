@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::BytesMut;
-use dataloom::codec::{Disconnect, Packet, Properties, QoS};
+use dataloom_codec::{Disconnect, Packet, Properties, QoS};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::{JoinHandle, JoinSet};
@@ -329,15 +329,15 @@ async fn tls_fan_in(
     let mut sub = open(addr, t).await?;
     let mut rbuf = BytesMut::with_capacity(4096);
     mqtt_connect(&mut sub, &mut rbuf, "tls-sub", None).await?;
-    let f = dataloom::codec::SubscribeFilter {
+    let f = dataloom_codec::SubscribeFilter {
         filter: "tls/#".into(),
         qos: QoS::AtMostOnce,
         no_local: false,
         retain_as_published: false,
-        retain_handling: dataloom::codec::RetainHandling::OnSubscribe,
+        retain_handling: dataloom_codec::RetainHandling::OnSubscribe,
     };
     let subscribe =
-        dataloom::codec::Subscribe { pkid: 1, filters: vec![f], properties: Properties::default() };
+        dataloom_codec::Subscribe { pkid: 1, filters: vec![f], properties: Properties::default() };
     send(&mut sub, &Packet::Subscribe(subscribe)).await?;
     match next_packet(&mut sub, &mut rbuf).await? {
         Packet::SubAck(a) if a.codes.first().is_some_and(|&c| c < 0x80) => {}

@@ -2,9 +2,9 @@
 //! duplicates, value ranges and the user property limit.
 
 use super::reader::Reader;
-use crate::codec::decode::Limits;
-use crate::codec::error::DecodeError;
-use crate::codec::properties::Properties;
+use crate::decode::Limits;
+use crate::error::DecodeError;
+use crate::properties::Properties;
 
 /// Where a property block appears; decides which identifiers are allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

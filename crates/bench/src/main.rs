@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use dataloom::codec::QoS;
+use dataloom_codec::QoS;
 use serde_json::json;
 
 use bench::brokers::{self, BrokerBin, Kind};

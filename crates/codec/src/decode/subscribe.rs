@@ -5,13 +5,13 @@
 use super::Limits;
 use super::props::{PropCtx, decode_properties};
 use super::reader::Reader;
-use crate::codec::error::DecodeError;
-use crate::codec::packet::{
+use crate::error::DecodeError;
+use crate::packet::{
     Auth, Disconnect, Packet, ProtocolVersion, QoS, RetainHandling, SubAck, Subscribe, SubscribeFilter,
     UnsubAck, Unsubscribe,
 };
-use crate::codec::properties::Properties;
-use crate::codec::reason;
+use crate::properties::Properties;
+use crate::reason;
 
 fn pkid(r: &mut Reader) -> Result<u16, DecodeError> {
     match r.u16()? {

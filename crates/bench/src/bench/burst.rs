@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use dataloom::codec::{Properties, Publish, QoS, encode_publish};
+use dataloom_codec::{Properties, Publish, QoS, encode_publish};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod packet;
 pub mod properties;
 pub mod reason;
+pub mod topic;
 
 #[cfg(test)]
 mod fuzz_smoke;

@@ -3,7 +3,7 @@
 
 use bytes::{Buf, Bytes};
 
-use crate::codec::error::DecodeError;
+use crate::error::DecodeError;
 
 /// A cursor over the body of one packet (or of one property block).
 pub(crate) struct Reader {

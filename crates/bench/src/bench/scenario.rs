@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use dataloom::codec::QoS;
+use dataloom_codec::QoS;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::brokers::{self, BrokerBin, Kind, Opts, Running};

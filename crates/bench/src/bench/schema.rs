@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use dataloom::codec::{Packet, Properties, Publish, QoS, encode_publish};
+use dataloom_codec::{Packet, Properties, Publish, QoS, encode_publish};
 
 use super::brokers::{Opts, Running};
 use super::client::{Body, Client, V, windowed};

@@ -3,10 +3,10 @@
 use super::props::{PropCtx, decode_properties};
 use super::reader::Reader;
 use super::{Limits, read_topic};
-use crate::codec::error::DecodeError;
-use crate::codec::packet::{Ack, ProtocolVersion, Publish, QoS};
-use crate::codec::properties::Properties;
-use crate::codec::reason;
+use crate::error::DecodeError;
+use crate::packet::{Ack, ProtocolVersion, Publish, QoS};
+use crate::properties::Properties;
+use crate::reason;
 
 /// Body of a PUBLISH; `byte1` carries DUP, QoS and RETAIN.
 pub(crate) fn decode_publish(

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use dataloom::codec::{Properties, Publish, QoS, encode_publish};
+use dataloom_codec::{Properties, Publish, QoS, encode_publish};
 
 use super::brokers::{Kind, Opts, Running};
 use super::burst::RetainedSync;

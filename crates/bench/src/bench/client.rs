@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use dataloom::codec::{
+use dataloom_codec::{
     Connect, Limits, Packet, Properties, ProtocolVersion, Publish, QoS, RetainHandling, Subscribe,
     SubscribeFilter, decode_from_server, encode, encode_publish,
 };

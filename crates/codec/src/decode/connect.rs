@@ -3,10 +3,10 @@
 use super::props::{PropCtx, decode_properties};
 use super::reader::Reader;
 use super::{Limits, read_topic};
-use crate::codec::error::DecodeError;
-use crate::codec::packet::{ConnAck, Connect, LastWill, Packet, ProtocolVersion, QoS};
-use crate::codec::properties::Properties;
-use crate::codec::reason;
+use crate::error::DecodeError;
+use crate::packet::{ConnAck, Connect, LastWill, Packet, ProtocolVersion, QoS};
+use crate::properties::Properties;
+use crate::reason;
 
 /// Body of a CONNECT. Name and level are checked first so that an unsupported protocol level
 /// is reported as such even when the rest would not parse.
