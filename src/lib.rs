@@ -9,6 +9,7 @@ pub use dataloom_codec as codec;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod net;
 pub mod schema;
 pub mod server;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tracing::info;
 
-use crate::broker::session::KillReason;
 use crate::broker::{Broker, BrokerLimits};
 use crate::config::{Backend, Config};
+use crate::model::KillReason;
 use crate::session::Ctx;
 use crate::store::{FjallStore, MemoryStore, Store, StoreError};
 

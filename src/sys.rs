@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::broker::Broker;
-use crate::broker::message::Message;
 use crate::metrics::{self, reasons::DropReason};
+use crate::model::Message;
 use dataloom_codec::{Properties, QoS};
 
 /// Starts the publisher; it stops when `shutdown` turns true. A zero interval disables it.

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::session::{Kill, KillReason};
+use crate::model::{Kill, KillReason};
 use crate::store::{Op, Store, StoreError};
 use dataloom_codec::reason;
 pub use key::{Key, KeyRecord};

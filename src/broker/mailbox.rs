@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::message::Delivery;
+use crate::model::Delivery;
 use dataloom_codec::QoS;
 
 /// Why a delivery was not queued.

@@ -5,7 +5,7 @@
 //! [`Store`] and the returned [`Commit`] tells the caller when it may acknowledge.
 
 pub mod mailbox;
-pub mod message;
+
 mod recovery;
 pub mod retained_tree;
 mod route;
@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::model::{Kill, KillReason, Message, SessionId, SubOptions};
 use crate::store::{Commit, Op, SessionRecord, Store, StoreError};
 use dataloom_codec::RetainHandling;
-use message::{Message, SessionId};
 use retained_tree::RetainedTree;
-use session::{Kill, KillReason, Session, SubOptions};
+use session::Session;
 use subtree::SubscriptionTree;
 
 pub use route::Published;

@@ -10,9 +10,10 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::mailbox::{Dropped, Refused};
-use super::message::{Delivery, Message, SessionId};
-use super::session::{Session, SubOptions};
+use super::session::Session;
 use super::{Broker, SubEntry};
+use crate::model::SubOptions;
+use crate::model::{Delivery, Message, SessionId};
 use crate::store::{Commit, Op, StoreError};
 use dataloom_codec::QoS;
 

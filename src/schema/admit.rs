@@ -8,8 +8,8 @@ use std::sync::Arc;
 use super::document::{self, Rejection};
 use super::filter::{self, SCHEMA_PREFIX};
 use super::registry::{Memo, Registry};
-use crate::broker::message::Message;
 use crate::broker::{Broker, Published};
+use crate::model::Message;
 use crate::store::{Op, StoreError};
 use dataloom_codec::reason;
 

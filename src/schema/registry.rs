@@ -18,9 +18,9 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 use super::document::{Compiled, Rejection, Schema};
 use super::filter::topic_of_filter;
 use super::trie::FilterTrie;
-use crate::broker::message::Message;
 use crate::broker::{Broker, Published};
 use crate::config::{OnInvalid, Schemas};
+use crate::model::Message;
 use crate::store::{Op, StoreError};
 use dataloom_codec::{Properties, QoS};
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::*;
-use crate::broker::message::Message;
 use crate::broker::{Broker, BrokerLimits};
 use crate::config::Schemas;
+use crate::model::Message;
 use crate::store::MemoryStore;
 use dataloom_codec::QoS;
 

@@ -18,8 +18,9 @@ use super::outbound::{Outbound, OutboundLimits};
 use super::pending::Pending;
 use super::{Close, Ctx};
 use crate::broker::Attached;
-use crate::broker::message::Delivery;
-use crate::broker::session::{Kill, KillReason, Session};
+use crate::broker::session::Session;
+use crate::model::Delivery;
+use crate::model::{Kill, KillReason};
 use dataloom_codec::{self as codec, Disconnect, Packet, Properties, ProtocolVersion, reason};
 
 /// Stop reading from a client while this much output waits for it.

@@ -10,8 +10,8 @@ use tracing::debug;
 use super::Close;
 use super::conn::Conn;
 use super::outbound::write_ack;
-use crate::broker::message::Message;
-use crate::broker::session::SubOptions;
+use crate::model::Message;
+use crate::model::SubOptions;
 use crate::store::{Commit, Op};
 use dataloom_codec::topic;
 use dataloom_codec::{

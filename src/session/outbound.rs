@@ -11,8 +11,8 @@ use bytes::{Bytes, BytesMut};
 use super::Ctx;
 use super::pending::Pending;
 use crate::broker::Broker;
-use crate::broker::message::Delivery;
 use crate::broker::session::{Inflight, Phase, Session};
+use crate::model::Delivery;
 use crate::store::Commit;
 use dataloom_codec::{
     Ack, Packet, Properties, ProtocolVersion, Publish, QoS, encode, encode_publish, reason,

@@ -13,8 +13,8 @@ pub mod record;
 
 use std::sync::Arc;
 
-use crate::broker::message::{Delivery, Message};
-use crate::broker::session::SubOptions;
+use crate::model::SubOptions;
+use crate::model::{Delivery, Message};
 
 pub use self::fjall::FjallStore;
 pub use memory::MemoryStore;

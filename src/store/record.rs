@@ -29,8 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BufMut, Bytes};
 
 use super::SessionRecord;
-use crate::broker::message::{Delivery, Message};
-use crate::broker::session::SubOptions;
+use crate::model::SubOptions;
+use crate::model::{Delivery, Message};
 use dataloom_codec::{Properties, QoS, RetainHandling};
 
 /// The first (and so far only) record version.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
-use crate::broker::message::{Delivery, Message};
-use crate::broker::session::SubOptions;
+use crate::model::SubOptions;
+use crate::model::{Delivery, Message};
 use crate::store::SessionRecord;
 use dataloom_codec::{Properties, QoS, RetainHandling};
 

@@ -1,4 +1,5 @@
-//! The routed message and the per-subscriber delivery that points at it.
+//! The routed message, the per-subscriber delivery that points at it, and the options of a
+//! subscription that decide the delivery.
 //!
 //! A [`Message`] is built once per received PUBLISH and shared by `Arc` with every subscriber
 //! queue; its payload is the `Bytes` slice of the publisher's read buffer, never copied.
@@ -8,7 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use dataloom_codec::{Properties, QoS};
+use dataloom_codec::{Properties, QoS, RetainHandling};
 
 /// Identifies a session inside the broker (never reused while the process runs).
 pub type SessionId = u64;
@@ -60,4 +61,14 @@ pub struct Delivery {
     /// Position in the session's durable queue, when the delivery is stored (persistent
     /// session, QoS 1/2); the store forgets it once the client acknowledges.
     pub seq: Option<u64>,
+}
+
+/// Options of one subscription, as granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubOptions {
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: RetainHandling,
+    pub sub_id: Option<u32>,
 }
