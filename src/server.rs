@@ -105,8 +105,12 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     crate::sys::spawn(broker.clone(), cfg.mqtt.sys_interval, rx);
     ready.store(true, std::sync::atomic::Ordering::Release);
     let failed = watch_store(broker.clone(), ready.clone());
-    if cfg.storage.backend == Backend::Fjall {
-        crate::store::disk::watch(broker.clone(), cfg.storage.data_dir.clone(), cfg.storage.min_free_bytes);
+    if cfg.storage.backend == Backend::Fjall && cfg.storage.min_free_bytes > 0 {
+        let (weak, dir, min_free) =
+            (Arc::downgrade(&broker), cfg.storage.data_dir.clone(), cfg.storage.min_free_bytes);
+        crate::store::disk::watch(dir.clone(), move |free| {
+            weak.upgrade().inspect(|b| b.report_free_space(&dir, free, min_free)).is_some()
+        });
     }
     let max_connections = cfg.mqtt.max_connections;
     Ok(Running {

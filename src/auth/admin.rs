@@ -115,7 +115,7 @@ fn failure(e: &AuthError) -> Response {
         AuthError::Invalid(_) => StatusCode::BAD_REQUEST,
         AuthError::Exists(_) => StatusCode::CONFLICT,
         AuthError::NotFound(_) => StatusCode::NOT_FOUND,
-        AuthError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        AuthError::Store(_) | AuthError::Corrupt(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, &e.to_string())
 }

@@ -7,12 +7,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::AuthError;
-use super::perms::{Glob, check_filter};
+use super::perms::Glob;
+pub use crate::config::{KeyRecord, check_id, parse_hash, parse_time};
+use crate::store::StoredKey;
 
 /// Domain separation of the secret hash (a hash of this format means nothing elsewhere).
 const HASH_DOMAIN: &[u8] = b"dataloom-api-key-v1\0";
@@ -20,31 +21,24 @@ const HASH_DOMAIN: &[u8] = b"dataloom-api-key-v1\0";
 /// Shortest secret `--secret-stdin` accepts.
 pub const MIN_SECRET_LEN: usize = 32;
 
-/// An API key as stored (fjall `keys` keyspace, JSON) and as written in `[[auth.keys]]`.
-/// Holds the hash of the secret, never the secret.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KeyRecord {
-    /// The key id: the CONNECT username.
-    pub id: String,
-    /// SHA-256 of the secret (with the domain prefix), 64 lowercase hex characters.
-    pub secret_sha256: String,
-    /// Topic filters the key may publish to (`%c` client id, `%u` key id).
-    pub publish: Vec<String>,
-    /// Topic filters the key may subscribe to.
-    pub subscribe: Vec<String>,
-    /// Filters the key may never publish to (deny wins).
-    pub deny_publish: Vec<String>,
-    /// Filters the key may never read (deny wins, also inside a wider subscription).
-    pub deny_subscribe: Vec<String>,
-    /// Role `admin`: may write `$schema/`, read `$SYS/` and `$dead/`, manage keys over HTTP.
-    pub admin: bool,
-    /// Client ids the key may connect with: a glob (`*`, `?`, `%u`); empty = any.
-    pub client_id: String,
-    /// Expiry time, RFC 3339 (`2030-01-01T00:00:00Z`); empty = never.
-    pub expires: String,
-    /// Creation time, RFC 3339 (informational).
-    pub created: String,
+/// The stored form of a record (JSON, the format of the fjall `keys` keyspace).
+pub fn encode_record(record: &KeyRecord) -> Vec<u8> {
+    serde_json::to_vec(record).unwrap_or_default()
+}
+
+/// Reads a stored record back; its id must be the one it is stored under.
+///
+/// # Errors
+/// [`AuthError::Corrupt`] naming the record.
+pub fn decode_record(stored: &StoredKey) -> Result<KeyRecord, AuthError> {
+    let corrupt =
+        |what: &str| AuthError::Corrupt(format!("record keys/\"{}\": {what}", stored.id.escape_ascii()));
+    let record: KeyRecord =
+        serde_json::from_slice(&stored.record).map_err(|_| corrupt("invalid key record"))?;
+    if record.id.as_bytes() != stored.id.as_slice() {
+        return Err(corrupt("invalid key id (differs from key)"));
+    }
+    Ok(record)
 }
 
 /// A key ready for CONNECT: the record with its parsed hash, expiry and client-id pattern.
@@ -64,16 +58,13 @@ impl Key {
     /// # Errors
     /// [`AuthError::Invalid`] naming the field at fault.
     pub fn new(record: KeyRecord, from_config: bool) -> Result<Key, AuthError> {
-        check_id(&record.id)?;
-        let hash = parse_hash(&record.secret_sha256)
-            .ok_or_else(|| invalid(&record.id, "secret_sha256 must be 64 hex characters"))?;
-        let lists = [&record.publish, &record.subscribe, &record.deny_publish, &record.deny_subscribe];
-        for f in lists.into_iter().flatten() {
-            check_filter(f).map_err(|e| invalid(&record.id, &format!("topic filter {f:?}: {e}")))?;
-        }
+        record.check().map_err(AuthError::Invalid)?;
+        let hash = parse_hash(&record.secret_sha256).ok_or_else(|| {
+            AuthError::Invalid(format!("key {:?}: secret_sha256 must be 64 hex characters", record.id))
+        })?;
         let expires_at = match record.expires.as_str() {
             "" => None,
-            s => Some(parse_time(s).map_err(|e| invalid(&record.id, &e))?),
+            s => Some(parse_time(s).map_err(AuthError::Invalid)?),
         };
         let client_pattern = (!record.client_id.is_empty()).then(|| Glob::new(&record.client_id));
         Ok(Key { record, hash, expires_at, client_pattern, from_config })
@@ -92,24 +83,6 @@ impl Key {
     /// True when the key may connect with `client_id`.
     pub fn allows_client_id(&self, client_id: &str) -> bool {
         self.client_pattern.as_ref().is_none_or(|g| g.matches(client_id, &self.record.id))
-    }
-}
-
-fn invalid(id: &str, message: &str) -> AuthError {
-    AuthError::Invalid(format!("key {id:?}: {message}"))
-}
-
-/// Key ids: 1 to 128 characters of `A-Z a-z 0-9 . _ - @ :`.
-///
-/// # Errors
-/// [`AuthError::Invalid`].
-pub fn check_id(id: &str) -> Result<(), AuthError> {
-    let ok = (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_@:".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(AuthError::Invalid(format!("key name {id:?}: use 1 to 128 characters of A-Z a-z 0-9 . _ - @ :")))
     }
 }
 
@@ -146,42 +119,6 @@ pub fn check_secret(secret: &str) -> Result<(), AuthError> {
 
 fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn parse_hash(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// Parses an RFC 3339 time (`2030-01-01T00:00:00Z`, offsets allowed).
-///
-/// # Errors
-/// A message saying what is expected.
-pub fn parse_time(s: &str) -> Result<SystemTime, String> {
-    humantime::parse_rfc3339_weak(s)
-        .or_else(|_| parse_offset(s).ok_or(()))
-        .map_err(|()| format!("{s:?} is not an RFC 3339 time (e.g. 2030-01-01T00:00:00Z)"))
-}
-
-/// RFC 3339 with a numeric offset (`+02:00`), which humantime does not read.
-fn parse_offset(s: &str) -> Option<SystemTime> {
-    let (at, sign) = s.rfind('+').map(|i| (i, 1i64)).or_else(|| s.rfind('-').map(|i| (i, -1)))?;
-    let (base, off) = s.split_at(at);
-    let off = off.get(1..)?;
-    let (h, m) = off.split_once(':')?;
-    let secs = sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60);
-    if !base.contains('T') || off.len() != 5 {
-        return None;
-    }
-    let t = humantime::parse_rfc3339_weak(base).ok()?;
-    let shift = Duration::from_secs(secs.unsigned_abs());
-    if secs >= 0 { t.checked_sub(shift) } else { t.checked_add(shift) }
 }
 
 /// Formats a time as RFC 3339 (UTC, seconds).

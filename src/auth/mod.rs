@@ -26,10 +26,11 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::{AnonymousConfig, KeyRecord, OnForbidden};
 use crate::model::{Kill, KillReason};
-use crate::store::{Op, Store, StoreError};
+use crate::store::{Op, Store, StoreError, StoredKey};
 use dataloom_codec::reason;
-pub use key::{Key, KeyRecord};
+pub use key::Key;
 pub use perms::{Lists, Perms};
 use throttle::Throttle;
 
@@ -42,41 +43,10 @@ pub enum AuthError {
     Exists(String),
     #[error("no key named {0:?}")]
     NotFound(String),
+    #[error("a stored API key is corrupt: {0}; restore a backup of the data directory")]
+    Corrupt(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// `[auth.anonymous]`: what clients without credentials may do where they are allowed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AnonymousConfig {
-    pub publish: Vec<String>,
-    pub subscribe: Vec<String>,
-    pub deny_publish: Vec<String>,
-    pub deny_subscribe: Vec<String>,
-}
-
-impl Default for AnonymousConfig {
-    fn default() -> Self {
-        AnonymousConfig {
-            publish: vec!["#".into()],
-            subscribe: vec!["#".into()],
-            deny_publish: Vec::new(),
-            deny_subscribe: Vec::new(),
-        }
-    }
-}
-
-/// `auth.on_forbidden_publish`: a forbidden PUBLISH that no negative ack can answer (MQTT
-/// 3.x, and v5 QoS 0), per [MQTT-3.3.5-2].
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum OnForbidden {
-    /// Acknowledge as usual and drop it (counted), like Mosquitto.
-    #[default]
-    Drop,
-    /// Close the connection (v5: DISCONNECT 0x87).
-    Disconnect,
 }
 
 /// The auth settings of `[auth]` the broker uses at run time.
@@ -229,13 +199,13 @@ impl Auth {
     /// [`AuthError::Invalid`] for a bad seeded or stored key, naming it.
     pub fn new(
         settings: Settings,
-        stored: Vec<KeyRecord>,
+        stored: Vec<StoredKey>,
         seeded: &[KeyRecord],
         store: Option<Arc<dyn Store>>,
     ) -> Result<Auth, AuthError> {
         let mut keys = HashMap::new();
-        for r in stored {
-            let k = Key::new(r, false)?;
+        for r in &stored {
+            let k = Key::new(key::decode_record(r)?, false)?;
             keys.insert(Arc::from(k.record.id.as_str()), Arc::new(k));
         }
         for r in seeded {
@@ -373,7 +343,16 @@ impl Auth {
             return Err(AuthError::Exists(key.record.id.clone()));
         }
         if let Some(store) = &self.store {
-            store.submit(vec![Op::PutKey(Box::new(key.record.clone()))], true).wait().await?;
+            store
+                .submit(
+                    vec![Op::PutKey {
+                        id: Arc::from(key.record.id.as_str()),
+                        record: key::encode_record(&key.record),
+                    }],
+                    true,
+                )
+                .wait()
+                .await?;
         }
         let info = KeyInfo::of(&key);
         let mut keys = self.keys.write();

@@ -88,29 +88,6 @@ impl Filter {
     }
 }
 
-/// Checks the syntax of a permission filter (as a subscription filter; placeholders allowed).
-///
-/// # Errors
-/// What is wrong with it.
-pub fn check_filter(filter: &str) -> Result<(), String> {
-    if filter.is_empty() {
-        return Err("empty".into());
-    }
-    let n = filter.split('/').count();
-    for (i, l) in filter.split('/').enumerate() {
-        if l == "#" && i + 1 != n {
-            return Err("# must be the last level".into());
-        }
-        if l.len() > 1 && (l.contains('+') || l.contains('#')) {
-            return Err("+ and # must fill a whole level".into());
-        }
-    }
-    if filter.contains('\0') {
-        return Err("contains U+0000".into());
-    }
-    Ok(())
-}
-
 /// A client-id pattern: `*` any run of characters, `?` one character, `%u` the key id.
 #[derive(Debug, Clone)]
 pub struct Glob(Box<str>);

@@ -110,6 +110,22 @@ impl Broker {
         self.disk_full.store(full, Ordering::Relaxed);
     }
 
+    /// Takes a free-space reading of the data directory `dir`: below `min_free` bytes the disk
+    /// counts as full ([`Broker::set_disk_full`]). Logs each change once.
+    pub fn report_free_space(&self, dir: &std::path::Path, free: u64, min_free: u64) {
+        let full = free < min_free;
+        if full == self.disk_full() {
+            return;
+        }
+        if full {
+            tracing::warn!(dir = %dir.display(), free, min_free = min_free,
+                "data directory almost full: refusing messages that would be stored (0x97) until space is freed");
+        } else {
+            tracing::info!(dir = %dir.display(), free, "data directory has space again: accepting messages");
+        }
+        self.set_disk_full(full);
+    }
+
     /// True while the store's disk is below its free-space minimum.
     pub fn disk_full(&self) -> bool {
         self.disk_full.load(Ordering::Relaxed)

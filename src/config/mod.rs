@@ -4,6 +4,7 @@
 //! Every key has a default, so an empty file (or none) is a valid configuration. A bad value is
 //! a [`ConfigError`] whose message names the key and what is allowed.
 
+mod keys;
 mod listeners;
 mod sections;
 #[cfg(test)]
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use keys::{AnonymousConfig, KeyRecord, OnForbidden, check_filter, check_id, parse_hash, parse_time};
 use listeners::parse_addr;
 pub use listeners::{
     Listeners, TcpListenerConfig, TlsKeys, TlsListenerConfig, WsListenerConfig, WssListenerConfig,
@@ -161,7 +163,7 @@ impl Config {
             ));
         }
         for k in &self.auth.keys {
-            crate::auth::Key::new(k.clone(), true).map_err(|e| {
+            k.check().map_err(|e| {
                 invalid(
                     "auth.keys",
                     format!("{e} (secret_sha256 comes from `dataloom key create --print-config`)"),

@@ -86,11 +86,11 @@ pub struct Auth {
     /// Accept clients without credentials on non-loopback listeners too.
     pub allow_anonymous: bool,
     /// What anonymous clients may do where they are allowed (see `src/auth/`).
-    pub anonymous: crate::auth::AnonymousConfig,
+    pub anonymous: super::AnonymousConfig,
     /// A forbidden PUBLISH without a negative ack (3.x, v5 QoS 0): `"drop"` or `"disconnect"`.
-    pub on_forbidden_publish: crate::auth::OnForbidden,
+    pub on_forbidden_publish: super::OnForbidden,
     /// Keys seeded from config (`[[auth.keys]]`: id, secret_sha256, permissions; hashes only).
-    pub keys: Vec<crate::auth::KeyRecord>,
+    pub keys: Vec<super::KeyRecord>,
 }
 
 /// Log output format.

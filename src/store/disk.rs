@@ -1,13 +1,11 @@
 //! Free space of the data directory's file system, watched so that a filling disk refuses new
 //! writes (v5 0x97 Quota exceeded) before the storage engine fails on it, while reads go on.
+//! This module only measures; the broker decides what a low figure means.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
-
-use crate::broker::Broker;
 
 /// Bytes available to unprivileged writers on the file system holding `path`.
 pub fn free_bytes(path: &Path) -> Option<u64> {
@@ -21,29 +19,16 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// Checks the free space of `dir` every second and tells the broker when it falls below (or
-/// rises back above) `min_free`. Logs each change once.
-pub fn watch(broker: Arc<Broker>, dir: std::path::PathBuf, min_free: u64) {
-    if min_free == 0 {
-        return;
-    }
-    let weak = Arc::downgrade(&broker);
-    drop(broker);
+/// Measures the free space of `dir` every second and reports it to `report`, which decides what
+/// it means; the watch ends when `report` returns false (its receiver is gone).
+pub fn watch(dir: std::path::PathBuf, mut report: impl FnMut(u64) -> bool + Send + 'static) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let Some(broker) = weak.upgrade() else { return };
             let Some(free) = free_bytes(&dir) else { continue };
-            let full = free < min_free;
-            if full != broker.disk_full() {
-                if full {
-                    tracing::warn!(dir = %dir.display(), free, min_free = min_free,
-                        "data directory almost full: refusing messages that would be stored (0x97) until space is freed");
-                } else {
-                    tracing::info!(dir = %dir.display(), free, "data directory has space again: accepting messages");
-                }
-                broker.set_disk_full(full);
+            if !report(free) {
+                return;
             }
         }
     });

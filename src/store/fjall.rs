@@ -8,8 +8,8 @@
 //! - `queue`: client id, `0x00`, seq (u64 big-endian) → queued delivery record with its
 //!   in-flight state (packet id, PUBREL sent).
 //! - `qos2`: client id, `0x00`, packet id (u16 big-endian) → empty (incoming QoS 2 ids).
-//! - `keys`: API key id → key record (JSON: id, SHA-256 of the secret, permissions; see
-//!   `crate::auth::KeyRecord`).
+//! - `keys`: API key id → key record, bytes as `auth` encodes them (JSON: id, SHA-256 of the
+//!   secret, permissions); the store does not read them.
 //! - `schemas`: reserved for later use, created empty.
 //!
 //! Records are encoded by [`super::record`]. Writes go through the writer thread ([`writer`]):
@@ -34,7 +34,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::record::{self, Clock, RecordError};
-use super::{Commit, Op, Recovered, RecoveredMessage, RecoveredSession, Store, StoreError};
+use super::{Commit, Op, Recovered, RecoveredMessage, RecoveredSession, Store, StoreError, StoredKey};
 use crate::config::Durability;
 
 /// The data format this build writes and the newest it reads.
@@ -195,7 +195,7 @@ fn op_key_len(op: &Op) -> usize {
         | Op::SetInflight { client_id: c, .. }
         | Op::PutIncomingQos2 { client_id: c, .. }
         | Op::DeleteIncomingQos2 { client_id: c, .. } => c.len() + 9,
-        Op::PutKey(k) => k.id.len(),
+        Op::PutKey { id, .. } => id.len(),
         Op::DeleteKey(id) => id.len(),
     }
 }
@@ -426,21 +426,11 @@ impl Store for FjallStore {
         self.ks.db.disk_space().unwrap_or(0)
     }
 
-    fn keys(&self) -> Result<Vec<crate::auth::KeyRecord>, StoreError> {
+    fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         let mut out = Vec::new();
         for kv in self.ks.keys.iter() {
             let (k, v) = kv.into_inner().map_err(|e| self.read_error(e))?;
-            let key: crate::auth::KeyRecord = serde_json::from_slice(&v)
-                .map_err(|_| corrupt(&self.path, "keys", &k, &RecordError::Invalid("key record")))?;
-            if key.id.as_bytes() != &*k {
-                return Err(corrupt(
-                    &self.path,
-                    "keys",
-                    &k,
-                    &RecordError::Invalid("key id (differs from key)"),
-                ));
-            }
-            out.push(key);
+            out.push(StoredKey { id: k.to_vec(), record: v.to_vec() });
         }
         Ok(out)
     }

@@ -69,10 +69,18 @@ pub enum Op {
     PutIncomingQos2 { client_id: Arc<str>, pkid: u16 },
     /// An incoming QoS 2 packet id was released by PUBREL.
     DeleteIncomingQos2 { client_id: Arc<str>, pkid: u16 },
-    /// Creates or replaces an API key (its id, secret hash and permissions; never the secret).
-    PutKey(Box<crate::auth::KeyRecord>),
+    /// Creates or replaces an API key record (bytes as `auth` encoded them: id, secret hash and
+    /// permissions, never the secret).
+    PutKey { id: Arc<str>, record: Vec<u8> },
     /// Deletes an API key (revocation).
     DeleteKey(Arc<str>),
+}
+
+/// An API key record read back: its id (the store's key) and the bytes `auth` encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub id: Vec<u8>,
+    pub record: Vec<u8>,
 }
 
 /// A queued message of a recovered session.
@@ -185,11 +193,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Bytes the store uses on disk (0 for memory).
     fn disk_bytes(&self) -> u64;
 
-    /// The stored API keys (read at start; the memory store has none).
+    /// The stored API key records (read at start; the memory store has none); `auth` decodes them.
     ///
     /// # Errors
-    /// [`StoreError::Corrupt`] when a key record cannot be decoded.
-    fn keys(&self) -> Result<Vec<crate::auth::KeyRecord>, StoreError> {
+    /// [`StoreError::Io`] when the keyspace cannot be read.
+    fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         Ok(Vec::new())
     }
 }

@@ -301,10 +301,7 @@ impl Writer {
                 b.qos2.set(&qos2_key(&client_id, pkid), Some(UserValue::empty()));
             }
             Op::DeleteIncomingQos2 { client_id, pkid } => b.qos2.set(&qos2_key(&client_id, pkid), None),
-            Op::PutKey(k) => {
-                let json = serde_json::to_vec(&*k).unwrap_or_default();
-                b.keys.set(k.id.as_bytes(), Some(json.into()));
-            }
+            Op::PutKey { id, record } => b.keys.set(id.as_bytes(), Some(record.into())),
             Op::DeleteKey(id) => b.keys.set(id.as_bytes(), None),
         }
         Ok(())
