@@ -19,7 +19,7 @@ use crate::store::{FjallStore, MemoryStore, Store, StoreError};
 pub enum StartError {
     /// A bad file in `schemas.dir` with `schemas.strict = true` (exit code 2).
     #[error(transparent)]
-    Schemas(#[from] crate::schema::LoadError),
+    Schemas(#[from] crate::broker::gate::LoadError),
     #[error(transparent)]
     Bind(#[from] std::io::Error),
     #[error(transparent)]
@@ -87,7 +87,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     cfg.check_anonymous_exposure(auth.key_count())?;
     let mut ctx = Ctx::new(broker.clone(), cfg.mqtt.clone());
     ctx.auth = auth.clone();
-    ctx.schemas = Arc::new(crate::schema::Registry::start(&cfg.schemas, &broker)?);
+    ctx.schemas = Arc::new(crate::broker::gate::SchemaGate::start(&cfg.schemas, &broker)?);
     let ctx = Arc::new(ctx);
     let bound = crate::net::listener::bind_all(cfg).await?;
     let permits = Arc::new(Semaphore::new(cfg.mqtt.max_connections));

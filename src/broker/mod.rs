@@ -6,6 +6,7 @@
 
 pub mod mailbox;
 
+pub mod gate;
 mod recovery;
 pub mod retained_tree;
 mod route;

@@ -1,5 +1,6 @@
 //! The `$schema/` registry: JSON Schemas registered over MQTT, compiled once, looked up by
-//! topic, enforced on every PUBLISH and will.
+//! topic, enforced on every PUBLISH and will. This layer is pure (filters, trie, compile,
+//! validate, look up); routing, storing and dead-lettering are the broker's (`broker::gate`).
 //!
 //! **Schemas are retained messages.** A retained PUBLISH of a JSON Schema to
 //! `$schema/<encoded filter>` registers it (or replaces it; an empty retained payload
@@ -10,7 +11,7 @@
 //! keeps its version, a removed filter starts again at 1). So schemas persist through the
 //! normal store, and subscribing to `$schema/#` lists them (a root `#` never matches `$`
 //! topics). At start the registry is rebuilt from those retained messages, then
-//! `schemas.dir` is loaded ([`load`]).
+//! `schemas.dir` is loaded (both by the broker's schema gate, `broker::gate`).
 //!
 //! **Precedence.** Several filters may match a topic; the most specific one governs, compared
 //! level by level from the left: a literal level beats `+`, `+` beats `#`. With
@@ -26,7 +27,7 @@
 //! and with `a/+/c` and `a/b/#`, `a/b/c` is governed by `a/b/#` (level 2 decides). Only one
 //! schema applies to a message; they do not combine.
 //!
-//! **Enforcement** ([`admit`]): the payload must be UTF-8 JSON valid under the governing
+//! **Enforcement** (decided here, applied by `broker::gate`): the payload must be UTF-8 JSON valid under the governing
 //! schema, else the message is refused with `schema <filter> v<N>: <json pointer>: <what>`
 //! (the root pointer is written `(root)`), is never delivered and never becomes state. The
 //! session layer answers: v5 QoS 1/2 PUBACK/PUBREC 0x99 with that reason string, otherwise
@@ -40,11 +41,9 @@
 //! Counters: `dataloom_schema_validations_total{filter,result}` and
 //! `dataloom_messages_dropped_total{reason="schema_invalid"}`.
 
-pub mod admit;
 mod digits;
 pub mod document;
 pub mod filter;
-pub mod load;
 pub mod registry;
 mod scan;
 mod tape;
@@ -53,11 +52,9 @@ pub mod trie;
 #[cfg(test)]
 mod tests;
 
-pub use admit::{DEAD_PREFIX, Refusal, Routed, may_write_schema};
 pub use document::{Rejection, Schema, SchemaError};
 pub use filter::{FilterError, SCHEMA_PREFIX};
-pub use load::LoadError;
-pub use registry::{Memo, Registry};
+pub use registry::{FILTER_PROPERTY, Memo, Registry, VERSION_PROPERTY};
 
 use std::path::Path;
 

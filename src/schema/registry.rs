@@ -1,5 +1,7 @@
 //! The registry: every registered [`Schema`] in a [`FilterTrie`], read on each PUBLISH and
-//! changed only by registrations.
+//! changed only by registrations. Pure: what a registration stores and routes is decided by
+//! the broker's schema gate (`broker::gate`), which calls [`Registry::put`] and
+//! [`Registry::remove`] under [`Registry::lock_registrations`].
 //!
 //! The hot path ([`Registry::check_memo`]) skips everything while no schema exists (one
 //! atomic load). Otherwise a connection's [`Memo`] answers when the topic is the one of its
@@ -12,17 +14,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use super::document::{Compiled, Rejection, Schema};
-use super::filter::topic_of_filter;
 use super::trie::FilterTrie;
-use crate::broker::{Broker, Published};
 use crate::config::{OnInvalid, Schemas};
-use crate::model::Message;
-use crate::store::{Op, StoreError};
-use dataloom_codec::{Properties, QoS};
 
 /// User property naming the decoded filter on a `$schema/...` message.
 pub const FILTER_PROPERTY: &str = "filter";
@@ -37,10 +33,10 @@ pub struct Registry {
     /// Bumped after every change of the trie; a [`Memo`] of an older generation is stale.
     generation: AtomicU64,
     registering: Mutex<()>,
-    pub(super) on_invalid: OnInvalid,
-    pub(super) dead_letter: bool,
-    /// Resolve per-filter Prometheus counters (off for `dataloom schema check`).
-    pub(super) metered: bool,
+    on_invalid: OnInvalid,
+    dead_letter: bool,
+    /// Resolve per-filter Prometheus counters (off for `dataloom schema check` and unit tests).
+    metered: bool,
 }
 
 /// One connection's last schema lookup (see [`Registry::check_memo`]); an empty memo has no
@@ -50,18 +46,6 @@ pub struct Memo {
     generation: u64,
     topic: Option<Arc<str>>,
     schema: Option<Arc<Schema>>,
-}
-
-/// What installing a schema did.
-#[derive(Debug)]
-pub struct Installed {
-    pub version: u64,
-    /// The document equals the one in force (the version was kept).
-    pub unchanged: bool,
-    /// Retained values under the filter, governed by this schema, that do not validate.
-    pub invalid_retained: usize,
-    /// The routing of the `$schema/` message.
-    pub published: Published,
 }
 
 impl Registry {
@@ -86,6 +70,17 @@ impl Registry {
     /// True when no schema is in force.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The registry without per-filter Prometheus counters (unit tests).
+    pub fn unmetered(mut self) -> Registry {
+        self.metered = false;
+        self
+    }
+
+    /// True when refused messages go to `$dead/` (`schemas.dead_letter`).
+    pub fn dead_letter(&self) -> bool {
+        self.dead_letter
     }
 
     /// What to do with a refusal that has no negative ack.
@@ -150,12 +145,16 @@ impl Registry {
     }
 
     /// Serialises registrations (versions are read, then written).
-    pub(super) fn lock_registrations(&self) -> MutexGuard<'_, ()> {
+    pub fn lock_registrations(&self) -> MutexGuard<'_, ()> {
         self.registering.lock()
     }
 
-    /// Puts a schema in force without publishing anything (start-up recovery).
-    pub(super) fn insert(&self, schema: Schema) {
+    /// Puts `compiled` in force for `filter` at `version`, without publishing anything.
+    pub fn put(&self, filter: &str, version: u64, compiled: Compiled) {
+        self.insert(Schema::new(filter, version, compiled, self.metered));
+    }
+
+    fn insert(&self, schema: Schema) {
         let filter = schema.filter.clone();
         let old = self.trie.write().insert(&filter, Arc::new(schema));
         self.generation.fetch_add(1, Ordering::Release);
@@ -165,79 +164,12 @@ impl Registry {
     }
 
     /// Takes the schema of `filter` out of force; returns it.
-    pub(super) fn remove(&self, filter: &str) -> Option<Arc<Schema>> {
+    pub fn remove(&self, filter: &str) -> Option<Arc<Schema>> {
         let old = self.trie.write().remove(filter);
         self.generation.fetch_add(1, Ordering::Release);
         if old.is_some() {
             self.count.fetch_sub(1, Ordering::Relaxed);
         }
         old
-    }
-
-    /// Registers `compiled` for `filter` (call under [`Registry::lock_registrations`]):
-    /// picks the version (kept for an identical document, else the next one), publishes the
-    /// retained `$schema/` message with its `filter`/`version` user properties (built from
-    /// `template`, the client's PUBLISH, when there is one) together with `extra` ops, puts
-    /// the schema in force and counts the retained values it refuses.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store refuses writes; the previous schema stays.
-    pub(super) fn install(
-        &self,
-        broker: &Broker,
-        filter: &str,
-        compiled: Compiled,
-        payload: Bytes,
-        template: Option<&Message>,
-        extra: Vec<Op>,
-    ) -> Result<Installed, StoreError> {
-        let current = self.get(filter);
-        let unchanged = current.as_ref().is_some_and(|c| c.document == compiled.0);
-        let version = match &current {
-            Some(c) if unchanged => c.version,
-            Some(c) => c.version + 1,
-            None => 1,
-        };
-        let msg = schema_message(filter, version, payload, template);
-        let published = broker.publish(Arc::new(msg), extra)?;
-        self.insert(Schema::new(filter, version, compiled, self.metered));
-        let invalid_retained = self.count_invalid(broker, filter);
-        Ok(Installed { version, unchanged, invalid_retained, published })
-    }
-
-    /// Retained values under `filter` that its schema governs and refuses.
-    fn count_invalid(&self, broker: &Broker, filter: &str) -> usize {
-        let Some(schema) = self.get(filter) else { return 0 };
-        broker
-            .retained_under(filter)
-            .iter()
-            .filter(|m| {
-                self.lookup(&m.topic).is_some_and(|s| Arc::ptr_eq(&s, &schema)) && !schema.accepts(&m.payload)
-            })
-            .count()
-    }
-}
-
-/// The retained `$schema/` message of a registration: canonical topic, QoS 1 unless the
-/// client's PUBLISH says otherwise, the client's properties with `filter` and `version` set by
-/// the broker, no expiry (a schema stays until removed).
-fn schema_message(filter: &str, version: u64, payload: Bytes, template: Option<&Message>) -> Message {
-    let topic = topic_of_filter(filter);
-    let mut properties = template.map(|m| m.properties.clone()).unwrap_or_else(|| Properties {
-        content_type: Some("application/schema+json".into()),
-        ..Properties::default()
-    });
-    properties.user_properties.retain(|(k, _)| k != FILTER_PROPERTY && k != VERSION_PROPERTY);
-    properties.user_properties.push((FILTER_PROPERTY.into(), filter.into()));
-    properties.user_properties.push((VERSION_PROPERTY.into(), version.to_string()));
-    Message {
-        topic: Arc::from(topic.as_str()),
-        topic_bytes: Bytes::from(topic),
-        payload,
-        qos: template.map_or(QoS::AtLeastOnce, |m| m.qos),
-        retain: true,
-        properties,
-        expires_at: None,
-        publisher: template.and_then(|m| m.publisher),
     }
 }

@@ -16,8 +16,8 @@ mod refuse;
 use std::sync::Arc;
 
 use crate::broker::Broker;
+use crate::broker::gate::SchemaGate;
 use crate::config::Mqtt;
-use crate::schema::Registry;
 use dataloom_codec::{DecodeError, Limits};
 
 pub use conn::{ConnInfo, serve_connection};
@@ -29,7 +29,7 @@ pub struct Ctx {
     pub mqtt: Mqtt,
     pub decode_limits: Limits,
     /// The `$schema/` registry every PUBLISH and will goes through (empty unless replaced).
-    pub schemas: Arc<Registry>,
+    pub schemas: Arc<SchemaGate>,
     /// API keys and anonymous access (no keys, defaults, unless replaced).
     pub auth: Arc<crate::auth::Auth>,
 }
@@ -42,7 +42,7 @@ impl Ctx {
             max_user_properties: mqtt.max_user_properties,
             max_topic_levels: mqtt.max_topic_levels,
         };
-        let schemas = Arc::new(Registry::new(&crate::config::Schemas::default()));
+        let schemas = Arc::new(SchemaGate::new(&crate::config::Schemas::default()));
         let auth = Arc::new(crate::auth::Auth::default());
         Ctx { broker, mqtt, decode_limits, schemas, auth }
     }

@@ -7,8 +7,8 @@ use tracing::{debug, info};
 
 use super::Close;
 use super::conn::Conn;
+use crate::broker::gate::Refusal;
 use crate::config::OnInvalid;
-use crate::schema::Refusal;
 use crate::store::Commit;
 use dataloom_codec::{Ack, Packet, Properties, QoS, encode, reason};
 

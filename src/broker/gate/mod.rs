@@ -1,15 +1,25 @@
-//! The schema step of a client PUBLISH and of a will: a `$schema/...` topic is a registration
-//! (or removal), any other topic is checked against its governing schema. A refused message is
-//! never routed and never becomes state; the session layer answers the [`Refusal`] (v5 ack
-//! reason code, or the `schemas.on_invalid` policy) and optionally it goes to `$dead/`.
+//! The schema gate: the broker's side of the `$schema/` registry. A client PUBLISH and a will
+//! pass it before routing: a `$schema/...` topic is a registration (or removal), any other
+//! topic is checked against its governing schema (the pure [`crate::schema`] layer decides). A
+//! refused message is never routed and never becomes state; the session layer answers the
+//! [`Refusal`] (v5 ack reason code, or the `schemas.on_invalid` policy) and optionally it goes
+//! to `$dead/`. Registrations are routed and stored here ([`install`]), and the registry is
+//! rebuilt at start from the store and `schemas.dir` ([`load`]).
 
+mod install;
+mod load;
+#[cfg(test)]
+mod tests;
+
+use std::ops::Deref;
 use std::sync::Arc;
 
-use super::document::{self, Rejection};
-use super::filter::{self, SCHEMA_PREFIX};
-use super::registry::{Memo, Registry};
 use crate::broker::{Broker, Published};
+use crate::config::Schemas;
 use crate::model::Message;
+use crate::schema::document::{self, Rejection};
+use crate::schema::filter::{self, SCHEMA_PREFIX};
+use crate::schema::{Memo, Registry};
 use crate::store::{Op, StoreError};
 use dataloom_codec::reason;
 
@@ -44,7 +54,33 @@ pub fn may_write_schema(client_id: &str) -> bool {
     true
 }
 
-impl Registry {
+pub use load::LoadError;
+
+/// The registry with the broker's effects of registering, refusing and dead-lettering.
+#[derive(Debug)]
+pub struct SchemaGate {
+    registry: Registry,
+}
+
+impl Deref for SchemaGate {
+    type Target = Registry;
+
+    fn deref(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl SchemaGate {
+    /// An empty gate with the `[schemas]` policy (no schema in force).
+    pub fn new(cfg: &Schemas) -> SchemaGate {
+        SchemaGate { registry: Registry::new(cfg) }
+    }
+
+    /// A gate around `registry` (unit tests use an unmetered one).
+    pub fn with_registry(registry: Registry) -> SchemaGate {
+        SchemaGate { registry }
+    }
+
     /// Runs a client PUBLISH through the schema step and routes it (with `extra` store ops)
     /// when accepted; `memo` is the connection's (see [`Registry::check_memo`]).
     ///
@@ -100,7 +136,7 @@ impl Registry {
     /// Counts a refused message and dead-letters it when configured.
     fn refused(&self, broker: &Broker, msg: &Message, r: &Rejection, client_id: &str) {
         crate::metrics::get().dropped(crate::metrics::reasons::DropReason::SchemaInvalid);
-        if !self.dead_letter || msg.topic.len() + DEAD_PREFIX.len() > dataloom_codec::topic::MAX_TOPIC_LEN {
+        if !self.dead_letter() || msg.topic.len() + DEAD_PREFIX.len() > dataloom_codec::topic::MAX_TOPIC_LEN {
             return;
         }
         let topic = format!("{DEAD_PREFIX}{}", msg.topic);

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::document::{self, Schema};
-use super::filter::{self, SCHEMA_PREFIX};
-use super::registry::{Registry, VERSION_PROPERTY};
+use super::SchemaGate;
 use crate::broker::Broker;
 use crate::config::Schemas;
+use crate::schema::VERSION_PROPERTY;
+use crate::schema::document;
+use crate::schema::filter::{self, SCHEMA_PREFIX};
 
 /// Why the registry could not be built (`schemas.strict = true`).
 #[derive(Debug, thiserror::Error)]
@@ -23,13 +24,13 @@ pub struct LoadError {
     pub first: String,
 }
 
-impl Registry {
+impl SchemaGate {
     /// The registry for a broker that just recovered its state: stored schemas, then `cfg.dir`.
     ///
     /// # Errors
     /// [`LoadError`] when `cfg.strict` and a file in `cfg.dir` is bad.
-    pub fn start(cfg: &Schemas, broker: &Broker) -> Result<Registry, LoadError> {
-        let registry = Registry::new(cfg);
+    pub fn start(cfg: &Schemas, broker: &Broker) -> Result<SchemaGate, LoadError> {
+        let registry = SchemaGate::new(cfg);
         registry.recover(broker);
         if !cfg.dir.as_os_str().is_empty() {
             let errors = registry.load_dir(broker, &cfg.dir);
@@ -59,7 +60,7 @@ impl Registry {
                 .and_then(|(_, v)| v.parse().ok())
                 .unwrap_or(1);
             match document::compile(&msg.payload) {
-                Ok(c) => self.insert(Schema::new(&filter, version, c, self.metered)),
+                Ok(c) => self.put(&filter, version, c),
                 Err(e) => {
                     tracing::error!(topic = %msg.topic, "stored schema {filter} v{version}: {e}; not enforced")
                 }
@@ -115,7 +116,7 @@ impl Registry {
         let done = self
             .install(broker, filter, compiled, Bytes::from(bytes), None, Vec::new())
             .map_err(|e| format!("cannot store it: {e}"))?;
-        let note = super::admit::registered_note(filter, done.version, done.unchanged, done.invalid_retained);
+        let note = super::registered_note(filter, done.version, done.unchanged, done.invalid_retained);
         tracing::info!(%note, "schema loaded from file");
         Ok(())
     }
