@@ -23,8 +23,10 @@ test-deps:
 	  $(SUDO) apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y --no-install-recommends prometheus; }; }
 
+# The layer rule of docs/architecture.md (scripts/check-layers.py holds the table).
 lint:
-	$(CARGO) fmt --check
+	python3 scripts/check-layers.py
+	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test: test-deps lint

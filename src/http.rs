@@ -82,7 +82,7 @@ pub async fn serve_with(
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
-    match crate::metrics::get().render(&s.broker) {
+    match crate::metrics::get().render(&s.broker.metrics_snapshot()) {
         Ok(body) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }

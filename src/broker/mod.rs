@@ -36,14 +36,12 @@ pub struct SubEntry {
     pub opts: SubOptions,
 }
 
-/// Counters the broker keeps for `$SYS` and metrics.
+/// Messages this broker dropped (only on the drop path, never per routed message); the
+/// metrics show them through [`Broker::metrics_snapshot`].
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub messages_received: AtomicU64,
-    pub messages_routed: AtomicU64,
     pub dropped_queue_full: AtomicU64,
     pub dropped_offline_qos0: AtomicU64,
-    pub dropped_no_subscribers: AtomicU64,
 }
 
 /// Limits the broker applies to sessions.
@@ -70,6 +68,7 @@ pub struct Attached {
 #[derive(Debug)]
 pub struct Broker {
     limits: BrokerLimits,
+    pub stats: Stats,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     subs: RwLock<SubscriptionTree<SessionId, SubEntry>>,
     retained: RwLock<RetainedTree<Arc<Message>>>,
@@ -79,7 +78,6 @@ pub struct Broker {
     store: Arc<dyn Store>,
     /// Set while the data directory's file system is below `storage.min_free_bytes`.
     disk_full: std::sync::atomic::AtomicBool,
-    pub stats: Stats,
 }
 
 impl Broker {
@@ -92,6 +90,7 @@ impl Broker {
         let recovered = store.recover()?;
         let broker = Arc::new(Broker {
             limits,
+            stats: Stats::default(),
             sessions: Mutex::new(HashMap::new()),
             subs: RwLock::new(SubscriptionTree::new()),
             retained: RwLock::new(RetainedTree::new()),
@@ -99,7 +98,6 @@ impl Broker {
             next_seq: AtomicU64::new(1),
             store,
             disk_full: std::sync::atomic::AtomicBool::new(false),
-            stats: Stats::default(),
         });
         broker.restore(recovered);
         Ok(broker)
@@ -130,6 +128,19 @@ impl Broker {
     /// True while the store's disk is below its free-space minimum.
     pub fn disk_full(&self) -> bool {
         self.disk_full.load(Ordering::Relaxed)
+    }
+
+    /// The state the `/metrics` gauges show.
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        crate::metrics::Snapshot {
+            sessions: self.session_count(),
+            persistent_sessions: self.persistent_session_count(),
+            subscriptions: self.subscription_count(),
+            retained_messages: self.retained_count(),
+            store_disk_bytes: self.store.disk_bytes(),
+            dropped_queue_full: self.stats.dropped_queue_full.load(Ordering::Relaxed),
+            dropped_offline_qos0: self.stats.dropped_offline_qos0.load(Ordering::Relaxed),
+        }
     }
 
     /// The store behind the broker.

@@ -59,7 +59,6 @@ impl Broker {
         if let Some(e) = self.store.poisoned() {
             return Err(e);
         }
-        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         // $SYS state is regenerated every interval; storing it would only cost writes.
         let stores_state = msg.retain && !msg.topic.starts_with("$SYS/");
         let disk_full = self.disk_full();
@@ -103,9 +102,6 @@ impl Broker {
                     blocked.push((session, d));
                 }
             }
-        }
-        if routed == 0 {
-            self.stats.dropped_no_subscribers.fetch_add(1, Ordering::Relaxed);
         }
         Ok(Published { routed, commit, blocked })
     }
@@ -172,10 +168,7 @@ impl Broker {
     fn enqueue(&self, session: &Session, d: Delivery, may_wait: bool) -> Result<bool, Delivery> {
         let seq = d.seq;
         let why = match session.mailbox.offer(d) {
-            Ok(()) => {
-                self.stats.messages_routed.fetch_add(1, Ordering::Relaxed);
-                return Ok(true);
-            }
+            Ok(()) => return Ok(true),
             Err(Refused::Full(d)) if may_wait => return Err(d),
             Err(Refused::Full(_)) => {
                 session.mailbox.count_dropped();

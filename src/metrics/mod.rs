@@ -4,8 +4,9 @@
 //! Label values are resolved once, at start, into plain fields (arrays indexed by packet type,
 //! QoS, close reason, ...), so the publish path never hashes a label or takes a lock: counting
 //! is one relaxed atomic add, the publish latency one histogram observation. Gauges that
-//! describe broker state (sessions, subscriptions, retained messages, store size) are read
-//! from the broker when scraped ([`Metrics::render`]).
+//! describe broker state (sessions, subscriptions, retained messages, store size) are set
+//! from a [`Snapshot`] when scraped ([`Metrics::render`]); this module knows nothing of the
+//! broker or the sessions (issue 12: metrics is a leaf).
 //!
 //! Naming follows Prometheus: prefix `dataloom_`, counters end in `_total`, base units
 //! (`_seconds`, `_bytes`), labels from closed sets only ([`reasons`]). Process CPU, memory and
@@ -24,8 +25,6 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::broker::Broker;
-use crate::session::Close;
 use dataloom_codec::{Packet, QoS};
 pub use io::Counted;
 pub use reasons::pt;
@@ -97,13 +96,8 @@ pub struct ConnectionGuard {
 }
 
 impl ConnectionGuard {
-    /// Counts how the connection ended: `Ok` after a session, `Err` when it ended before one
-    /// (the return value of [`crate::session::serve_connection`]).
-    pub fn ended(mut self, how: &Result<Close, Close>) {
-        let ending = match how {
-            Ok(close) => reasons::classify(close, true),
-            Err(close) => reasons::classify(close, false),
-        };
+    /// Counts how the connection ended (the session layer classifies its close).
+    pub fn ended(mut self, ending: reasons::Ending) {
         let l = self.listener;
         l.closed[ending.close as usize].inc();
         if let Some(r) = ending.rejected {
@@ -543,35 +537,44 @@ impl Metrics {
         self.sessions_online.get()
     }
 
-    /// Refreshes the gauges read from `broker` and encodes everything in the Prometheus text
-    /// format (version 0.0.4).
+    /// Sets the gauges of broker state from `state` and encodes everything in the Prometheus
+    /// text format (version 0.0.4).
     ///
     /// # Errors
     /// [`MetricsError::Encode`] if a metric cannot be encoded (a bug).
-    pub fn render(&self, broker: &Broker) -> Result<String, MetricsError> {
-        self.refresh(broker);
+    pub fn render(&self, state: &Snapshot) -> Result<String, MetricsError> {
+        self.refresh(state);
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
-    fn refresh(&self, broker: &Broker) {
-        let total = i64::try_from(broker.session_count()).unwrap_or(i64::MAX);
+    fn refresh(&self, s: &Snapshot) {
+        let total = to_i64(s.sessions);
         self.sessions_offline.set(total.saturating_sub(self.sessions_online.get()).max(0));
-        self.sessions_persistent.set(to_i64(broker.persistent_session_count()));
-        self.subscriptions.set(to_i64(broker.subscription_count()));
-        self.retained_messages.set(to_i64(broker.retained_count()));
-        self.store_disk_bytes.set(i64::try_from(broker.store().disk_bytes()).unwrap_or(i64::MAX));
-        let s = &broker.stats;
-        follow(&self.dropped[DropReason::QueueFull as usize], s.dropped_queue_full.load(Relaxed));
-        follow(&self.dropped[DropReason::OfflineQos0 as usize], s.dropped_offline_qos0.load(Relaxed));
+        self.sessions_persistent.set(to_i64(s.persistent_sessions));
+        self.subscriptions.set(to_i64(s.subscriptions));
+        self.retained_messages.set(to_i64(s.retained_messages));
+        self.store_disk_bytes.set(i64::try_from(s.store_disk_bytes).unwrap_or(i64::MAX));
+        follow(&self.dropped[DropReason::QueueFull as usize], s.dropped_queue_full);
+        follow(&self.dropped[DropReason::OfflineQos0 as usize], s.dropped_offline_qos0);
     }
 }
 
-use std::sync::atomic::Ordering::Relaxed;
-
-fn to_i64(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+/// The broker state the gauges show, read by whoever serves `/metrics` when it is scraped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Sessions, online and offline.
+    pub sessions: usize,
+    pub persistent_sessions: usize,
+    pub subscriptions: usize,
+    pub retained_messages: usize,
+    /// Bytes the store uses on disk.
+    pub store_disk_bytes: u64,
+    /// Messages dropped so far because a session's queue was full.
+    pub dropped_queue_full: u64,
+    /// QoS 0 messages dropped so far because their session was offline.
+    pub dropped_offline_qos0: u64,
 }
 
 /// Brings a counter up to a total kept elsewhere (never down: a counter only grows).
@@ -580,6 +583,10 @@ fn follow(c: &IntCounter, total: u64) {
     if total > cur {
         c.inc_by(total - cur);
     }
+}
+
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@
 //! Every set here is closed: a label value never comes from the network (no client id, no
 //! topic), so the number of series stays fixed.
 
-use crate::session::Close;
-use dataloom_codec::{DecodeError, Packet, reason};
+use dataloom_codec::{DecodeError, Packet};
 
 /// MQTT control packet type names by type code (0 is reserved and never counted).
 pub const PACKET_TYPES: [&str; 16] = [
@@ -83,92 +82,78 @@ pub fn packet_type(p: &Packet) -> usize {
     }
 }
 
-/// `reason` of `dataloom_connections_closed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    ClientDisconnect,
-    ConnectionLost,
-    ProtocolError,
-    KeepAliveTimeout,
-    TakenOver,
-    Shutdown,
-    NotAuthorized,
-    SchemaInvalid,
-    ServerError,
-    /// Ended before a session: see `dataloom_connections_rejected_total` for why.
-    Rejected,
+/// One table per label: the enum of its values and the array of their label strings, in the
+/// same order (a value's discriminant indexes the array and the pre-resolved counters).
+macro_rules! labels {
+    ($(#[$doc:meta])* $name:ident, $values:ident, [$($(#[$vdoc:meta])* $variant:ident = $label:literal),+ $(,)?]) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        #[doc = concat!("Label values of [`", stringify!($name), "`], in declaration order.")]
+        pub const $values: [&str; [$($label),+].len()] = [$($label),+];
+    };
 }
 
-/// Label values of [`CloseReason`], in declaration order.
-pub const CLOSE_REASONS: [&str; 10] = [
-    "client_disconnect",
-    "connection_lost",
-    "protocol_error",
-    "keepalive_timeout",
-    "taken_over",
-    "shutdown",
-    "not_authorized",
-    "schema_invalid",
-    "server_error",
-    "rejected",
-];
+labels!(
+    /// `reason` of `dataloom_connections_closed_total`.
+    CloseReason,
+    CLOSE_REASONS,
+    [
+        ClientDisconnect = "client_disconnect",
+        ConnectionLost = "connection_lost",
+        ProtocolError = "protocol_error",
+        KeepAliveTimeout = "keepalive_timeout",
+        TakenOver = "taken_over",
+        Shutdown = "shutdown",
+        NotAuthorized = "not_authorized",
+        SchemaInvalid = "schema_invalid",
+        ServerError = "server_error",
+        /// Ended before a session: see `dataloom_connections_rejected_total` for why.
+        Rejected = "rejected",
+    ]
+);
 
-/// `reason` of `dataloom_connections_rejected_total`: why a connection got no session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    BadCredentials,
-    NotAuthorized,
-    ClientIdInvalid,
-    UnsupportedProtocolVersion,
-    BadAuthenticationMethod,
-    MalformedConnect,
-    ConnectTimeout,
-    ServerUnavailable,
-    Other,
-}
+labels!(
+    /// `reason` of `dataloom_connections_rejected_total`: why a connection got no session.
+    RejectReason,
+    REJECT_REASONS,
+    [
+        BadCredentials = "bad_credentials",
+        NotAuthorized = "not_authorized",
+        ClientIdInvalid = "client_id_invalid",
+        UnsupportedProtocolVersion = "unsupported_protocol_version",
+        BadAuthenticationMethod = "bad_authentication_method",
+        MalformedConnect = "malformed_connect",
+        ConnectTimeout = "connect_timeout",
+        ServerUnavailable = "server_unavailable",
+        Other = "other",
+    ]
+);
 
-/// Label values of [`RejectReason`], in declaration order.
-pub const REJECT_REASONS: [&str; 9] = [
-    "bad_credentials",
-    "not_authorized",
-    "client_id_invalid",
-    "unsupported_protocol_version",
-    "bad_authentication_method",
-    "malformed_connect",
-    "connect_timeout",
-    "server_unavailable",
-    "other",
-];
-
-/// `reason` of `dataloom_messages_dropped_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// The subscriber's queue held `max_queued_messages`.
-    QueueFull,
-    /// The message expired (v5 Message Expiry Interval) before it could be sent.
-    Expired,
-    /// No subscription matched (the message may still have become retained state).
-    NoSubscribers,
-    /// Larger than the subscriber's Maximum Packet Size.
-    TooLarge,
-    /// QoS 0 for a subscriber that is offline.
-    OfflineQos0,
-    /// Refused by the topic's JSON Schema.
-    SchemaInvalid,
-    /// The publisher may not publish to the topic.
-    NotAuthorized,
-}
-
-/// Label values of [`DropReason`], in declaration order.
-pub const DROP_REASONS: [&str; 7] = [
-    "queue_full",
-    "expired",
-    "no_subscribers",
-    "too_large",
-    "offline_qos0",
-    "schema_invalid",
-    "not_authorized",
-];
+labels!(
+    /// `reason` of `dataloom_messages_dropped_total`.
+    DropReason,
+    DROP_REASONS,
+    [
+        /// The subscriber's queue held `max_queued_messages`.
+        QueueFull = "queue_full",
+        /// The message expired (v5 Message Expiry Interval) before it could be sent.
+        Expired = "expired",
+        /// No subscription matched (the message may still have become retained state).
+        NoSubscribers = "no_subscribers",
+        /// Larger than the subscriber's Maximum Packet Size.
+        TooLarge = "too_large",
+        /// QoS 0 for a subscriber that is offline.
+        OfflineQos0 = "offline_qos0",
+        /// Refused by the topic's JSON Schema.
+        SchemaInvalid = "schema_invalid",
+        /// The publisher may not publish to the topic.
+        NotAuthorized = "not_authorized",
+    ]
+);
 
 /// Protocol violations the session layer detects after decoding (not [`DecodeError`]s),
 /// labelled by the v5 reason code the connection is closed with.
@@ -252,80 +237,17 @@ pub struct Ending {
     pub protocol_error: Option<&'static str>,
 }
 
-/// Classifies how a connection ended; `established` is false when it ended before a session.
-pub fn classify(close: &Close, established: bool) -> Ending {
-    let protocol_error = match close {
-        Close::Decode(e) => Some(e.kind()),
-        Close::Server(code, _) => session_protocol_kind(*code),
-        _ => None,
-    };
-    if !established {
-        let rejected = match close {
-            Close::Refused(code) => Some(reject_for_code(*code)),
-            Close::Decode(e) => Some(match e {
-                DecodeError::InvalidProtocolName | DecodeError::UnsupportedProtocolLevel { .. } => {
-                    RejectReason::UnsupportedProtocolVersion
-                }
-                DecodeError::EmptyClientIdWithoutCleanSession => RejectReason::ClientIdInvalid,
-                _ => RejectReason::MalformedConnect,
-            }),
-            Close::Server(reason::MAXIMUM_CONNECT_TIME, _) => Some(RejectReason::ConnectTimeout),
-            Close::Server(code, _) => Some(reject_for_code(*code)),
-            Close::Io(_) | Close::ClientDisconnect(_) => None,
-        };
-        let close = if rejected.is_some() { CloseReason::Rejected } else { CloseReason::ConnectionLost };
-        return Ending { close, rejected, protocol_error };
-    }
-    let close = match close {
-        Close::ClientDisconnect(_) => CloseReason::ClientDisconnect,
-        Close::Io(_) => CloseReason::ConnectionLost,
-        Close::Decode(_) => CloseReason::ProtocolError,
-        Close::Refused(_) => CloseReason::Rejected,
-        Close::Server(code, _) => match *code {
-            reason::KEEP_ALIVE_TIMEOUT => CloseReason::KeepAliveTimeout,
-            reason::SESSION_TAKEN_OVER => CloseReason::TakenOver,
-            reason::SERVER_SHUTTING_DOWN => CloseReason::Shutdown,
-            reason::NOT_AUTHORIZED | reason::ADMINISTRATIVE_ACTION => CloseReason::NotAuthorized,
-            reason::PAYLOAD_FORMAT_INVALID => CloseReason::SchemaInvalid,
-            c if session_protocol_kind(c).is_some() => CloseReason::ProtocolError,
-            _ => CloseReason::ServerError,
-        },
-    };
-    Ending { close, rejected: None, protocol_error }
-}
-
-fn session_protocol_kind(code: u8) -> Option<&'static str> {
-    let i = match code {
-        reason::PROTOCOL_ERROR => 0,
-        reason::MALFORMED_PACKET => 1,
-        reason::TOPIC_NAME_INVALID => 2,
-        reason::RECEIVE_MAXIMUM_EXCEEDED => 3,
-        reason::TOPIC_ALIAS_INVALID => 4,
-        _ => return None,
-    };
-    Some(SESSION_PROTOCOL_KINDS[i])
-}
-
-fn reject_for_code(code: u8) -> RejectReason {
-    match code {
-        reason::BAD_USER_NAME_OR_PASSWORD => RejectReason::BadCredentials,
-        reason::NOT_AUTHORIZED | reason::BANNED => RejectReason::NotAuthorized,
-        reason::CLIENT_IDENTIFIER_NOT_VALID => RejectReason::ClientIdInvalid,
-        reason::UNSUPPORTED_PROTOCOL_VERSION => RejectReason::UnsupportedProtocolVersion,
-        reason::BAD_AUTHENTICATION_METHOD => RejectReason::BadAuthenticationMethod,
-        reason::MALFORMED_PACKET | reason::PROTOCOL_ERROR | reason::PACKET_TOO_LARGE => {
-            RejectReason::MalformedConnect
-        }
-        reason::SERVER_UNAVAILABLE | reason::SERVER_BUSY | reason::QUOTA_EXCEEDED => {
-            RejectReason::ServerUnavailable
-        }
-        _ => RejectReason::Other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_tables_line_up() {
+        assert_eq!(CLOSE_REASONS[CloseReason::Rejected as usize], "rejected");
+        assert_eq!(REJECT_REASONS[RejectReason::Other as usize], "other");
+        assert_eq!(DROP_REASONS[DropReason::OfflineQos0 as usize], "offline_qos0");
+        assert_eq!(DROP_REASONS.len(), 7);
+    }
 
     #[test]
     fn packet_directions() {
@@ -343,27 +265,5 @@ mod tests {
             kinds.iter().all(|k| k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
         );
         assert!(SESSION_PROTOCOL_KINDS.iter().all(|k| !set.contains(k)));
-    }
-
-    #[test]
-    fn refused_connect_is_a_rejection() {
-        let e = classify(&Close::Refused(reason::NOT_AUTHORIZED), false);
-        assert_eq!(e.close, CloseReason::Rejected);
-        assert_eq!(e.rejected, Some(RejectReason::NotAuthorized));
-        let e = classify(&Close::Io("gone".into()), false);
-        assert_eq!((e.close, e.rejected), (CloseReason::ConnectionLost, None));
-        let e = classify(&Close::Decode(DecodeError::Truncated), false);
-        assert_eq!(e.rejected, Some(RejectReason::MalformedConnect));
-        assert_eq!(e.protocol_error, Some("truncated"));
-    }
-
-    #[test]
-    fn session_closes() {
-        let e = classify(&Close::Server(reason::KEEP_ALIVE_TIMEOUT, "x"), true);
-        assert_eq!(e.close, CloseReason::KeepAliveTimeout);
-        let e = classify(&Close::Server(reason::TOPIC_ALIAS_INVALID, "x"), true);
-        assert_eq!((e.close, e.protocol_error), (CloseReason::ProtocolError, Some("topic_alias_invalid")));
-        let e = classify(&Close::ClientDisconnect(0), true);
-        assert_eq!((e.close, e.protocol_error), (CloseReason::ClientDisconnect, None));
     }
 }

@@ -64,7 +64,7 @@ pub async fn accept_loop(
         let counted = metrics.accepted();
         tokio::spawn(async move {
             let ended = kind.serve(stream, peer, accepted, ctx).await;
-            counted.ended(&ended);
+            counted.ended(crate::session::ending(&ended));
             drop((permit, own));
         });
     }

@@ -387,8 +387,13 @@ impl Conn {
         }
         if let (true, Some(code)) = (self.version.is_v5(), close.server_code()) {
             let mut props = Properties::default();
-            if let Close::Server(_, why) = close {
-                props.reason_string = Some(self.close_reason.take().unwrap_or_else(|| (*why).to_string()));
+            let why = match close {
+                Close::Server(_, why) => Some(*why),
+                Close::Protocol(v) => Some(v.reason()),
+                _ => None,
+            };
+            if let Some(why) = why {
+                props.reason_string = Some(self.close_reason.take().unwrap_or_else(|| why.to_string()));
             }
             let d = Disconnect { code, properties: props };
             codec::encode(&Packet::Disconnect(d), self.version, &mut self.wbuf);

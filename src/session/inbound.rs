@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::debug;
 
-use super::Close;
 use super::conn::Conn;
 use super::outbound::write_ack;
+use super::{Close, Violation};
 use crate::model::Message;
 use crate::model::SubOptions;
 use crate::store::{Commit, Op};
@@ -73,12 +73,10 @@ impl Conn {
                 Ok(())
             }
             Packet::Disconnect(d) => self.on_disconnect(d),
-            Packet::Auth(_) => {
-                Err(Close::Server(reason::PROTOCOL_ERROR, "AUTH without an authentication method"))
-            }
+            Packet::Auth(_) => Err(Close::Protocol(Violation::AuthWithoutMethod)),
             other => {
                 debug!(packet = other.name(), "unexpected packet from client");
-                Err(Close::Server(reason::PROTOCOL_ERROR, "packet not allowed from a client"))
+                Err(Close::Protocol(Violation::PacketNotFromClient))
             }
         }
     }
@@ -97,18 +95,14 @@ impl Conn {
             // Receive Maximum is a v5 contract; a 3.1.1 client never learns it, so its
             // unreleased ids are bounded only by the 16-bit identifier space.
             if self.version.is_v5() && st.incoming_qos2.len() >= usize::from(self.ctx.mqtt.receive_maximum) {
-                return Err(Close::Server(
-                    reason::RECEIVE_MAXIMUM_EXCEEDED,
-                    "too many unreleased QoS 2 messages",
-                ));
+                return Err(Close::Protocol(Violation::ReceiveMaximumExceeded));
             }
             st.incoming_qos2.insert(p.pkid);
             if self.session.is_persistent() {
                 extra.push(Op::PutIncomingQos2 { client_id: self.session.client_id.clone(), pkid: p.pkid });
             }
         }
-        let topic_str = std::str::from_utf8(&topic)
-            .map_err(|_| Close::Server(reason::TOPIC_NAME_INVALID, "topic is not UTF-8"))?;
+        let topic_str = std::str::from_utf8(&topic).map_err(|_| Close::Protocol(Violation::TopicNotUtf8))?;
         if !self.perms.may_publish(topic_str) {
             return self.refuse_forbidden(p.qos, p.pkid, topic_str);
         }
@@ -177,14 +171,10 @@ impl Conn {
             return Ok(p.topic.clone());
         };
         if alias == 0 || alias > self.ctx.mqtt.topic_alias_maximum {
-            return Err(Close::Server(reason::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+            return Err(Close::Protocol(Violation::TopicAliasOutOfRange));
         }
         if p.topic.is_empty() {
-            return self
-                .aliases_in
-                .get(&alias)
-                .cloned()
-                .ok_or(Close::Server(reason::PROTOCOL_ERROR, "unknown topic alias"));
+            return self.aliases_in.get(&alias).cloned().ok_or(Close::Protocol(Violation::UnknownTopicAlias));
         }
         self.aliases_in.insert(alias, p.topic.clone());
         Ok(p.topic.clone())
@@ -197,10 +187,10 @@ impl Conn {
         for f in &s.filters {
             let (group, plain) = topic::parse_subscription(&f.filter, levels).map_err(|e| {
                 debug!(filter = %f.filter, error = %e, "invalid topic filter");
-                Close::Server(reason::MALFORMED_PACKET, "invalid topic filter")
+                Close::Protocol(Violation::InvalidTopicFilter(e))
             })?;
             if group.is_some() && f.no_local {
-                return Err(Close::Server(reason::PROTOCOL_ERROR, "no local on a shared subscription"));
+                return Err(Close::Protocol(Violation::NoLocalOnShared));
             }
             if !self.perms.may_subscribe(plain) {
                 debug!(filter = %f.filter, "SUBSCRIBE not authorized");
@@ -289,7 +279,7 @@ impl Conn {
     fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Close> {
         if let Some(new) = d.properties.session_expiry_interval {
             if self.session.expiry() == 0 && new != 0 {
-                return Err(Close::Server(reason::PROTOCOL_ERROR, "session expiry set after CONNECT said 0"));
+                return Err(Close::Protocol(Violation::SessionExpiryAfterZero));
             }
             let _ = self.ctx.broker.set_expiry(&self.session, new.min(self.ctx.mqtt.max_session_expiry));
         }

@@ -6,21 +6,25 @@
 //! never touch a socket: they read packets and write encoded bytes into the connection's
 //! output buffer.
 
+mod close;
 mod conn;
 mod connect;
 mod inbound;
 mod outbound;
 mod pending;
 mod refuse;
+mod violation;
 
 use std::sync::Arc;
 
 use crate::broker::Broker;
 use crate::broker::gate::SchemaGate;
 use crate::config::Mqtt;
-use dataloom_codec::{DecodeError, Limits};
+use dataloom_codec::Limits;
 
+pub use close::{Close, ending};
 pub use conn::{ConnInfo, serve_connection};
+pub use violation::Violation;
 
 /// What every connection task shares: the broker and the protocol limits.
 #[derive(Debug)]
@@ -45,54 +49,5 @@ impl Ctx {
         let schemas = Arc::new(SchemaGate::new(&crate::config::Schemas::default()));
         let auth = Arc::new(crate::auth::Auth::default());
         Ctx { broker, mqtt, decode_limits, schemas, auth }
-    }
-}
-
-/// Why a connection ends; decides the DISCONNECT sent (v5) and whether the will is published.
-#[derive(Debug)]
-pub enum Close {
-    /// The client sent DISCONNECT with this reason code (0x04 asks for the will).
-    ClientDisconnect(u8),
-    /// The peer closed the socket or it failed.
-    Io(String),
-    /// A packet broke a rule of the protocol.
-    Decode(DecodeError),
-    /// The server ends the connection with this v5 reason code and reason.
-    Server(u8, &'static str),
-    /// The CONNECT was refused (CONNACK already sent).
-    Refused(u8),
-}
-
-impl Close {
-    /// True when the will message must be published.
-    fn publishes_will(&self) -> bool {
-        // A revoked key's will is not published: the key lost its rights.
-        !matches!(
-            self,
-            Close::ClientDisconnect(0x00)
-                | Close::Refused(_)
-                | Close::Server(dataloom_codec::reason::ADMINISTRATIVE_ACTION, _)
-        )
-    }
-
-    /// The v5 DISCONNECT reason code the server sends, if any.
-    fn server_code(&self) -> Option<u8> {
-        match self {
-            Close::Decode(e) => Some(e.reason_code()),
-            Close::Server(code, _) => Some(*code),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Close {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Close::ClientDisconnect(code) => write!(f, "client disconnected (reason 0x{code:02X})"),
-            Close::Io(e) => write!(f, "connection lost: {e}"),
-            Close::Decode(e) => write!(f, "protocol violation: {e}"),
-            Close::Server(code, why) => write!(f, "closed by server (0x{code:02X}): {why}"),
-            Close::Refused(code) => write!(f, "CONNECT refused (0x{code:02X})"),
-        }
     }
 }
