@@ -6,6 +6,7 @@
 
 pub mod mailbox;
 
+mod flows;
 pub mod gate;
 mod recovery;
 pub mod retained_tree;
@@ -27,6 +28,7 @@ use retained_tree::RetainedTree;
 use session::Session;
 use subtree::SubscriptionTree;
 
+pub use flows::{PubRecAnswer, Qos2Arrival};
 pub use route::Published;
 
 /// A subscription as the trie stores it: the session to deliver to and the options.
@@ -353,34 +355,6 @@ impl Broker {
             return Commit::done();
         }
         self.store.submit(ops, durable)
-    }
-
-    /// The acknowledged (or dropped) stored delivery `seq` of `session` leaves the store.
-    pub fn forget(&self, session: &Session, seq: Option<u64>) {
-        if let Some(seq) = seq {
-            let _ = self.submit(vec![Op::Dequeue { client_id: session.client_id.clone(), seq }], false);
-        }
-    }
-
-    /// Records that stored delivery `seq` was sent as `pkid` (and whether PUBREL was sent).
-    /// With `durable` the commit resolves once that is on disk: a QoS 2 PUBLISH or PUBREL must
-    /// wait for it, or after `kill -9` the message could go out again (as a new PUBLISH, or
-    /// under another packet id) although the client has it, and be delivered twice.
-    pub fn mark_inflight(
-        &self,
-        session: &Session,
-        seq: Option<u64>,
-        pkid: u16,
-        released: bool,
-        durable: bool,
-    ) -> Commit {
-        match seq {
-            Some(seq) => {
-                let op = Op::SetInflight { client_id: session.client_id.clone(), seq, pkid, released };
-                self.submit(vec![op], durable)
-            }
-            None => Commit::done(),
-        }
     }
 
     /// Closes the store after a final sync.

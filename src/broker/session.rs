@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use super::mailbox::Mailbox;
 use crate::model::{Delivery, Kill, KillReason, SessionId, SubOptions};
@@ -33,24 +33,69 @@ pub struct Inflight {
     pub phase: Phase,
 }
 
-/// The part of a session that outlives its network connections.
+/// The part of a session that outlives its network connections; private to the broker,
+/// changed through the verbs of [`Session`], [`Outgoing`] and the broker's QoS flows.
 #[derive(Debug, Default)]
-pub struct SessionState {
+pub(super) struct SessionState {
     /// Subscriptions by the filter as the client wrote it (including `$share/g/`).
-    pub subscriptions: HashMap<String, SubOptions>,
+    pub(super) subscriptions: HashMap<String, SubOptions>,
     /// Outgoing QoS 1/2 messages in send order.
-    pub outgoing: VecDeque<Inflight>,
+    pub(super) outgoing: VecDeque<Inflight>,
     /// Incoming QoS 2 packet ids received but not yet released by PUBREL.
-    pub incoming_qos2: HashSet<u16>,
+    pub(super) incoming_qos2: HashSet<u16>,
     /// Last packet id used for an outgoing message.
-    pub last_pkid: u16,
+    pub(super) last_pkid: u16,
     /// Session expiry interval in seconds (0: ends with the connection, `u32::MAX`: never).
-    pub expiry_interval: u32,
+    pub(super) expiry_interval: u32,
+}
+
+/// The in-flight window of a session, locked for one connection's send loop
+/// ([`Session::outgoing`]): packet ids and the messages awaiting their acks.
+#[derive(Debug)]
+pub struct Outgoing<'a>(MutexGuard<'a, SessionState>);
+
+impl Outgoing<'_> {
+    /// Messages in flight.
+    pub fn len(&self) -> usize {
+        self.0.outgoing.len()
+    }
+
+    /// True when nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.0.outgoing.is_empty()
+    }
+
+    /// Next free packet identifier (1..=65535, skipping those in flight), or `None` if all
+    /// are used.
+    pub fn next_pkid(&mut self) -> Option<u16> {
+        self.0.next_pkid()
+    }
+
+    /// A message was sent and awaits its ack.
+    pub fn push(&mut self, inflight: Inflight) {
+        self.0.outgoing.push_back(inflight);
+    }
+
+    /// Takes everything in flight, in send order (to resend it after a resume).
+    pub fn take_all(&mut self) -> Vec<Inflight> {
+        self.0.outgoing.drain(..).collect()
+    }
+}
+
+/// What a PUBREC did to the outgoing message with its packet id.
+#[derive(Debug)]
+pub enum PubRecOutcome {
+    /// No QoS 2 message awaits a PUBREC with this id.
+    Unknown,
+    /// The client refused the message (v5 reason code ≥ 0x80): the flow ended.
+    Ended(Inflight),
+    /// The message now awaits PUBCOMP: send PUBREL (stored delivery `seq`, if any).
+    Release { seq: Option<u64>, pkid: u16 },
 }
 
 impl SessionState {
     /// Next free packet identifier (1..=65535, skipping those in flight), or `None` if all are used.
-    pub fn next_pkid(&mut self) -> Option<u16> {
+    fn next_pkid(&mut self) -> Option<u16> {
         for _ in 0..u16::MAX {
             self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
             let id = self.last_pkid;
@@ -74,7 +119,7 @@ pub struct Session {
     pub id: SessionId,
     pub client_id: Arc<str>,
     pub mailbox: Mailbox,
-    pub state: Mutex<SessionState>,
+    pub(super) state: Mutex<SessionState>,
     generation: AtomicU64,
     owner: Mutex<Owner>,
     /// Session expiry > 0: its state and QoS 1/2 queue are stored durably.
@@ -141,6 +186,39 @@ impl Session {
     pub fn set_expiry(&self, secs: u32) {
         self.state.lock().expiry_interval = secs;
         self.persistent.store(secs > 0, Ordering::Relaxed);
+    }
+
+    /// The in-flight window, locked until the returned guard drops.
+    pub fn outgoing(&self) -> Outgoing<'_> {
+        Outgoing(self.state.lock())
+    }
+
+    /// The outgoing message `pkid` in `phase` was acknowledged (PUBACK, PUBCOMP) and leaves
+    /// the window; returns it.
+    pub(super) fn complete_outgoing(&self, pkid: u16, phase: Phase) -> Option<Inflight> {
+        let mut st = self.state.lock();
+        let pos = st.outgoing.iter().position(|i| i.pkid == pkid && i.phase == phase)?;
+        st.outgoing.remove(pos)
+    }
+
+    /// PUBREC for the outgoing message `pkid`; `failed` when its reason code is ≥ 0x80.
+    pub(super) fn outgoing_received(&self, pkid: u16, failed: bool) -> PubRecOutcome {
+        let mut st = self.state.lock();
+        let Some(pos) = st.outgoing.iter().position(|i| i.pkid == pkid && i.phase != Phase::AwaitAck) else {
+            return PubRecOutcome::Unknown;
+        };
+        if failed {
+            return st.outgoing.remove(pos).map_or(PubRecOutcome::Unknown, PubRecOutcome::Ended);
+        }
+        let i = &mut st.outgoing[pos];
+        i.phase = Phase::AwaitComp;
+        PubRecOutcome::Release { seq: i.delivery.seq, pkid: i.pkid }
+    }
+
+    /// Forgets an incoming QoS 2 id whose PUBLISH was refused before anything was stored (the
+    /// client may send it again as a new message).
+    pub fn qos2_abandon(&self, pkid: u16) {
+        self.state.lock().incoming_qos2.remove(&pkid);
     }
 
     /// Fires the owner's kill switch, if connected.

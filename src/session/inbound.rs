@@ -10,9 +10,11 @@ use tracing::debug;
 use super::conn::Conn;
 use super::outbound::write_ack;
 use super::{Close, Violation};
+use crate::broker::Qos2Arrival;
+use crate::broker::session::Phase;
 use crate::model::Message;
 use crate::model::SubOptions;
-use crate::store::{Commit, Op};
+use crate::store::Commit;
 use dataloom_codec::topic;
 use dataloom_codec::{
     Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, encode,
@@ -37,7 +39,7 @@ impl Conn {
         match p {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
-                self.out.on_puback(&self.ctx.broker, &self.session, a.pkid);
+                self.ctx.broker.outgoing_completed(&self.session, a.pkid, Phase::AwaitAck);
                 Ok(())
             }
             Packet::PubRec(a) => {
@@ -46,18 +48,13 @@ impl Conn {
                 Ok(())
             }
             Packet::PubComp(a) => {
-                self.out.on_pubcomp(&self.ctx.broker, &self.session, a.pkid);
+                self.ctx.broker.outgoing_completed(&self.session, a.pkid, Phase::AwaitComp);
                 Ok(())
             }
             Packet::PubRel(a) => {
-                let known = self.session.state.lock().incoming_qos2.remove(&a.pkid);
-                let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
-                let commit = if known && self.session.is_persistent() {
-                    let op =
-                        Op::DeleteIncomingQos2 { client_id: self.session.client_id.clone(), pkid: a.pkid };
-                    self.ctx.broker.submit(vec![op], true)
-                } else {
-                    Commit::done()
+                let (code, commit) = match self.ctx.broker.qos2_released(&self.session, a.pkid) {
+                    Some(commit) => (reason::SUCCESS, commit),
+                    None => (reason::PACKET_IDENTIFIER_NOT_FOUND, Commit::done()),
                 };
                 self.ack(Packet::PubComp, a.pkid, commit, code);
                 Ok(())
@@ -86,20 +83,16 @@ impl Conn {
         let topic = self.resolve_alias(&p)?;
         let mut extra = Vec::new();
         if p.qos == QoS::ExactlyOnce {
-            let mut st = self.session.state.lock();
-            if st.incoming_qos2.contains(&p.pkid) {
-                drop(st);
-                self.ack(Packet::PubRec, p.pkid, Commit::done(), reason::SUCCESS);
-                return Ok(());
-            }
             // Receive Maximum is a v5 contract; a 3.1.1 client never learns it, so its
             // unreleased ids are bounded only by the 16-bit identifier space.
-            if self.version.is_v5() && st.incoming_qos2.len() >= usize::from(self.ctx.mqtt.receive_maximum) {
-                return Err(Close::Protocol(Violation::ReceiveMaximumExceeded));
-            }
-            st.incoming_qos2.insert(p.pkid);
-            if self.session.is_persistent() {
-                extra.push(Op::PutIncomingQos2 { client_id: self.session.client_id.clone(), pkid: p.pkid });
+            let limit = self.version.is_v5().then_some(usize::from(self.ctx.mqtt.receive_maximum));
+            match self.ctx.broker.qos2_arrived(&self.session, p.pkid, limit) {
+                Qos2Arrival::Duplicate => {
+                    self.ack(Packet::PubRec, p.pkid, Commit::done(), reason::SUCCESS);
+                    return Ok(());
+                }
+                Qos2Arrival::TooMany => return Err(Close::Protocol(Violation::ReceiveMaximumExceeded)),
+                Qos2Arrival::New(ops) => extra = ops,
             }
         }
         let topic_str = std::str::from_utf8(&topic).map_err(|_| Close::Protocol(Violation::TopicNotUtf8))?;
@@ -143,7 +136,7 @@ impl Conn {
                 if !self.version.is_v5() && p.qos != QoS::AtMostOnce {
                     return Err(Close::Server(code, "store refuses writes"));
                 }
-                self.session.state.lock().incoming_qos2.remove(&p.pkid);
+                self.session.qos2_abandon(p.pkid);
                 (code, Commit::done())
             }
         };
@@ -233,7 +226,7 @@ impl Conn {
         debug!(%topic, "PUBLISH not authorized");
         let kind = if qos == QoS::ExactlyOnce { Packet::PubRec } else { Packet::PubAck };
         if self.version.is_v5() && qos != QoS::AtMostOnce {
-            self.session.state.lock().incoming_qos2.remove(&pkid);
+            self.session.qos2_abandon(pkid);
             let note = Some(format!("not authorized to publish to {topic}"));
             self.ack_noted(kind, pkid, Commit::done(), reason::NOT_AUTHORIZED, note);
             return Ok(());
@@ -247,7 +240,7 @@ impl Conn {
                 Ok(())
             }
             crate::auth::OnForbidden::Disconnect => {
-                self.session.state.lock().incoming_qos2.remove(&pkid);
+                self.session.qos2_abandon(pkid);
                 Err(Close::Server(reason::NOT_AUTHORIZED, "PUBLISH not authorized"))
             }
         }

@@ -10,8 +10,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::Ctx;
 use super::pending::Pending;
-use crate::broker::Broker;
 use crate::broker::session::{Inflight, Phase, Session};
+use crate::broker::{Broker, PubRecAnswer};
 use crate::model::Delivery;
 use crate::store::Commit;
 use dataloom_codec::{
@@ -77,7 +77,7 @@ impl Outbound {
 
     /// True while another QoS 1/2 message may be sent.
     pub fn has_window(&self, session: &Session) -> bool {
-        session.state.lock().outgoing.len() < self.limits.window
+        session.outgoing().len() < self.limits.window
     }
 
     /// Encodes queued deliveries into `out` until the mailbox is empty, the window is full or
@@ -92,8 +92,8 @@ impl Outbound {
     ) {
         let now = Instant::now();
         while out.len() < OUT_FULL && pending.len() < HELD_FULL {
-            let mut st = session.state.lock();
-            if st.outgoing.len() >= self.limits.window {
+            let mut st = session.outgoing();
+            if st.len() >= self.limits.window {
                 return;
             }
             self.batch.clear();
@@ -135,11 +135,11 @@ impl Outbound {
                     if !direct {
                         pending.hold(commit, held, out);
                     }
-                    st.outgoing.push_back(Inflight { pkid, delivery: d, phase });
+                    st.push(Inflight { pkid, delivery: d, phase });
                 } else {
                     broker.forget(session, d.seq);
                 }
-                if st.outgoing.len() >= self.limits.window {
+                if st.len() >= self.limits.window {
                     break;
                 }
             }
@@ -158,32 +158,13 @@ impl Outbound {
         out: &mut BytesMut,
     ) {
         let now = Instant::now();
-        let mut st = session.state.lock();
-        let inflight: Vec<Inflight> = st.outgoing.drain(..).collect();
-        for i in inflight {
-            let keep = match i.phase {
-                Phase::AwaitComp => {
-                    write_pubrel(i.pkid, reason::SUCCESS, version, out);
-                    true
-                }
-                _ => self.encode(&i.delivery, i.pkid, true, version, now, out),
-            };
-            if keep {
-                st.outgoing.push_back(i);
-            } else {
-                broker.forget(session, i.delivery.seq);
+        broker.resend_inflight(session, |i| match i.phase {
+            Phase::AwaitComp => {
+                write_pubrel(i.pkid, reason::SUCCESS, version, out);
+                true
             }
-        }
-    }
-
-    /// PUBACK from the client.
-    pub fn on_puback(&mut self, broker: &Broker, session: &Session, pkid: u16) {
-        let mut st = session.state.lock();
-        if let Some(pos) = st.outgoing.iter().position(|i| i.pkid == pkid && i.phase == Phase::AwaitAck)
-            && let Some(done) = st.outgoing.remove(pos)
-        {
-            broker.forget(session, done.delivery.seq);
-        }
+            _ => self.encode(&i.delivery, i.pkid, true, version, now, out),
+        });
     }
 
     /// PUBREC from the client: answer PUBREL (or end the flow on a v5 error code).
@@ -196,37 +177,16 @@ impl Outbound {
         pending: &mut Pending,
         out: &mut BytesMut,
     ) {
-        let mut st = session.state.lock();
-        let pos = st.outgoing.iter().position(|i| i.pkid == ack.pkid && i.phase != Phase::AwaitAck);
-        match pos {
-            Some(p) if ack.code >= 0x80 => {
-                if let Some(done) = st.outgoing.remove(p) {
-                    broker.forget(session, done.delivery.seq);
-                }
-            }
-            Some(p) => {
-                // PUBREL leaves once "PUBREC received" is on disk: after a restart the message
-                // must never be sent again once the client may have completed it.
-                let mut commit = Commit::done();
-                if let Some(i) = st.outgoing.get_mut(p) {
-                    i.phase = Phase::AwaitComp;
-                    commit = broker.mark_inflight(session, i.delivery.seq, i.pkid, true, true);
-                }
+        match broker.outgoing_received(session, ack.pkid, ack.code) {
+            PubRecAnswer::Ended => {}
+            PubRecAnswer::Release(commit) => {
                 let mut rel = BytesMut::new();
                 write_pubrel(ack.pkid, reason::SUCCESS, version, &mut rel);
                 pending.hold(commit, rel, out);
             }
-            None => write_pubrel(ack.pkid, reason::PACKET_IDENTIFIER_NOT_FOUND, version, out),
-        }
-    }
-
-    /// PUBCOMP from the client.
-    pub fn on_pubcomp(&mut self, broker: &Broker, session: &Session, pkid: u16) {
-        let mut st = session.state.lock();
-        if let Some(pos) = st.outgoing.iter().position(|i| i.pkid == pkid && i.phase == Phase::AwaitComp)
-            && let Some(done) = st.outgoing.remove(pos)
-        {
-            broker.forget(session, done.delivery.seq);
+            PubRecAnswer::Unknown => {
+                write_pubrel(ack.pkid, reason::PACKET_IDENTIFIER_NOT_FOUND, version, out)
+            }
         }
     }
 

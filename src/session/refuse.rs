@@ -18,7 +18,7 @@ impl Conn {
         let v5 = self.version.is_v5();
         if v5 && qos != QoS::AtMostOnce {
             debug!(code = r.code, reason = %r.reason, "PUBLISH refused");
-            self.session.state.lock().incoming_qos2.remove(&pkid);
+            self.session.qos2_abandon(pkid);
             self.ack_noted(ack_kind(qos), pkid, Commit::done(), r.code, Some(r.reason));
             return Ok(());
         }
@@ -34,7 +34,7 @@ impl Conn {
             }
             OnInvalid::Disconnect => {
                 info!(reason = %r.reason, "PUBLISH refused; closing the connection (schemas.on_invalid)");
-                self.session.state.lock().incoming_qos2.remove(&pkid);
+                self.session.qos2_abandon(pkid);
                 self.close_reason = Some(r.reason);
                 Err(Close::Server(r.code, "PUBLISH refused by the topic's JSON Schema"))
             }
