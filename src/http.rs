@@ -20,6 +20,7 @@ use crate::broker::Broker;
 /// What the handlers look at.
 #[derive(Debug, Clone)]
 pub struct HttpState {
+    /// The broker whose state `/metrics` shows.
     pub broker: Arc<Broker>,
     /// Set once every listener is bound.
     pub ready: Arc<AtomicBool>,

@@ -20,10 +20,13 @@ pub enum StartError {
     /// A bad file in `schemas.dir` with `schemas.strict = true` (exit code 2).
     #[error(transparent)]
     Schemas(#[from] crate::broker::gate::LoadError),
+    /// A listener address cannot be bound.
     #[error(transparent)]
     Bind(#[from] std::io::Error),
+    /// The store cannot be opened or recovered.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A listener cannot start (TLS material).
     #[error(transparent)]
     Listen(#[from] crate::net::listener::ListenError),
     /// Anonymous clients would be open to the network (exit code 2).
@@ -41,13 +44,16 @@ pub struct Running {
     pub mqtt_addr: SocketAddr,
     /// Where the MQTT/TLS, WebSocket and WebSocket/TLS listeners are bound, when configured.
     pub tls_addr: Option<SocketAddr>,
+    /// Bound WebSocket address, when configured.
     pub ws_addr: Option<SocketAddr>,
+    /// Bound secure WebSocket address, when configured.
     pub wss_addr: Option<SocketAddr>,
     /// The TLS listeners' certificates, reloaded by [`Running::reload_certs`].
     certs: Vec<Arc<crate::net::tls::Tls>>,
     /// Where the HTTP listener (`/metrics`, `/healthz`, `/readyz`) is bound; `None` when
     /// `http.bind` is empty.
     pub http_addr: Option<SocketAddr>,
+    /// The running broker.
     pub broker: Arc<Broker>,
     /// API keys (create, list, revoke while running).
     pub auth: Arc<crate::auth::Auth>,

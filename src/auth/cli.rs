@@ -18,8 +18,11 @@ use crate::store::{FjallStore, Store, StoreError};
 /// One key command.
 #[derive(Debug, Clone)]
 pub enum Action {
+    /// Create a key from this spec (prints its secret once).
     Create(KeySpec),
+    /// List the keys (never secrets).
     List,
+    /// Revoke the key with this id.
     Revoke(String),
 }
 
@@ -35,10 +38,13 @@ pub struct Target {
 /// Why a key command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// The key operation itself failed.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The running broker's HTTP admin endpoint failed or refused.
     #[error("{0}")]
     Http(String),
+    /// The command line or environment is unusable.
     #[error("{0}")]
     Usage(String),
 }
@@ -46,7 +52,9 @@ pub enum CliError {
 /// What a command printed: stdout text and stderr text.
 #[derive(Debug, Default)]
 pub struct Output {
+    /// Text for standard output.
     pub stdout: String,
+    /// Text for standard error.
     pub stderr: String,
 }
 

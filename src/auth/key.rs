@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::AuthError;
 use super::perms::Glob;
-pub use crate::config::{KeyRecord, check_id, parse_hash, parse_time};
+pub use crate::config::{KeyRecord, parse_hash, parse_time};
 use crate::store::StoredKey;
 
 /// Domain separation of the secret hash (a hash of this format means nothing elsewhere).
@@ -44,6 +44,7 @@ pub fn decode_record(stored: &StoredKey) -> Result<KeyRecord, AuthError> {
 /// A key ready for CONNECT: the record with its parsed hash, expiry and client-id pattern.
 #[derive(Debug)]
 pub struct Key {
+    /// The record as stored.
     pub record: KeyRecord,
     hash: [u8; 32],
     expires_at: Option<SystemTime>,

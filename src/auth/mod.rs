@@ -12,11 +12,11 @@
 //! Keys live in the store (`keys` keyspace) and in memory behind one `RwLock`, read once per
 //! CONNECT; the publish and delivery paths only see the connection's compiled [`Perms`].
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod cli;
-pub mod key;
-pub mod perms;
-pub mod throttle;
+pub(crate) mod key;
+pub(crate) mod perms;
+pub(crate) mod throttle;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -37,14 +37,19 @@ use throttle::Throttle;
 /// Why a key operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// A key record or spec is unusable; the message names the field.
     #[error("{0}")]
     Invalid(String),
+    /// A key with this id exists.
     #[error("key {0:?} already exists; revoke it first or choose another name")]
     Exists(String),
+    /// No key with this id.
     #[error("no key named {0:?}")]
     NotFound(String),
+    /// A stored key record cannot be read back.
     #[error("a stored API key is corrupt: {0}; restore a backup of the data directory")]
     Corrupt(String),
+    /// The store refused the change.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -52,8 +57,11 @@ pub enum AuthError {
 /// The auth settings of `[auth]` the broker uses at run time.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
+    /// `auth.allow_anonymous`: anonymous clients on non-loopback listeners too.
     pub allow_anonymous: bool,
+    /// `[auth.anonymous]`: what anonymous clients may do.
     pub anonymous: AnonymousConfig,
+    /// `auth.on_forbidden_publish`.
     pub on_forbidden_publish: OnForbidden,
 }
 
@@ -64,13 +72,16 @@ pub enum Principal {
     Unrestricted,
     /// No credentials; `[auth.anonymous]` applies.
     Anonymous,
+    /// An API key (the CONNECT username).
     Key(Arc<Key>),
 }
 
 /// A refused CONNECT: the v5 CONNACK code and how long to wait before answering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refused {
+    /// The CONNACK reason code (v5; mapped to a 3.1.1 return code).
     pub code: u8,
+    /// How long to wait before answering (brute-force throttle).
     pub delay: Duration,
 }
 
@@ -86,7 +97,9 @@ mod failure {
 
 /// Metric label indices of `dataloom_authorization_denials_total`.
 pub mod action {
+    /// `action="publish"`.
     pub const PUBLISH: usize = 0;
+    /// `action="subscribe"`.
     pub const SUBSCRIBE: usize = 1;
 }
 
@@ -109,6 +122,7 @@ pub struct Auth {
     settings: Settings,
     keys: RwLock<HashMap<Arc<str>, Arc<Key>>>,
     live: Mutex<HashMap<Arc<str>, Vec<Weak<Kill>>>>,
+    /// Failed attempts per client address.
     pub throttle: Throttle,
     store: Option<Arc<dyn Store>>,
 }
@@ -116,20 +130,30 @@ pub struct Auth {
 /// A key as `key list` shows it (no secret, no hash).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KeyInfo {
+    /// The key id.
     pub id: String,
+    /// Filters it may publish to.
     pub publish: Vec<String>,
+    /// Filters it may subscribe to.
     pub subscribe: Vec<String>,
+    /// Filters it may never publish to.
     pub deny_publish: Vec<String>,
+    /// Filters it may never read.
     pub deny_subscribe: Vec<String>,
+    /// Has the admin role.
     pub admin: bool,
+    /// Client-id pattern (empty: any).
     pub client_id: String,
+    /// Expiry, RFC 3339 (empty: never).
     pub expires: String,
+    /// Creation time, RFC 3339.
     pub created: String,
     /// `config` when seeded from `[[auth.keys]]`, else `store`.
     pub source: String,
 }
 
 impl KeyInfo {
+    /// What may be shown of `k` (no hash).
     pub fn of(k: &Key) -> KeyInfo {
         let r = &k.record;
         KeyInfo {
@@ -151,13 +175,21 @@ impl KeyInfo {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeySpec {
+    /// The key id (the MQTT username).
     pub name: String,
+    /// Filters it may publish to (`%c` client id, `%u` key id).
     pub publish: Vec<String>,
+    /// Filters it may subscribe to.
     pub subscribe: Vec<String>,
+    /// Filters it may never publish to (deny wins).
     pub deny_publish: Vec<String>,
+    /// Filters it may never read (deny wins).
     pub deny_subscribe: Vec<String>,
+    /// Role admin: `$schema/`, `$SYS/`, `$dead/`, key management.
     pub admin: bool,
+    /// Client ids it may connect with (glob; empty: any).
     pub client_id: String,
+    /// Expiry, RFC 3339 (empty: never).
     pub expires: String,
     /// An imported secret (at least 32 characters); empty = generate one.
     pub secret: String,
@@ -216,6 +248,7 @@ impl Auth {
         Ok(Auth { settings, keys: RwLock::new(keys), store, ..Auth::default() })
     }
 
+    /// The `[auth]` settings in force.
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -395,11 +428,15 @@ impl Auth {
 /// What a CONNECT presents.
 #[derive(Debug, Clone, Copy)]
 pub struct Cred<'a> {
+    /// CONNECT username.
     pub username: Option<&'a str>,
+    /// CONNECT password.
     pub password: Option<&'a [u8]>,
+    /// CONNECT client id.
     pub client_id: &'a str,
     /// The username is the CN of a verified TLS client certificate.
     pub cert_identity: bool,
+    /// The client's address (for the throttle and the loopback rule).
     pub peer: Option<IpAddr>,
 }
 

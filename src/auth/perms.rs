@@ -131,10 +131,15 @@ impl Glob {
 /// The permission lists of a key or of anonymous clients, before compilation.
 #[derive(Debug, Clone, Copy)]
 pub struct Lists<'a> {
+    /// Filters it may publish to.
     pub publish: &'a [String],
+    /// Filters it may subscribe to.
     pub subscribe: &'a [String],
+    /// Filters it may never publish to.
     pub deny_publish: &'a [String],
+    /// Filters it may never read.
     pub deny_subscribe: &'a [String],
+    /// Admin role (reserved trees).
     pub admin: bool,
 }
 
@@ -195,6 +200,7 @@ impl Perms {
         self.unrestricted
     }
 
+    /// True for the admin role.
     pub fn is_admin(&self) -> bool {
         self.admin
     }

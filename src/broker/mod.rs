@@ -4,15 +4,15 @@
 //! Every durable effect (persistent session records, subscriptions) is submitted to the
 //! [`Store`] and the returned [`Commit`] tells the caller when it may acknowledge.
 
-pub mod mailbox;
+pub(crate) mod mailbox;
 
 mod flows;
-pub mod gate;
+pub(crate) mod gate;
 mod recovery;
-pub mod retained_tree;
+pub(crate) mod retained_tree;
 mod route;
-pub mod session;
-pub mod subtree;
+pub(crate) mod session;
+pub(crate) mod subtree;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +34,9 @@ pub use route::Published;
 /// A subscription as the trie stores it: the session to deliver to and the options.
 #[derive(Debug, Clone)]
 pub struct SubEntry {
+    /// The subscribing session.
     pub session: Arc<Session>,
+    /// The options it was granted.
     pub opts: SubOptions,
 }
 
@@ -42,13 +44,16 @@ pub struct SubEntry {
 /// metrics show them through [`Broker::metrics_snapshot`].
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Messages dropped because a session's queue was full.
     pub dropped_queue_full: AtomicU64,
+    /// QoS 0 messages dropped because their session was offline.
     pub dropped_offline_qos0: AtomicU64,
 }
 
 /// Limits the broker applies to sessions.
 #[derive(Debug, Clone)]
 pub struct BrokerLimits {
+    /// Messages queued per session (`mqtt.max_queued_messages`).
     pub max_queued_messages: usize,
     /// Payload and topic bytes queued per session (0: no limit).
     pub max_queued_bytes: usize,
@@ -57,6 +62,7 @@ pub struct BrokerLimits {
 /// Result of connecting a client to its session.
 #[derive(Debug)]
 pub struct Attached {
+    /// The session, new or resumed.
     pub session: Arc<Session>,
     /// True when an existing session was resumed (CONNACK session present).
     pub present: bool,
@@ -70,6 +76,7 @@ pub struct Attached {
 #[derive(Debug)]
 pub struct Broker {
     limits: BrokerLimits,
+    /// Drop counters, read by the metrics.
     pub stats: Stats,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     subs: RwLock<SubscriptionTree<SessionId, SubEntry>>,

@@ -50,11 +50,13 @@ impl<V> RetainedTree<V> {
     }
 
     /// True if nothing is retained.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Number of trie nodes including the root (diagnostics and tests).
+    #[cfg(test)]
     pub fn node_count(&self) -> usize {
         let mut count = 0;
         let mut stack = vec![&self.root];
@@ -79,6 +81,7 @@ impl<V> RetainedTree<V> {
     }
 
     /// Returns the retained message of `topic`.
+    #[cfg(test)]
     pub fn get(&self, topic: &str) -> Option<&V> {
         let mut node = &self.root;
         for level in topic.split('/') {
@@ -174,6 +177,7 @@ impl<V> RetainedTree<V> {
 
     /// Keeps only the messages for which `keep(topic, value)` returns true
     /// (e.g. to drop expired messages); returns how many were removed.
+    #[cfg(test)]
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &V) -> bool) -> usize {
         let mut doomed: Vec<Arc<str>> = Vec::new();
         let mut stack = vec![&self.root];

@@ -16,6 +16,7 @@ use crate::model::{Delivery, Kill, KillReason, SessionId, SubOptions};
 
 /// Where an outgoing QoS 1/2 message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // named after the ack each phase awaits
 pub enum Phase {
     /// QoS 1 sent, PUBACK awaited.
     AwaitAck,

@@ -152,11 +152,13 @@ impl<K: Copy + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
     }
 
     /// True if there are no subscriptions.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Number of trie nodes including the root (diagnostics and tests).
+    #[cfg(test)]
     pub fn node_count(&self) -> usize {
         let mut count = 0;
         let mut stack = vec![&self.root];

@@ -59,9 +59,13 @@ impl KeyRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnonymousConfig {
+    /// Filters anonymous clients may publish to.
     pub publish: Vec<String>,
+    /// Filters anonymous clients may subscribe to.
     pub subscribe: Vec<String>,
+    /// Filters anonymous clients may never publish to.
     pub deny_publish: Vec<String>,
+    /// Filters anonymous clients may never read.
     pub deny_subscribe: Vec<String>,
 }
 

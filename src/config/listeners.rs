@@ -9,15 +9,21 @@ use serde::{Deserialize, Serialize};
 
 use super::{Config, ConfigError, invalid};
 
+/// `[listeners]`: the MQTT listeners.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listeners {
+    /// `[listeners.tcp]`: plain MQTT (default `127.0.0.1:1883`).
     pub tcp: TcpListenerConfig,
+    /// `[listeners.tls]`: MQTT over TLS (off without a certificate).
     pub tls: TlsListenerConfig,
+    /// `[listeners.ws]`: MQTT over WebSocket (off while `bind` is empty).
     pub ws: WsListenerConfig,
+    /// `[listeners.wss]`: MQTT over secure WebSocket (off without a certificate).
     pub wss: WssListenerConfig,
 }
 
+/// `[listeners.tcp]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TcpListenerConfig {
@@ -35,6 +41,7 @@ pub struct TcpListenerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsListenerConfig {
+    /// Address to listen on, `host:port`.
     pub bind: String,
     /// PEM certificate chain of the server, leaf first; empty = listener off.
     pub certfile: PathBuf,
@@ -58,6 +65,7 @@ pub struct TlsListenerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WsListenerConfig {
+    /// Address to listen on (empty: off).
     pub bind: String,
     /// HTTP path of the WebSocket endpoint; other paths get 404.
     pub path: String,
@@ -74,14 +82,23 @@ pub struct WsListenerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WssListenerConfig {
+    /// Address to listen on.
     pub bind: String,
+    /// HTTP path of the WebSocket upgrade.
     pub path: String,
+    /// PEM certificate chain.
     pub certfile: PathBuf,
+    /// PEM private key.
     pub keyfile: PathBuf,
+    /// PEM CA that signs client certificates (empty: none asked).
     pub cafile: PathBuf,
+    /// Refuse clients without a valid certificate.
     pub require_certificate: bool,
+    /// Use the client certificate's CN as the username.
     pub use_identity_as_username: bool,
+    /// Connection limit of this listener (0: only `mqtt.max_connections`).
     pub max_connections: usize,
+    /// Per-listener CONNECT timeout (default: `mqtt.connect_timeout`).
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
 }
@@ -218,10 +235,15 @@ impl Config {
 pub struct TlsKeys<'a> {
     /// The config section, `listeners.tls` or `listeners.wss`.
     pub section: &'static str,
+    /// PEM certificate chain.
     pub certfile: &'a Path,
+    /// PEM private key.
     pub keyfile: &'a Path,
+    /// PEM client CA (empty: none).
     pub cafile: &'a Path,
+    /// Refuse clients without a valid certificate.
     pub require_certificate: bool,
+    /// Use the client certificate's CN as the username.
     pub use_identity_as_username: bool,
 }
 

@@ -25,22 +25,33 @@ pub use sections::{Auth, Backend, Durability, Http, Log, LogFormat, Mqtt, OnInva
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[listeners.*]`: MQTT listeners.
     pub listeners: Listeners,
+    /// `[http]`: metrics, health and admin endpoint.
     pub http: Http,
+    /// `[storage]`: backend, data directory, durability.
     pub storage: Storage,
+    /// `[mqtt]`: protocol limits.
     pub mqtt: Mqtt,
+    /// `[auth]`: API keys and anonymous access.
     pub auth: Auth,
+    /// `[schemas]`: the schema directory and policy.
     pub schemas: Schemas,
+    /// `[log]`: level and format.
     pub log: Log,
 }
 
 /// Why a configuration was refused. Each message names the key and what is allowed.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // variant fields are the named parts of each `#[error]` message
 pub enum ConfigError {
+    /// The config file cannot be read or parsed.
     #[error("config file {path}: {source}")]
     File { path: PathBuf, source: config::ConfigError },
+    /// A layer (environment, flags) cannot be merged.
     #[error("config: {0}")]
     Layer(#[from] config::ConfigError),
+    /// A value is out of range; names the key.
     #[error("config key {key}: {message}")]
     Invalid { key: &'static str, message: String },
 }
@@ -52,11 +63,17 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 /// Command-line values that override every other layer (`None` = not given).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// `--bind`: `listeners.tcp.bind`.
     pub bind: Option<String>,
+    /// `--http-bind`: `http.bind`.
     pub http_bind: Option<String>,
+    /// `--data-dir`: `storage.data_dir`.
     pub data_dir: Option<PathBuf>,
+    /// `--storage`: `storage.backend`.
     pub storage: Option<Backend>,
+    /// `--log-level`: `log.level`.
     pub log_level: Option<String>,
+    /// `--log-format`: `log.format`.
     pub log_format: Option<LogFormat>,
 }
 

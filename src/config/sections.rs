@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// `[http]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
@@ -33,11 +34,15 @@ pub enum Durability {
     Buffered,
 }
 
+/// `[storage]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
+    /// `memory` or `fjall` (default).
     pub backend: Backend,
+    /// Data directory of the fjall backend (default `./data`).
     pub data_dir: PathBuf,
+    /// `fsync` (default: acks after fsync) or `buffered`.
     pub durability: Durability,
     /// Below this many free bytes on the data directory's file system, messages that would
     /// write to the store are refused (v5 0x97 Quota exceeded) while reads go on; 0 turns the
@@ -80,6 +85,7 @@ pub struct Mqtt {
     pub sys_interval: Duration,
 }
 
+/// `[auth]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
@@ -97,15 +103,19 @@ pub struct Auth {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines (default).
     Text,
+    /// One JSON object per line.
     Json,
 }
 
+/// `[log]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     /// A `RUST_LOG`-style filter: `info`, `dataloom=debug,warn`, ...
     pub level: String,
+    /// `text` or `json`.
     pub format: LogFormat,
 }
 

@@ -13,7 +13,7 @@
 //! file descriptors are the standard `process_*` metrics of the `prometheus` crate.
 
 mod io;
-pub mod reasons;
+pub(crate) mod reasons;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -43,6 +43,7 @@ pub fn get() -> &'static Metrics {
 /// Why the metrics could not be rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
+    /// The Prometheus encoder failed.
     #[error("cannot encode metrics: {0}")]
     Encode(#[from] prometheus::Error),
 }
@@ -50,9 +51,13 @@ pub enum MetricsError {
 /// How clients reach a listener; the `listener` and `transport` labels of connection metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
+    /// Plain TCP.
     Tcp,
+    /// TLS.
     Tls,
+    /// WebSocket.
     Ws,
+    /// Secure WebSocket.
     Wss,
 }
 
@@ -566,8 +571,11 @@ impl Metrics {
 pub struct Snapshot {
     /// Sessions, online and offline.
     pub sessions: usize,
+    /// Sessions whose state is stored (expiry > 0).
     pub persistent_sessions: usize,
+    /// Subscriptions of every session.
     pub subscriptions: usize,
+    /// Retained messages (topics with state).
     pub retained_messages: usize,
     /// Bytes the store uses on disk.
     pub store_disk_bytes: u64,

@@ -29,20 +29,35 @@ pub const PACKET_TYPES: [&str; 16] = [
 
 /// MQTT packet type codes, the indices of [`PACKET_TYPES`] and of the per-type counters.
 pub mod pt {
+    /// CONNECT (type code 1).
     pub const CONNECT: usize = 1;
+    /// CONNACK (type code 2).
     pub const CONNACK: usize = 2;
+    /// PUBLISH (type code 3).
     pub const PUBLISH: usize = 3;
+    /// PUBACK (type code 4).
     pub const PUBACK: usize = 4;
+    /// PUBREC (type code 5).
     pub const PUBREC: usize = 5;
+    /// PUBREL (type code 6).
     pub const PUBREL: usize = 6;
+    /// PUBCOMP (type code 7).
     pub const PUBCOMP: usize = 7;
+    /// SUBSCRIBE (type code 8).
     pub const SUBSCRIBE: usize = 8;
+    /// SUBACK (type code 9).
     pub const SUBACK: usize = 9;
+    /// UNSUBSCRIBE (type code 10).
     pub const UNSUBSCRIBE: usize = 10;
+    /// UNSUBACK (type code 11).
     pub const UNSUBACK: usize = 11;
+    /// PINGREQ (type code 12).
     pub const PINGREQ: usize = 12;
+    /// PINGRESP (type code 13).
     pub const PINGRESP: usize = 13;
+    /// DISCONNECT (type code 14).
     pub const DISCONNECT: usize = 14;
+    /// AUTH (type code 15).
     pub const AUTH: usize = 15;
 }
 

@@ -21,8 +21,11 @@ pub struct Message {
     pub topic: Arc<str>,
     /// The same topic as bytes, ready to encode (shares the publisher's buffer).
     pub topic_bytes: Bytes,
+    /// The application payload (shares the publisher's read buffer).
     pub payload: Bytes,
+    /// QoS as published.
     pub qos: QoS,
+    /// RETAIN as published.
     pub retain: bool,
     /// Properties forwarded unchanged: payload format, content type, response topic,
     /// correlation data, user properties. Never topic alias or subscription identifiers.
@@ -51,6 +54,7 @@ impl Message {
 /// One message owed to one session: the shared message plus what the subscription decided.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// The shared message.
     pub msg: Arc<Message>,
     /// Effective QoS: the minimum of the message's and the subscription's.
     pub qos: QoS,
@@ -66,9 +70,14 @@ pub struct Delivery {
 /// Options of one subscription, as granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubOptions {
+    /// Maximum QoS granted.
     pub qos: QoS,
+    /// v5 No Local: not delivered to its own publisher.
     pub no_local: bool,
+    /// v5 Retain As Published.
     pub retain_as_published: bool,
+    /// v5 Retain Handling.
     pub retain_handling: RetainHandling,
+    /// v5 Subscription Identifier of the SUBSCRIBE.
     pub sub_id: Option<u32>,
 }

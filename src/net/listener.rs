@@ -34,15 +34,20 @@ pub fn handshake_failures(t: Transport) -> u64 {
 /// What a listener does with a connection before MQTT starts.
 #[derive(Debug, Clone)]
 pub enum Upgrade {
+    /// Plain MQTT.
     Tcp,
+    /// MQTT over TLS.
     Tls(Arc<Tls>),
+    /// MQTT over WebSocket.
     Ws(WsSettings),
+    /// MQTT over secure WebSocket.
     Wss(Arc<Tls>, WsSettings),
 }
 
 /// One listener's behaviour and limits.
 #[derive(Debug)]
 pub struct Listener {
+    /// How an accepted socket becomes an MQTT byte stream.
     pub upgrade: Upgrade,
     /// From accept to CONNECT, handshakes included.
     pub connect_timeout: Duration,
@@ -132,9 +137,13 @@ async fn handshake<T, E: std::fmt::Display>(
 /// Every listener the configuration turns on, bound and ready to accept.
 #[derive(Debug)]
 pub struct Bound {
+    /// The TCP listener and its settings.
     pub tcp: (TcpListener, Arc<Listener>),
+    /// The TLS listener, when configured.
     pub tls: Option<(TcpListener, Arc<Listener>)>,
+    /// The WebSocket listener, when configured.
     pub ws: Option<(TcpListener, Arc<Listener>)>,
+    /// The secure WebSocket listener, when configured.
     pub wss: Option<(TcpListener, Arc<Listener>)>,
     /// The certificates of the TLS listeners, for [`reload_certs`].
     pub certs: Vec<Arc<Tls>>,
@@ -143,8 +152,10 @@ pub struct Bound {
 /// Why the listeners could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
+    /// An address cannot be bound.
     #[error("{0}")]
     Bind(#[from] std::io::Error),
+    /// A certificate or key is unusable.
     #[error("{0}")]
     Tls(#[from] TlsError),
 }
@@ -191,9 +202,13 @@ pub async fn bind_all(cfg: &Config) -> Result<Bound, ListenError> {
 /// Where the listeners of a [`Bound`] are, once spawned.
 #[derive(Debug, Clone, Copy)]
 pub struct Addrs {
+    /// Bound TCP address.
     pub tcp: SocketAddr,
+    /// Bound TLS address.
     pub tls: Option<SocketAddr>,
+    /// Bound WebSocket address.
     pub ws: Option<SocketAddr>,
+    /// Bound secure WebSocket address.
     pub wss: Option<SocketAddr>,
 }
 

@@ -6,7 +6,7 @@
 pub mod fds;
 pub mod listener;
 pub mod tls;
-pub mod ws;
+pub(crate) mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -26,13 +26,18 @@ use crate::config::{TlsKeys, TlsListenerConfig, WssListenerConfig};
 
 /// Why a TLS listener's files could not be loaded. Each message names the config key and file.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // variant fields are the named parts of each `#[error]` message
 pub enum TlsError {
+    /// A file cannot be read.
     #[error("{key} {path}: cannot read: {source}")]
     Read { key: String, path: PathBuf, source: io::Error },
+    /// A file holds no usable PEM.
     #[error("{key} {path}: {message}")]
     Pem { key: String, path: PathBuf, message: String },
+    /// rustls refuses the certificate or key.
     #[error("{section}: certificate or key unusable: {source} (does keyfile belong to certfile?)")]
     Config { section: &'static str, source: rustls::Error },
+    /// The client CA is unusable.
     #[error("{section}.cafile: cannot verify client certificates: {message}")]
     ClientCa { section: &'static str, message: String },
 }
@@ -42,11 +47,15 @@ pub enum TlsError {
 pub struct TlsSettings {
     /// The config section, `listeners.tls` or `listeners.wss`; names the files in errors.
     pub section: &'static str,
+    /// PEM certificate chain.
     pub certfile: PathBuf,
+    /// PEM private key.
     pub keyfile: PathBuf,
     /// Client certificates are asked for (and verified) only when this is set.
     pub cafile: Option<PathBuf>,
+    /// Refuse clients without a valid certificate.
     pub require_certificate: bool,
+    /// Use the client certificate's CN as the username.
     pub use_identity_as_username: bool,
 }
 

@@ -35,7 +35,9 @@ pub enum SchemaError {
 /// Why a payload was refused by a schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
+    /// The filter the schema governs.
     pub filter: Arc<str>,
+    /// Its version (1, 2, ... per filter).
     pub version: u64,
     /// JSON Pointer of the failing value; empty for the whole payload.
     pub pointer: String,
@@ -62,7 +64,9 @@ impl fmt::Display for Rejection {
 
 /// A compiled schema for one filter.
 pub struct Schema {
+    /// The governing filter.
     pub filter: Arc<str>,
+    /// The governing schema's version.
     pub version: u64,
     /// The document as registered (compared to tell a re-registration from a change).
     pub document: Value,

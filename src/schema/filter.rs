@@ -27,6 +27,7 @@ pub const SCHEMA_PREFIX: &str = "$schema/";
 
 /// Why a `$schema/` topic or a schema file name does not name a usable filter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // variant fields are the named parts of each `#[error]` message
 pub enum FilterError {
     /// A `%` not followed by `2B`, `23` or `25`.
     #[error("bad percent-encoding {0:?}: only %2B (+), %23 (#) and %25 (%) are allowed")]

@@ -42,12 +42,12 @@
 //! `dataloom_messages_dropped_total{reason="schema_invalid"}`.
 
 mod digits;
-pub mod document;
-pub mod filter;
-pub mod registry;
+pub(crate) mod document;
+pub(crate) mod filter;
+pub(crate) mod registry;
 mod scan;
 mod tape;
-pub mod trie;
+pub(crate) mod trie;
 
 #[cfg(test)]
 mod tests;

@@ -51,11 +51,13 @@ impl<V> Default for FilterTrie<V> {
 
 impl<V> FilterTrie<V> {
     /// Number of filters stored.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// True when no filter is stored.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -29,8 +29,11 @@ pub use violation::Violation;
 /// What every connection task shares: the broker and the protocol limits.
 #[derive(Debug)]
 pub struct Ctx {
+    /// The broker every connection talks to.
     pub broker: Arc<Broker>,
+    /// The `[mqtt]` limits.
     pub mqtt: Mqtt,
+    /// The decoder's limits, from `[mqtt]`.
     pub decode_limits: Limits,
     /// The `$schema/` registry every PUBLISH and will goes through (empty unless replaced).
     pub schemas: Arc<SchemaGate>,

@@ -6,10 +6,10 @@
 //! reads everything back with [`Store::recover`]. `memory` keeps nothing; `fjall` is the
 //! embedded LSM store. Nothing outside this module touches fjall.
 
-pub mod disk;
-pub mod fjall;
-pub mod memory;
-pub mod record;
+pub(crate) mod disk;
+pub(crate) mod fjall;
+pub(crate) mod memory;
+pub(crate) mod record;
 
 use std::sync::Arc;
 
@@ -21,19 +21,26 @@ pub use memory::MemoryStore;
 
 /// A storage failure; the message names the path or operation and what to do.
 #[derive(Debug, Clone, thiserror::Error)]
+#[allow(missing_docs)] // variant fields are the named parts of each `#[error]` message
 pub enum StoreError {
+    /// A read or write failed.
     #[error("store I/O on {path}: {message}")]
     Io { path: String, message: String },
+    /// Another process holds the data directory.
     #[error("data directory {path} is locked by another dataloom process; stop it or use another --data-dir")]
     Locked { path: String },
+    /// A record cannot be decoded.
     #[error("data directory {path} is corrupt or unreadable: {message}; restore a backup or move it away")]
     Corrupt { path: String, message: String },
     #[error(
         "data directory {path} has format version {found}, this build reads up to {supported}; upgrade dataloom"
     )]
+    /// Written by a newer dataloom.
     NewerFormat { path: String, found: u32, supported: u32 },
+    /// Below `storage.min_free_bytes`.
     #[error("store is out of space: {0}")]
     DiskFull(String),
+    /// A write or fsync failed earlier.
     #[error("store failed an fsync and stopped accepting writes: {0}; restart the broker")]
     Poisoned(String),
 }
@@ -41,6 +48,7 @@ pub enum StoreError {
 /// The durable part of a session: who it is, how long it lives, what it subscribes to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionRecord {
+    /// The client id.
     pub client_id: Arc<str>,
     /// Session expiry interval, seconds (`u32::MAX` never expires).
     pub expiry: u32,
@@ -60,18 +68,55 @@ pub enum Op {
     /// Deletes a session and everything under it (queue, in-flight, QoS 2 ids).
     DeleteSession(Arc<str>),
     /// A message queued for a persistent session, in `seq` order.
-    Enqueue { client_id: Arc<str>, seq: u64, delivery: Delivery },
+    /// A message queued for a persistent session, in `seq` order.
+    Enqueue {
+        /// The session's client id.
+        client_id: Arc<str>,
+        /// Position in the session's queue.
+        seq: u64,
+        /// The delivery owed.
+        delivery: Delivery,
+    },
     /// The message with `seq` was acknowledged (or dropped) and leaves the queue.
-    Dequeue { client_id: Arc<str>, seq: u64 },
+    Dequeue {
+        /// The session's client id.
+        client_id: Arc<str>,
+        /// Position in the session's queue.
+        seq: u64,
+    },
     /// The message with `seq` was sent with packet id `pkid`; `released` once PUBREL was sent.
-    SetInflight { client_id: Arc<str>, seq: u64, pkid: u16, released: bool },
+    SetInflight {
+        /// The session's client id.
+        client_id: Arc<str>,
+        /// Position in the session's queue.
+        seq: u64,
+        /// The packet id it was sent with.
+        pkid: u16,
+        /// PUBREL was sent (QoS 2, PUBREC received).
+        released: bool,
+    },
     /// An incoming QoS 2 packet id was received (PUBREC owed, duplicates suppressed).
-    PutIncomingQos2 { client_id: Arc<str>, pkid: u16 },
+    PutIncomingQos2 {
+        /// The session's client id.
+        client_id: Arc<str>,
+        /// The publisher's packet id.
+        pkid: u16,
+    },
     /// An incoming QoS 2 packet id was released by PUBREL.
-    DeleteIncomingQos2 { client_id: Arc<str>, pkid: u16 },
+    DeleteIncomingQos2 {
+        /// The session's client id.
+        client_id: Arc<str>,
+        /// The publisher's packet id.
+        pkid: u16,
+    },
     /// Creates or replaces an API key record (bytes as `auth` encoded them: id, secret hash and
     /// permissions, never the secret).
-    PutKey { id: Arc<str>, record: Vec<u8> },
+    PutKey {
+        /// The key id.
+        id: Arc<str>,
+        /// The record bytes as `auth` encoded them.
+        record: Vec<u8>,
+    },
     /// Deletes an API key (revocation).
     DeleteKey(Arc<str>),
 }
@@ -79,14 +124,18 @@ pub enum Op {
 /// An API key record read back: its id (the store's key) and the bytes `auth` encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredKey {
+    /// The key id (the store's key).
     pub id: Vec<u8>,
+    /// The record bytes as `auth` encoded them.
     pub record: Vec<u8>,
 }
 
 /// A queued message of a recovered session.
 #[derive(Debug, Clone)]
 pub struct RecoveredMessage {
+    /// Position in the session's queue.
     pub seq: u64,
+    /// The queued delivery.
     pub delivery: Delivery,
     /// Packet id and whether PUBREL was sent, if it was in flight.
     pub inflight: Option<(u16, bool)>,
@@ -95,16 +144,20 @@ pub struct RecoveredMessage {
 /// A session read back at start.
 #[derive(Debug, Clone)]
 pub struct RecoveredSession {
+    /// Identity, expiry, subscriptions.
     pub record: SessionRecord,
     /// Queued and in-flight messages in `seq` order.
     pub queue: Vec<RecoveredMessage>,
+    /// Incoming QoS 2 ids not yet released.
     pub incoming_qos2: Vec<u16>,
 }
 
 /// Everything a store holds, read back at start. Expired messages are already left out.
 #[derive(Debug, Default)]
 pub struct Recovered {
+    /// Retained messages.
     pub retained: Vec<Arc<Message>>,
+    /// Sessions with their queues.
     pub sessions: Vec<RecoveredSession>,
 }
 

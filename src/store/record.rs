@@ -71,7 +71,7 @@ impl Clock {
     }
 
     /// The wall-clock time of `at`, UNIX milliseconds.
-    pub fn to_unix_ms(&self, at: Instant) -> u64 {
+    pub fn to_unix_ms(self, at: Instant) -> u64 {
         if at >= self.instant {
             let ahead = u64::try_from(at.duration_since(self.instant).as_millis()).unwrap_or(u64::MAX);
             self.unix_ms.saturating_add(ahead)
@@ -83,7 +83,7 @@ impl Clock {
 
     /// The monotonic time of `unix_ms`; a time already past maps to an instant not after
     /// `self.instant`, so [`Message::is_expired`] holds for it.
-    pub fn to_instant(&self, unix_ms: u64) -> Instant {
+    pub fn to_instant(self, unix_ms: u64) -> Instant {
         if unix_ms > self.unix_ms {
             let ahead = Duration::from_millis(unix_ms - self.unix_ms);
             self.instant.checked_add(ahead).unwrap_or(self.instant + Duration::from_secs(100 * 365 * 86_400))
@@ -170,11 +170,13 @@ fn put_delivery_body(out: &mut Vec<u8>, d: &Delivery, clock: &Clock) {
     put_message_body(out, &d.msg, clock);
 }
 
+#[cfg(test)]
 fn message_size_hint(m: &Message) -> usize {
     64 + m.topic.len() + m.payload.len()
 }
 
 /// Encodes a retained (or any standalone) message record.
+#[cfg(test)]
 pub fn encode_message(m: &Message, clock: &Clock) -> Vec<u8> {
     let mut out = Vec::with_capacity(message_size_hint(m));
     encode_message_into(m, clock, &mut out);
@@ -189,6 +191,7 @@ pub fn encode_message_into(m: &Message, clock: &Clock, out: &mut Vec<u8>) {
 }
 
 /// Encodes a delivery record (message plus what the subscription decided).
+#[cfg(test)]
 pub fn encode_delivery(d: &Delivery, clock: &Clock) -> Vec<u8> {
     let mut out = Vec::with_capacity(message_size_hint(&d.msg) + 8);
     out.put_u8(RECORD_V1);
@@ -213,6 +216,7 @@ fn inflight_header(inflight: Option<(u16, bool)>) -> [u8; 3] {
 }
 
 /// Encodes a queued delivery with its in-flight state (packet id, PUBREL sent).
+#[cfg(test)]
 pub fn encode_queued(d: &Delivery, inflight: Option<(u16, bool)>, clock: &Clock) -> Vec<u8> {
     let mut out = Vec::with_capacity(message_size_hint(&d.msg) + 12);
     encode_queued_into(d, inflight, clock, &mut out);
@@ -433,6 +437,7 @@ pub fn decode_message(record: Bytes, clock: &Clock) -> Result<Message, RecordErr
 ///
 /// # Errors
 /// [`RecordError`] when the record is not a v1 delivery record.
+#[cfg(test)]
 pub fn decode_delivery(record: Bytes, clock: &Clock) -> Result<Delivery, RecordError> {
     let mut r = open(record)?;
     let d = read_delivery_body(&mut r, clock)?;
