@@ -50,6 +50,20 @@ pub struct Stats {
     pub dropped_offline_qos0: AtomicU64,
 }
 
+/// One subscription of a SUBSCRIBE, validated: the filter as written, its share group and
+/// plain filter as parsed, the options granted.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSubscription<'a> {
+    /// The filter as the client wrote it (including `$share/g/`).
+    pub filter: &'a str,
+    /// The share group of a `$share/` filter.
+    pub group: Option<&'a str>,
+    /// The filter without the share prefix.
+    pub plain: &'a str,
+    /// The options granted.
+    pub opts: SubOptions,
+}
+
 /// Limits the broker applies to sessions.
 #[derive(Debug, Clone)]
 pub struct BrokerLimits {
@@ -276,46 +290,66 @@ impl Broker {
         self.subs.read().len()
     }
 
-    /// Adds or replaces a subscription (`filter` as written, `group`/`plain` as parsed and
-    /// validated) and queues the retained messages it asks for. Returns whether it existed
-    /// before, and the commit of the updated session record.
-    pub fn subscribe(
-        &self,
-        session: &Arc<Session>,
-        filter: &str,
-        group: Option<&str>,
-        plain: &str,
-        opts: SubOptions,
-    ) -> (bool, Commit) {
-        let entry = SubEntry { session: session.clone(), opts };
-        let existed = {
-            let mut subs = self.subs.write();
-            match group {
-                Some(g) => subs.insert_shared(g, plain, session.id, entry).is_some(),
-                None => subs.insert(plain, session.id, entry).is_some(),
+    /// Adds or replaces the subscriptions of one SUBSCRIBE (`filter` as written, `group` and
+    /// `plain` as parsed and validated) under one lock of the trie, queues the retained
+    /// messages they ask for, and stores the session record once: the cost is linear in the
+    /// filters. Returns the commit of the updated session record.
+    pub fn subscribe(&self, session: &Arc<Session>, subs: &[NewSubscription<'_>]) -> Commit {
+        let mut existed = Vec::with_capacity(subs.len());
+        {
+            let mut trie = self.subs.write();
+            for s in subs {
+                let entry = SubEntry { session: session.clone(), opts: s.opts };
+                existed.push(match s.group {
+                    Some(g) => trie.insert_shared(g, s.plain, session.id, entry).is_some(),
+                    None => trie.insert(s.plain, session.id, entry).is_some(),
+                });
             }
+        }
+        {
+            let mut st = session.state.lock();
+            for s in subs {
+                st.subscriptions.insert(s.filter.to_string(), s.opts);
+            }
+        }
+        for (s, existed) in subs.iter().zip(existed) {
+            let send_retained = s.group.is_none()
+                && match s.opts.retain_handling {
+                    RetainHandling::OnSubscribe => true,
+                    RetainHandling::OnNewSubscribe => !existed,
+                    RetainHandling::Never => false,
+                };
+            if send_retained {
+                let found = self.retained_matching(s.plain, s.opts);
+                session.mailbox.push_all_unbounded(found);
+            }
+        }
+        if subs.is_empty() { Commit::done() } else { self.persist_session(session) }
+    }
+
+    /// Removes the subscriptions of one UNSUBSCRIBE; returns, per filter, whether it existed,
+    /// and the commit of the session record (stored once).
+    pub fn unsubscribe(&self, session: &Session, filters: &[String]) -> (Vec<bool>, Commit) {
+        let existed: Vec<bool> = {
+            let mut st = session.state.lock();
+            filters.iter().map(|f| st.subscriptions.remove(f).is_some()).collect()
         };
-        session.state.lock().subscriptions.insert(filter.to_string(), opts);
-        let send_retained = group.is_none()
-            && match opts.retain_handling {
-                RetainHandling::OnSubscribe => true,
-                RetainHandling::OnNewSubscribe => !existed,
-                RetainHandling::Never => false,
-            };
-        if send_retained {
-            let found = self.retained_matching(plain, opts);
-            session.mailbox.push_all_unbounded(found);
+        if !existed.contains(&true) {
+            return (existed, Commit::done());
+        }
+        {
+            let mut trie = self.subs.write();
+            for (f, _) in filters.iter().zip(&existed).filter(|(_, e)| **e) {
+                remove_sub(&mut trie, f, session.id);
+            }
         }
         (existed, self.persist_session(session))
     }
 
-    /// Removes a subscription; returns whether it existed, and the commit of the session record.
-    pub fn unsubscribe(&self, session: &Session, filter: &str) -> (bool, Commit) {
-        if session.state.lock().subscriptions.remove(filter).is_none() {
-            return (false, Commit::done());
-        }
-        remove_sub(&mut self.subs.write(), filter, session.id);
-        (true, self.persist_session(session))
+    /// How many subscriptions `session` holds, and whether `filter` is one of them.
+    pub fn subscription_status(&self, session: &Session, filter: &str) -> (usize, bool) {
+        let st = session.state.lock();
+        (st.subscriptions.len(), st.subscriptions.contains_key(filter))
     }
 
     fn persist_session(&self, session: &Session) -> Commit {

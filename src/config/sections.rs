@@ -77,6 +77,12 @@ pub struct Mqtt {
     pub max_topic_levels: usize,
     /// User properties in one packet.
     pub max_user_properties: usize,
+    /// Subscriptions one session may hold (0: no limit). A filter beyond it gets SUBACK 0x97
+    /// Quota exceeded (3.1.1: 0x80 Failure); replacing one it holds is always allowed.
+    pub max_subscriptions_per_client: usize,
+    /// Topic filters in one SUBSCRIBE or UNSUBSCRIBE (0: no limit). More close the connection
+    /// (v5: DISCONNECT 0x97 Quota exceeded).
+    pub max_filters_per_subscribe: usize,
     /// Longest session expiry granted to v5 clients, seconds (`u32::MAX` = never expire).
     pub max_session_expiry: u32,
     /// How often the `$SYS/broker/...` topics are published (Mosquitto's `sys_interval`);
@@ -150,6 +156,8 @@ impl Default for Mqtt {
             max_connections: 100_000,
             max_topic_levels: 128,
             max_user_properties: 64,
+            max_subscriptions_per_client: 10_000,
+            max_filters_per_subscribe: 1_000,
             max_session_expiry: u32::MAX,
             sys_interval: Duration::from_secs(10),
         }

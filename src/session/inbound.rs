@@ -1,6 +1,7 @@
 //! Packets from the client after CONNECT: PUBLISH (topic aliases, QoS 1/2 receive flows,
 //! exactly-once for QoS 2), acks of our messages, SUBSCRIBE/UNSUBSCRIBE, PINGREQ, DISCONNECT.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,8 +11,9 @@ use tracing::debug;
 use super::conn::Conn;
 use super::outbound::write_ack;
 use super::{Close, Violation};
-use crate::broker::Qos2Arrival;
 use crate::broker::session::Phase;
+use crate::broker::session::Session;
+use crate::broker::{Broker, NewSubscription, Qos2Arrival};
 use crate::model::Message;
 use crate::model::SubOptions;
 use crate::store::Commit;
@@ -60,10 +62,7 @@ impl Conn {
                 Ok(())
             }
             Packet::Subscribe(s) => self.on_subscribe(s),
-            Packet::Unsubscribe(u) => {
-                self.on_unsubscribe(u);
-                Ok(())
-            }
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
             Packet::PingReq => {
                 encode(&Packet::PingResp, self.version, &mut self.wbuf);
                 crate::metrics::get().packets_sent[crate::metrics::pt::PINGRESP].inc();
@@ -174,9 +173,11 @@ impl Conn {
     }
 
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        self.check_filter_count(s.filters.len())?;
         let levels = self.ctx.mqtt.max_topic_levels;
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut accepted = Vec::with_capacity(s.filters.len());
+        let mut room = SubscriptionRoom::new(self.ctx.mqtt.max_subscriptions_per_client);
         for f in &s.filters {
             let (group, plain) = topic::parse_subscription(&f.filter, levels).map_err(|e| {
                 debug!(filter = %f.filter, error = %e, "invalid topic filter");
@@ -191,22 +192,31 @@ impl Conn {
                 codes.push(reason::NOT_AUTHORIZED);
                 continue;
             }
+            if !room.admits(&self.ctx.broker, &self.session, &f.filter) {
+                debug!(filter = %f.filter, "SUBSCRIBE over mqtt.max_subscriptions_per_client");
+                codes.push(reason::QUOTA_EXCEEDED);
+                continue;
+            }
             codes.push(f.qos as u8);
-            accepted.push((f, group.map(str::to_owned), plain.to_owned()));
+            accepted.push((f, group, plain));
         }
         let sub_id = s.properties.subscription_identifiers.first().copied();
-        let mut commit = Commit::done();
-        for (f, group, plain) in accepted {
-            let opts = SubOptions {
-                qos: f.qos,
-                no_local: f.no_local,
-                retain_as_published: f.retain_as_published,
-                retain_handling: f.retain_handling,
-                sub_id,
-            };
-            let (_, c) = self.ctx.broker.subscribe(&self.session, &f.filter, group.as_deref(), &plain, opts);
-            commit = c;
-        }
+        let subs: Vec<NewSubscription<'_>> = accepted
+            .into_iter()
+            .map(|(f, group, plain)| NewSubscription {
+                filter: &f.filter,
+                group,
+                plain,
+                opts: SubOptions {
+                    qos: f.qos,
+                    no_local: f.no_local,
+                    retain_as_published: f.retain_as_published,
+                    retain_handling: f.retain_handling,
+                    sub_id,
+                },
+            })
+            .collect();
+        let commit = self.ctx.broker.subscribe(&self.session, &subs);
         let version = self.version;
         let fail = version.is_v5().then_some(reason::UNSPECIFIED_ERROR);
         let pkid = s.pkid;
@@ -246,16 +256,13 @@ impl Conn {
         }
     }
 
-    fn on_unsubscribe(&mut self, u: Unsubscribe) {
-        let mut commit = Commit::done();
-        let mut codes = Vec::with_capacity(u.filters.len());
-        for f in &u.filters {
-            let (existed, c) = self.ctx.broker.unsubscribe(&self.session, f);
-            codes.push(if existed { reason::SUCCESS } else { reason::NO_SUBSCRIPTION_EXISTED });
-            if existed {
-                commit = c;
-            }
-        }
+    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
+        self.check_filter_count(u.filters.len())?;
+        let (existed, commit) = self.ctx.broker.unsubscribe(&self.session, &u.filters);
+        let codes: Vec<u8> = existed
+            .iter()
+            .map(|e| if *e { reason::SUCCESS } else { reason::NO_SUBSCRIPTION_EXISTED })
+            .collect();
         let (version, pkid) = (self.version, u.pkid);
         let fail = version.is_v5().then_some(reason::UNSPECIFIED_ERROR);
         self.pending.respond(commit, &mut self.wbuf, 0, fail, |c, out| {
@@ -267,6 +274,22 @@ impl Conn {
             );
         });
         crate::metrics::get().packets_sent[crate::metrics::pt::UNSUBACK].inc();
+        Ok(())
+    }
+
+    /// `mqtt.max_filters_per_subscribe`: a SUBSCRIBE or UNSUBSCRIBE with more filters closes
+    /// the connection (v5: DISCONNECT 0x97 Quota exceeded).
+    fn check_filter_count(&self, n: usize) -> Result<(), Close> {
+        let max = self.ctx.mqtt.max_filters_per_subscribe;
+        if max > 0 && n > max {
+            tracing::info!(
+                filters = n,
+                max,
+                "too many filters in one packet (mqtt.max_filters_per_subscribe)"
+            );
+            return Err(Close::Server(reason::QUOTA_EXCEEDED, "too many topic filters in one packet"));
+        }
+        Ok(())
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Close> {
@@ -277,5 +300,37 @@ impl Conn {
             let _ = self.ctx.broker.set_expiry(&self.session, new.min(self.ctx.mqtt.max_session_expiry));
         }
         Err(Close::ClientDisconnect(d.code))
+    }
+}
+
+/// How many new subscriptions one SUBSCRIBE may still add under
+/// `mqtt.max_subscriptions_per_client` (0: no limit).
+struct SubscriptionRoom<'a> {
+    max: usize,
+    held: Option<usize>,
+    added: HashSet<&'a str>,
+}
+
+impl<'a> SubscriptionRoom<'a> {
+    fn new(max: usize) -> Self {
+        SubscriptionRoom { max, held: None, added: HashSet::new() }
+    }
+
+    /// True when `filter` may be subscribed: it replaces one the session holds, it was added
+    /// earlier in this packet, or there is room for one more.
+    fn admits(&mut self, broker: &Broker, session: &Session, filter: &'a str) -> bool {
+        if self.max == 0 || self.added.contains(filter) {
+            return true;
+        }
+        let (held, exists) = broker.subscription_status(session, filter);
+        if exists {
+            return true;
+        }
+        let held = *self.held.get_or_insert(held);
+        if held + self.added.len() >= self.max {
+            return false;
+        }
+        self.added.insert(filter);
+        true
     }
 }
