@@ -393,7 +393,8 @@ impl Conn {
                 _ => None,
             };
             if let Some(why) = why {
-                props.reason_string = Some(self.close_reason.take().unwrap_or_else(|| why.to_string()));
+                let why = self.close_reason.take().unwrap_or_else(|| why.to_string());
+                props.reason_string = super::refuse::fitting_reason(why, self.out.max_packet());
             }
             let d = Disconnect { code, properties: props };
             codec::encode(&Packet::Disconnect(d), self.version, &mut self.wbuf);

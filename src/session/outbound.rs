@@ -75,6 +75,11 @@ impl Outbound {
         }
     }
 
+    /// The largest packet the client accepts (its v5 Maximum Packet Size).
+    pub fn max_packet(&self) -> usize {
+        self.limits.max_packet
+    }
+
     /// True while another QoS 1/2 message may be sent.
     pub fn has_window(&self, session: &Session) -> bool {
         session.outgoing().len() < self.limits.window

@@ -55,6 +55,7 @@ impl Conn {
         let version = self.version;
         let fail = version.is_v5().then_some(reason::UNSPECIFIED_ERROR);
         let note = note.filter(|_| self.problem_info && version.is_v5());
+        let note = note.and_then(|n| fitting_reason(n, self.out.max_packet()));
         crate::metrics::get().packet_sent(&kind(Ack { pkid, code, properties: Properties::default() }));
         self.pending.respond(commit, &mut self.wbuf, code, fail, move |c, out| {
             let reason_string = note.clone().filter(|_| c == code);
@@ -64,6 +65,38 @@ impl Conn {
     }
 }
 
+/// Room an ack needs besides its reason string: fixed header (up to 5 bytes), packet id,
+/// reason code, property length (up to 4) and the property's id and length prefix.
+const ACK_OVERHEAD: usize = 5 + 2 + 1 + 4 + 3;
+
+/// A reason string the broker may send: cut to the 65,535 bytes of a UTF-8 string (at a
+/// character boundary) [MQTT-1.5.4-1], and left out when the ack would exceed the client's
+/// Maximum Packet Size [MQTT-3.4.2-2].
+pub(super) fn fitting_reason(mut note: String, max_packet: usize) -> Option<String> {
+    if note.len() > usize::from(u16::MAX) {
+        let mut end = usize::from(u16::MAX);
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    (note.len() + ACK_OVERHEAD <= max_packet).then_some(note)
+}
+
 fn ack_kind(qos: QoS) -> fn(Ack) -> Packet {
     if qos == QoS::ExactlyOnce { Packet::PubRec } else { Packet::PubAck }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fitting_reason;
+
+    #[test]
+    fn reason_strings_fit_the_wire_and_the_client() {
+        let long = "é".repeat(40_000);
+        let cut = fitting_reason(long, usize::MAX).expect("kept");
+        assert!(cut.len() <= 65_535 && cut.len() >= 65_534, "{}", cut.len());
+        assert!(fitting_reason("x".repeat(100), 50).is_none(), "over the client's Maximum Packet Size");
+        assert_eq!(fitting_reason("ok".into(), 100).as_deref(), Some("ok"));
+    }
 }
