@@ -267,3 +267,32 @@ async fn shutdown_sends_0x8b_to_v5_clients() {
     assert_eq!(code, DisconnectReasonCode::ServerShuttingDown);
     stop.await.unwrap();
 }
+
+/// `dataloom_sessions{state="persistent"}` is a counter the broker keeps at each change (issue
+/// 14: a scrape walks no sessions): it follows connect, expiry changes, takeover and the end.
+#[tokio::test]
+async fn the_persistent_session_count_follows_every_change() {
+    let b = TestBroker::start().await;
+    let broker = b.running.as_ref().expect("running").broker.clone();
+    let count = || broker.persistent_session_count();
+    let long = |p: &mut Connect| p.properties.session_expiry_interval = Some(3600);
+    let a = connect_ok(&b, "p-a", long).await;
+    let c = connect_ok(&b, "p-b", |_| {}).await;
+    assert_eq!(count(), 1, "one persistent, one that ends with its connection");
+    // A clean start takes over p-a: its old persistent session is gone, the new one is not.
+    let a2 = connect_ok(&b, "p-a", |_| {}).await;
+    assert_eq!(count(), 0);
+    drop(a);
+    // Persistent again by CONNECT, then ended by DISCONNECT with Session Expiry 0.
+    disconnect(a2, 0, Properties::default()).await;
+    let a3 = connect_ok(&b, "p-a", long).await;
+    assert_eq!(count(), 1);
+    let zero = Properties { session_expiry_interval: Some(0), ..Properties::default() };
+    disconnect(a3, 0, zero).await;
+    wait_sessions(&b, 1).await;
+    assert_eq!(count(), 0, "expiry 0 on DISCONNECT ends it");
+    disconnect(c, 0, Properties::default()).await;
+    wait_sessions(&b, 0).await;
+    assert_eq!(count(), 0);
+    b.stop().await;
+}

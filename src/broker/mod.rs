@@ -96,6 +96,8 @@ pub struct Broker {
     subs: RwLock<SubscriptionTree<SessionId, SubEntry>>,
     retained: RwLock<RetainedTree<Arc<Message>>>,
     next_session: AtomicU64,
+    /// Registered sessions with expiry > 0 (kept at each change, so a scrape walks nothing).
+    persistent: std::sync::atomic::AtomicUsize,
     /// Next position in the durable per-session queues (shared counter, strictly increasing).
     next_seq: AtomicU64,
     store: Arc<dyn Store>,
@@ -118,6 +120,7 @@ impl Broker {
             subs: RwLock::new(SubscriptionTree::new()),
             retained: RwLock::new(RetainedTree::new()),
             next_session: AtomicU64::new(1),
+            persistent: std::sync::atomic::AtomicUsize::new(0),
             next_seq: AtomicU64::new(1),
             store,
             disk_full: std::sync::atomic::AtomicBool::new(false),
@@ -191,6 +194,7 @@ impl Broker {
                     old.take_ownership(Arc::new(Kill::default()));
                     map.remove(client_id);
                     if old.is_persistent() {
+                        self.note_persistence(true, false);
                         ops.push(Op::DeleteSession(old.client_id.clone()));
                     }
                     self.drop_subscriptions(&old);
@@ -202,8 +206,7 @@ impl Broker {
         };
         drop(map);
         let generation = session.take_ownership(kill);
-        let was_persistent = session.is_persistent();
-        session.set_expiry(expiry);
+        let was_persistent = self.set_session_expiry(&session, expiry);
         if expiry > 0 {
             ops.push(Op::PutSession(session_record(&session)));
         } else if was_persistent {
@@ -215,8 +218,7 @@ impl Broker {
 
     /// Records a new session expiry interval (v5 DISCONNECT may change it).
     pub fn set_expiry(&self, session: &Session, expiry: u32) -> Commit {
-        let was = session.is_persistent();
-        session.set_expiry(expiry);
+        let was = self.set_session_expiry(session, expiry);
         let op = match (was, expiry > 0) {
             (_, true) => Op::PutSession(session_record(session)),
             (true, false) => Op::DeleteSession(session.client_id.clone()),
@@ -259,6 +261,9 @@ impl Broker {
         let mut map = self.sessions.lock();
         if map.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
             map.remove(&session.client_id);
+            if session.is_persistent() {
+                self.note_persistence(true, false);
+            }
         }
         drop(map);
         if session.is_persistent() {
@@ -280,9 +285,25 @@ impl Broker {
         self.sessions.lock().len()
     }
 
-    /// Number of persistent sessions (expiry > 0), for metrics; walks the sessions.
+    /// Number of persistent sessions (expiry > 0), for metrics; a counter, no walk.
     pub fn persistent_session_count(&self) -> usize {
-        self.sessions.lock().values().filter(|s| s.is_persistent()).count()
+        self.persistent.load(Ordering::Relaxed)
+    }
+
+    /// Sets a registered session's expiry and counts the change of persistence; returns
+    /// whether it was persistent before.
+    pub(super) fn set_session_expiry(&self, session: &Session, expiry: u32) -> bool {
+        let was = session.set_expiry(expiry);
+        self.note_persistence(was, expiry > 0);
+        was
+    }
+
+    fn note_persistence(&self, was: bool, now: bool) {
+        match (was, now) {
+            (false, true) => self.persistent.fetch_add(1, Ordering::Relaxed),
+            (true, false) => self.persistent.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
     }
 
     /// Number of subscriptions (shared memberships included), for metrics and `$SYS`.

@@ -42,7 +42,7 @@ impl Broker {
 
     fn restore_session(self: &Arc<Self>, rs: RecoveredSession) {
         let session = self.new_session(rs.record.client_id.clone());
-        session.set_expiry(rs.record.expiry);
+        self.set_session_expiry(&session, rs.record.expiry);
         {
             let mut st = session.state.lock();
             st.incoming_qos2.extend(rs.incoming_qos2);

@@ -183,10 +183,11 @@ impl Session {
         self.state.lock().expiry_interval
     }
 
-    /// Sets the session expiry interval (and so whether the session is persistent).
-    pub fn set_expiry(&self, secs: u32) {
+    /// Sets the session expiry interval (and so whether the session is persistent); returns
+    /// whether it was persistent before. Only the broker calls it: it counts persistent sessions.
+    pub(super) fn set_expiry(&self, secs: u32) -> bool {
         self.state.lock().expiry_interval = secs;
-        self.persistent.store(secs > 0, Ordering::Relaxed);
+        self.persistent.swap(secs > 0, Ordering::Relaxed)
     }
 
     /// The in-flight window, locked until the returned guard drops.
