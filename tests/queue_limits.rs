@@ -56,3 +56,12 @@ async fn max_queued_messages_bounds_an_offline_session() {
     assert_eq!(delivered_after_reconnect(&b, 10, 10).await, 3);
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_max_queued_bytes_is_finite() {
+    // Issue 14: 16 MiB per session by default, so a subscriber that never comes back (or never
+    // reads) holds a bounded amount. 1,000,000-byte payloads: 16 fit in 16 MiB, 4 are dropped.
+    let b = TestBroker::start().await;
+    assert_eq!(delivered_after_reconnect(&b, 20, 1_000_000).await, 16);
+    b.stop().await;
+}

@@ -155,6 +155,9 @@ impl Config {
             parse_addr("http.bind", &self.http.bind)?;
         }
         let m = &self.mqtt;
+        if m.max_connect_size < 64 {
+            return Err(invalid("mqtt.max_connect_size", "must be at least 64 bytes"));
+        }
         if !(64..=268_435_460).contains(&m.max_packet_size) {
             return Err(invalid("mqtt.max_packet_size", "must be between 64 and 268435460 bytes"));
         }

@@ -70,7 +70,12 @@ pub struct Mqtt {
     /// Messages queued per session beyond the in-flight window; more are dropped and counted.
     pub max_queued_messages: usize,
     /// Payload and topic bytes queued per session; more are dropped and counted (0: no limit).
+    /// Default 16 MiB: a subscriber that never reads holds at most that much.
     pub max_queued_bytes: usize,
+    /// Largest CONNECT packet, bytes (default 64 KiB): memory before authentication is bounded
+    /// by `max_connections` × this, not × `max_packet_size`. A bigger one is refused before it
+    /// is read (v5 CONNACK 0x95 Packet too large).
+    pub max_connect_size: u32,
     /// Simultaneous client connections.
     pub max_connections: usize,
     /// Levels in a topic name or filter.
@@ -152,7 +157,8 @@ impl Default for Mqtt {
             receive_maximum: 20,
             topic_alias_maximum: 10,
             max_queued_messages: 1000,
-            max_queued_bytes: 0,
+            max_queued_bytes: 16 * 1024 * 1024,
+            max_connect_size: 64 * 1024,
             max_connections: 100_000,
             max_topic_levels: 128,
             max_user_properties: 64,

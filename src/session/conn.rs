@@ -241,7 +241,13 @@ async fn read_connect<R: AsyncRead + Unpin>(
 ) -> Result<codec::Connect, Close> {
     loop {
         *sniffed = connect::sniff_version(rbuf);
-        match codec::decode(rbuf, None, &ctx.decode_limits) {
+        // CONNECT has its own, smaller limit (`mqtt.max_connect_size`): before authentication
+        // a connection may hold no more than that.
+        let limits = codec::Limits {
+            max_packet_size: ctx.decode_limits.max_packet_size.min(ctx.mqtt.max_connect_size),
+            ..ctx.decode_limits.clone()
+        };
+        match codec::decode(rbuf, None, &limits) {
             Ok(Some(Packet::Connect(c))) => {
                 crate::metrics::get().packets_received[crate::metrics::pt::CONNECT].inc();
                 return Ok(*c);
