@@ -1,5 +1,6 @@
 //! The shared broker: sessions by client id, subscriptions, session expiry and delayed wills.
-//! Routing and retained state live in `route`, restoring from the store in `recovery`.
+//! Routing and retained state live in `route`, the QoS 1/2 flows of a session in `flows`, the
+//! schema gate in `gate`, restoring from the store in `recovery`.
 //!
 //! Every durable effect (persistent session records, subscriptions) is submitted to the
 //! [`Store`] and the returned [`Commit`] tells the caller when it may acknowledge.

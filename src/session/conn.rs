@@ -239,14 +239,14 @@ async fn read_connect<R: AsyncRead + Unpin>(
     rbuf: &mut BytesMut,
     sniffed: &mut Option<ProtocolVersion>,
 ) -> Result<codec::Connect, Close> {
+    // CONNECT has its own, smaller limit (`mqtt.max_connect_size`): before authentication a
+    // connection may hold no more than that.
+    let limits = codec::Limits {
+        max_packet_size: ctx.decode_limits.max_packet_size.min(ctx.mqtt.max_connect_size),
+        ..ctx.decode_limits.clone()
+    };
     loop {
         *sniffed = connect::sniff_version(rbuf);
-        // CONNECT has its own, smaller limit (`mqtt.max_connect_size`): before authentication
-        // a connection may hold no more than that.
-        let limits = codec::Limits {
-            max_packet_size: ctx.decode_limits.max_packet_size.min(ctx.mqtt.max_connect_size),
-            ..ctx.decode_limits.clone()
-        };
         match codec::decode(rbuf, None, &limits) {
             Ok(Some(Packet::Connect(c))) => {
                 crate::metrics::get().packets_received[crate::metrics::pt::CONNECT].inc();
