@@ -3,8 +3,9 @@
 mod common;
 mod v5_util;
 
+use bytes::BytesMut;
 use common::TestBroker;
-use dataloom::codec::{Packet, QoS};
+use dataloom::codec::{Packet, ProtocolVersion, Publish, QoS, encode};
 use rumqttc::v5::{AsyncClient, MqttOptions};
 use v5_util::*;
 
@@ -336,4 +337,51 @@ async fn server_uses_topic_alias_towards_client() {
     let m3 = recv_publish(&mut sub).await;
     assert!(m3.topic.is_empty());
     assert_eq!(m3.properties.topic_alias, Some(alias_a));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreleased_qos2_ids_leave_no_room_for_qos1() {
+    let b = TestBroker::start_with(|c| c.mqtt.receive_maximum = 2).await;
+    let (mut c, _) = connect_with(b.addr, "v5-rm-mixed", |_| {}).await;
+    for id in 1..=2 {
+        assert_eq!(send_publish(&mut c, publish("v5/rmmix/t", QoS::ExactlyOnce, id, b"x")).await, 0x10);
+    }
+    // QoS 1 counts against the same quota [MQTT 5 §3.3.4]: two QoS 2 ids are unreleased.
+    c.send_packet(&Packet::Publish(publish("v5/rmmix/t", QoS::AtLeastOnce, 3, b"x"))).await;
+    assert_eq!(recv_disconnect(&mut c).await.code, 0x93);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_messages_waiting_for_their_puback_count_against_receive_maximum() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let b = TestBroker::start_with(|c| {
+        c.storage.backend = dataloom::config::Backend::Fjall;
+        c.storage.data_dir = data;
+        c.mqtt.receive_maximum = 2;
+    })
+    .await;
+    // Retained QoS 1 messages are acknowledged only once fsync'ed, so a burst written in one
+    // go finds the first PUBACKs still held back.
+    let (mut ok, _) = connect_with(b.addr, "v5-rm-q1-ok", |_| {}).await;
+    let retained = |id| Publish { retain: true, ..publish("v5/rmq1/t", QoS::AtLeastOnce, id, b"x") };
+    let mut burst = BytesMut::new();
+    for id in 1..=2 {
+        encode(&Packet::Publish(retained(id)), ProtocolVersion::V5, &mut burst);
+    }
+    ok.send(&burst).await;
+    for id in 1..=2 {
+        assert!(matches!(ok.recv().await, Some(Packet::PubAck(a)) if a.pkid == id && a.code < 0x80));
+    }
+    let (mut over, _) = connect_with(b.addr, "v5-rm-q1-over", |_| {}).await;
+    burst.clear();
+    for id in 1..=3 {
+        encode(&Packet::Publish(retained(id)), ProtocolVersion::V5, &mut burst);
+    }
+    over.send(&burst).await;
+    let seen = over.until_closed().await;
+    assert!(
+        seen.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.code == 0x93)),
+        "a third unacknowledged QoS 1 message exceeds Receive Maximum 2: {seen:?}"
+    );
 }

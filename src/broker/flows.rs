@@ -48,6 +48,11 @@ impl Broker {
         Qos2Arrival::New(ops)
     }
 
+    /// Incoming QoS 2 ids not yet released by PUBREL (they count against Receive Maximum).
+    pub fn qos2_unreleased(&self, session: &Session) -> usize {
+        session.state.lock().incoming_qos2.len()
+    }
+
     /// PUBREL for the incoming QoS 2 id `pkid`: `None` when it is unknown, else the commit
     /// PUBCOMP waits for.
     pub fn qos2_released(&self, session: &Session, pkid: u16) -> Option<Commit> {

@@ -81,11 +81,20 @@ impl Conn {
         let _timer = crate::metrics::get().publish_received(p.qos);
         let topic = self.resolve_alias(&p)?;
         let mut extra = Vec::new();
+        // Receive Maximum is a v5 contract: QoS 1 messages whose PUBACK is still held back and
+        // QoS 2 ids not yet released count against it [MQTT 5 §3.3.4]. A 3.1.1 client never
+        // learns it, so its unreleased ids are bounded only by the 16-bit identifier space.
+        let room = self
+            .version
+            .is_v5()
+            .then(|| usize::from(self.ctx.mqtt.receive_maximum).saturating_sub(self.pending.held_pubacks()));
+        if p.qos == QoS::AtLeastOnce
+            && room.is_some_and(|r| self.ctx.broker.qos2_unreleased(&self.session) >= r)
+        {
+            return Err(Close::Protocol(Violation::ReceiveMaximumExceeded));
+        }
         if p.qos == QoS::ExactlyOnce {
-            // Receive Maximum is a v5 contract; a 3.1.1 client never learns it, so its
-            // unreleased ids are bounded only by the 16-bit identifier space.
-            let limit = self.version.is_v5().then_some(usize::from(self.ctx.mqtt.receive_maximum));
-            match self.ctx.broker.qos2_arrived(&self.session, p.pkid, limit) {
+            match self.ctx.broker.qos2_arrived(&self.session, p.pkid, room) {
                 Qos2Arrival::Duplicate => {
                     self.ack(Packet::PubRec, p.pkid, Commit::done(), reason::SUCCESS);
                     return Ok(());

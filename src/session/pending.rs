@@ -18,18 +18,27 @@ struct Deferred {
     ok: BytesMut,
     /// Bytes to send when it fails (v5 failure reason code); `None` closes the connection.
     err: Option<BytesMut>,
+    /// A PUBACK: its QoS 1 PUBLISH stays unacknowledged (counted against Receive Maximum).
+    puback: bool,
 }
 
 /// The ordered queue of held-back responses of one connection.
 #[derive(Debug, Default)]
 pub struct Pending {
     queue: VecDeque<Deferred>,
+    /// Held-back PUBACKs: QoS 1 messages of the client not yet acknowledged.
+    pubacks: usize,
 }
 
 impl Pending {
     /// Responses held back.
     pub fn len(&self) -> usize {
         self.queue.len()
+    }
+
+    /// PUBACKs held back: the client's QoS 1 messages this connection has not acknowledged yet.
+    pub fn held_pubacks(&self) -> usize {
+        self.pubacks
     }
 
     /// True when no response is held back.
@@ -58,7 +67,10 @@ impl Pending {
             encode(c, &mut b);
             b
         });
-        self.queue.push_back(Deferred { commit, ok, err });
+        // The first byte of an encoded packet carries its type in the high nibble (PUBACK = 4).
+        let puback = ok.first().is_some_and(|b| b >> 4 == 4);
+        self.pubacks += usize::from(puback);
+        self.queue.push_back(Deferred { commit, ok, err, puback });
     }
 
     /// Writes `bytes` into `out` now if `commit` is done and nothing waits, or holds them back
@@ -67,7 +79,7 @@ impl Pending {
         if commit.is_done() && self.queue.is_empty() {
             out.extend_from_slice(&bytes);
         } else {
-            self.queue.push_back(Deferred { commit, ok: bytes, err: None });
+            self.queue.push_back(Deferred { commit, ok: bytes, err: None, puback: false });
         }
     }
 
@@ -89,7 +101,7 @@ impl Pending {
         result: Result<(), StoreError>,
         out: &mut BytesMut,
     ) -> Result<(), StoreError> {
-        if let Some(d) = self.queue.pop_front() {
+        if let Some(d) = self.pop() {
             write_outcome(d, result, out)?;
         }
         self.flush_ready(out)
@@ -102,10 +114,18 @@ impl Pending {
     pub fn flush_ready(&mut self, out: &mut BytesMut) -> Result<(), StoreError> {
         while let Some(front) = self.queue.front_mut() {
             let Some(result) = front.commit.try_result() else { return Ok(()) };
-            let Some(d) = self.queue.pop_front() else { return Ok(()) };
+            let Some(d) = self.pop() else { return Ok(()) };
             write_outcome(d, result, out)?;
         }
         Ok(())
+    }
+}
+
+impl Pending {
+    fn pop(&mut self) -> Option<Deferred> {
+        let d = self.queue.pop_front()?;
+        self.pubacks -= usize::from(d.puback);
+        Some(d)
     }
 }
 
