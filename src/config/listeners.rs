@@ -31,6 +31,9 @@ pub struct TcpListenerConfig {
     pub bind: String,
     /// Simultaneous connections on this listener; 0 = only `mqtt.max_connections` applies.
     pub max_connections: usize,
+    /// Connections one IP address may hold open on this listener (0 = no limit, the default).
+    /// More are closed at accept, before any byte is read.
+    pub max_connections_per_ip: usize,
     /// Time from accept to CONNECT on this listener; unset = `mqtt.connect_timeout`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
@@ -56,6 +59,9 @@ pub struct TlsListenerConfig {
     pub use_identity_as_username: bool,
     /// Simultaneous connections on this listener; 0 = only `mqtt.max_connections` applies.
     pub max_connections: usize,
+    /// Connections one IP address may hold open on this listener (0 = no limit, the default).
+    /// More are closed at accept, before any byte is read.
+    pub max_connections_per_ip: usize,
     /// Time from accept to CONNECT, TLS handshake included; unset = `mqtt.connect_timeout`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
@@ -71,6 +77,9 @@ pub struct WsListenerConfig {
     pub path: String,
     /// Simultaneous connections on this listener; 0 = only `mqtt.max_connections` applies.
     pub max_connections: usize,
+    /// Connections one IP address may hold open on this listener (0 = no limit, the default).
+    /// More are closed at accept, before any byte is read.
+    pub max_connections_per_ip: usize,
     /// Time from accept to CONNECT, WebSocket handshake included; unset = `mqtt.connect_timeout`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
@@ -98,6 +107,9 @@ pub struct WssListenerConfig {
     pub use_identity_as_username: bool,
     /// Connection limit of this listener (0: only `mqtt.max_connections`).
     pub max_connections: usize,
+    /// Connections one IP address may hold open on this listener (0 = no limit, the default).
+    /// More are closed at accept, before any byte is read.
+    pub max_connections_per_ip: usize,
     /// Per-listener CONNECT timeout (default: `mqtt.connect_timeout`).
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
@@ -105,7 +117,12 @@ pub struct WssListenerConfig {
 
 impl Default for TcpListenerConfig {
     fn default() -> Self {
-        TcpListenerConfig { bind: "127.0.0.1:1883".into(), max_connections: 0, connect_timeout: None }
+        TcpListenerConfig {
+            bind: "127.0.0.1:1883".into(),
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            connect_timeout: None,
+        }
     }
 }
 
@@ -119,6 +136,7 @@ impl Default for TlsListenerConfig {
             require_certificate: false,
             use_identity_as_username: false,
             max_connections: 0,
+            max_connections_per_ip: 0,
             connect_timeout: None,
         }
     }
@@ -130,6 +148,7 @@ impl Default for WsListenerConfig {
             bind: String::new(),
             path: "/mqtt".into(),
             max_connections: 0,
+            max_connections_per_ip: 0,
             connect_timeout: None,
         }
     }
@@ -146,6 +165,7 @@ impl Default for WssListenerConfig {
             require_certificate: false,
             use_identity_as_username: false,
             max_connections: 0,
+            max_connections_per_ip: 0,
             connect_timeout: None,
         }
     }

@@ -59,11 +59,16 @@ pub struct Mqtt {
     /// Time a new connection has to send CONNECT.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Time a started packet has to arrive completely once its first byte was read; `"0s"`
+    /// turns the deadline off. A client that trickles a packet in (one byte per keep alive)
+    /// is closed (v5 DISCONNECT 0x8D): until a packet is complete nothing was received.
+    #[serde(with = "humantime_serde")]
+    pub packet_timeout: Duration,
     /// Largest keep alive accepted, seconds; v5 clients asking more are told Server Keep Alive.
     pub max_keepalive: u16,
     /// Unacknowledged outgoing QoS 1/2 messages per client.
     pub max_inflight_messages: u16,
-    /// Incoming QoS 2 messages a client may have unreleased (v5 Receive Maximum).
+    /// Incoming QoS 1 messages unacknowledged plus QoS 2 unreleased per v5 client (its Receive Maximum).
     pub receive_maximum: u16,
     /// Topic aliases a v5 client may use towards the broker.
     pub topic_alias_maximum: u16,
@@ -152,6 +157,7 @@ impl Default for Mqtt {
         Mqtt {
             max_packet_size: 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
+            packet_timeout: Duration::from_secs(60),
             max_keepalive: 3600,
             max_inflight_messages: 20,
             receive_maximum: 20,

@@ -144,6 +144,8 @@ labels!(
         MalformedConnect = "malformed_connect",
         ConnectTimeout = "connect_timeout",
         ServerUnavailable = "server_unavailable",
+        /// The address held `max_connections_per_ip` connections on the listener.
+        TooManyFromAddress = "too_many_from_address",
         Other = "other",
     ]
 );
@@ -250,6 +252,13 @@ pub struct Ending {
     pub close: CloseReason,
     pub rejected: Option<RejectReason>,
     pub protocol_error: Option<&'static str>,
+}
+
+impl Ending {
+    /// A connection closed at accept, before any byte was read, for `why`.
+    pub fn refused(why: RejectReason) -> Ending {
+        Ending { close: CloseReason::Rejected, rejected: Some(why), protocol_error: None }
+    }
 }
 
 #[cfg(test)]

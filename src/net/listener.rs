@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use super::per_ip::PerIp;
 use super::tls::{Tls, TlsError, TlsSettings};
 use super::ws::{self, WsSettings};
 use crate::config::Config;
@@ -53,14 +54,28 @@ pub struct Listener {
     pub connect_timeout: Duration,
     /// This listener's own connection limit (beside the broker-wide one), if it has one.
     pub permits: Option<Arc<Semaphore>>,
+    /// Connections per peer address (`max_connections_per_ip`), if limited.
+    pub per_ip: Option<Arc<PerIp>>,
+}
+
+/// The limits of one `[listeners.*]` section.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `max_connections` (0 = no own limit).
+    pub max_connections: usize,
+    /// `max_connections_per_ip` (0 = no limit).
+    pub max_connections_per_ip: usize,
+    /// From accept to CONNECT, handshakes included.
+    pub connect_timeout: Duration,
 }
 
 impl Listener {
-    /// A listener doing `upgrade`, with `max_connections` (0 = no own limit) and
-    /// `connect_timeout`.
-    pub fn new(upgrade: Upgrade, max_connections: usize, connect_timeout: Duration) -> Listener {
-        let permits = (max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections)));
-        Listener { upgrade, connect_timeout, permits }
+    /// A listener doing `upgrade` within `limits`.
+    pub fn new(upgrade: Upgrade, limits: Limits) -> Listener {
+        let max = limits.max_connections;
+        let permits = (max > 0).then(|| Arc::new(Semaphore::new(max)));
+        let per_ip = PerIp::new(limits.max_connections_per_ip);
+        Listener { upgrade, connect_timeout: limits.connect_timeout, permits, per_ip }
     }
 
     /// The transport this listener speaks.
@@ -166,23 +181,35 @@ pub enum ListenError {
 /// [`ListenError`] naming the address or certificate file that failed.
 pub async fn bind_all(cfg: &Config) -> Result<Bound, ListenError> {
     let l = &cfg.listeners;
-    let timeout = |t: Option<Duration>| t.unwrap_or(cfg.mqtt.connect_timeout);
+    let limits = |max_connections, max_connections_per_ip, t: Option<Duration>| Limits {
+        max_connections,
+        max_connections_per_ip,
+        connect_timeout: t.unwrap_or(cfg.mqtt.connect_timeout),
+    };
     let ws_settings = |path: &str| WsSettings::new(path, cfg.mqtt.max_packet_size);
     let mut certs = Vec::new();
-    let tcp = Listener::new(Upgrade::Tcp, l.tcp.max_connections, timeout(l.tcp.connect_timeout));
+    let tcp = Listener::new(
+        Upgrade::Tcp,
+        limits(l.tcp.max_connections, l.tcp.max_connections_per_ip, l.tcp.connect_timeout),
+    );
     let tcp = (super::bind(&l.tcp.bind).await?.0, Arc::new(tcp));
     let tls = if l.tls.enabled() {
         let tls = Arc::new(Tls::load(TlsSettings::from(&l.tls))?);
         certs.push(tls.clone());
-        let listener =
-            Listener::new(Upgrade::Tls(tls), l.tls.max_connections, timeout(l.tls.connect_timeout));
+        let listener = Listener::new(
+            Upgrade::Tls(tls),
+            limits(l.tls.max_connections, l.tls.max_connections_per_ip, l.tls.connect_timeout),
+        );
         Some((super::bind(&l.tls.bind).await?.0, Arc::new(listener)))
     } else {
         None
     };
     let ws = if l.ws.enabled() {
         let upgrade = Upgrade::Ws(ws_settings(&l.ws.path));
-        let listener = Listener::new(upgrade, l.ws.max_connections, timeout(l.ws.connect_timeout));
+        let listener = Listener::new(
+            upgrade,
+            limits(l.ws.max_connections, l.ws.max_connections_per_ip, l.ws.connect_timeout),
+        );
         Some((super::bind(&l.ws.bind).await?.0, Arc::new(listener)))
     } else {
         None
@@ -191,7 +218,10 @@ pub async fn bind_all(cfg: &Config) -> Result<Bound, ListenError> {
         let tls = Arc::new(Tls::load(TlsSettings::from(&l.wss))?);
         certs.push(tls.clone());
         let upgrade = Upgrade::Wss(tls, ws_settings(&l.wss.path));
-        let listener = Listener::new(upgrade, l.wss.max_connections, timeout(l.wss.connect_timeout));
+        let listener = Listener::new(
+            upgrade,
+            limits(l.wss.max_connections, l.wss.max_connections_per_ip, l.wss.connect_timeout),
+        );
         Some((super::bind(&l.wss.bind).await?.0, Arc::new(listener)))
     } else {
         None

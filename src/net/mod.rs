@@ -1,10 +1,11 @@
 //! Listeners and the accept loop: connection limits (semaphore permits taken before `accept`:
-//! the broker-wide one and the listener's own), socket options, one task per connection, and
+//! the broker-wide one and the listener's own; per peer address in [`per_ip`]), socket options, one task per connection, and
 //! stopping on shutdown. [`listener`] says what each kind of listener (TCP, TLS, WebSocket,
 //! WebSocket over TLS) does before MQTT starts; [`tls`] and [`ws`] are those handshakes.
 
 pub mod fds;
 pub mod listener;
+pub mod per_ip;
 pub mod tls;
 pub(crate) mod ws;
 
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, warn};
 
+use crate::metrics::reasons::{Ending, RejectReason};
 use crate::session::Ctx;
 pub use listener::Listener;
 
@@ -55,17 +57,28 @@ pub async fn accept_loop(
             },
             _ = shutdown.changed() => return,
         };
+        let counted = metrics.accepted();
+        let slot = match &kind.per_ip {
+            None => None,
+            Some(per_ip) => match per_ip.admit(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    debug!(%peer, "connection refused: max_connections_per_ip reached for this address");
+                    counted.ended(Ending::refused(RejectReason::TooManyFromAddress));
+                    continue;
+                }
+            },
+        };
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, %peer, "cannot set TCP_NODELAY");
         }
         let accepted = tokio::time::Instant::now();
         let ctx = ctx.clone();
         let kind = kind.clone();
-        let counted = metrics.accepted();
         tokio::spawn(async move {
             let ended = kind.serve(stream, peer, accepted, ctx).await;
             counted.ended(crate::session::ending(&ended));
-            drop((permit, own));
+            drop((permit, own, slot));
         });
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! One `select!` loop per connection: read (paused while the output buffer is over its
 //! high-water mark, which pushes back on a client that does not read), write, mailbox
-//! wake-ups, keep alive and the kill switch (takeover, shutdown).
+//! wake-ups, the liveness clocks (keep alive, packet deadline) and the kill switch (takeover,
+//! shutdown).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{Instrument, debug, info};
 
 use super::connect::{self, Accepted, WillSpec};
+use super::liveness::Liveness;
 use super::outbound::{Outbound, OutboundLimits};
 use super::pending::Pending;
 use super::{Close, Ctx};
@@ -272,10 +274,10 @@ impl Conn {
         W: AsyncWrite + Unpin,
     {
         self.out.resend_inflight(&self.ctx.broker, &self.session, self.version, &mut self.wbuf);
-        let grace = self.keep_alive + self.keep_alive / 2;
-        let mut last_read = Instant::now();
-        let keepalive = tokio::time::sleep(grace.max(Duration::from_secs(1)));
-        tokio::pin!(keepalive);
+        let mut live = Liveness::new(self.keep_alive, self.ctx.mqtt.packet_timeout, Instant::now());
+        let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+        let timer = tokio::time::sleep_until(live.deadline().map_or_else(far, Into::into));
+        tokio::pin!(timer);
         // Long-lived wake-up futures: registered once, not once per loop iteration.
         let session = self.session.clone();
         // Set while reads fill the buffer: then reads get READ_CHUNK of room each.
@@ -318,11 +320,18 @@ impl Conn {
                 r = read_more(rd, rbuf, &mut busy), if want_read => {
                     match r {
                         Ok(0) => return Close::Io("closed by peer".into()),
-                        Ok(_) => last_read = Instant::now(),
+                        Ok(_) => {}
                         Err(e) => return Close::Io(e.to_string()),
                     }
-                    if let Err(close) = self.handle_input(rbuf) {
-                        return close;
+                    match self.handle_input(rbuf) {
+                        Ok(decoded) => live.on_input(decoded, rbuf.len(), Instant::now()),
+                        Err(close) => return close,
+                    }
+                    // A packet begun may run out before the timer as it stands.
+                    if let Some(d) = live.deadline().map(tokio::time::Instant::from)
+                        && d < timer.deadline()
+                    {
+                        timer.as_mut().reset(d);
                     }
                 }
                 r = self.pending.next_ready(), if !self.pending.is_empty() => {
@@ -336,22 +345,23 @@ impl Conn {
                 }
                 _ = wait_for_room(&self.blocked), if !self.blocked.is_empty() => {
                     self.ctx.broker.offer_blocked(&mut self.blocked, false);
-                    if self.blocked.is_empty()
-                        && let Err(close) = self.handle_input(rbuf)
-                    {
-                        return close;
+                    if self.blocked.is_empty() {
+                        match self.handle_input(rbuf) {
+                            Ok(decoded) => live.on_input(decoded, rbuf.len(), Instant::now()),
+                            Err(close) => return close,
+                        }
                     }
                 }
-                _ = &mut keepalive, if !self.keep_alive.is_zero() => {
-                    if !self.blocked.is_empty() {
+                _ = &mut timer, if live.deadline().is_some() => {
+                    let now = Instant::now();
+                    if !want_read {
                         // Not reading is our choice, not the client's silence.
-                        last_read = Instant::now();
+                        live.excuse(now);
                     }
-                    let deadline = last_read + grace;
-                    if Instant::now() >= deadline {
-                        return Close::Server(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                    if let Some(why) = live.expired(now) {
+                        return Close::Server(reason::KEEP_ALIVE_TIMEOUT, why);
                     }
-                    keepalive.as_mut().reset(deadline.into());
+                    timer.as_mut().reset(live.deadline().map_or_else(far, Into::into));
                 }
             }
             if !self.session.is_owner(self.generation) {
@@ -360,18 +370,20 @@ impl Conn {
         }
     }
 
-    /// Decodes and handles every complete packet in `rbuf`.
-    fn handle_input(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
+    /// Decodes and handles every complete packet in `rbuf`; returns how many there were.
+    fn handle_input(&mut self, rbuf: &mut BytesMut) -> Result<usize, Close> {
+        let mut decoded = 0;
         loop {
             if !self.blocked.is_empty() {
-                return Ok(());
+                return Ok(decoded);
             }
             match codec::decode(rbuf, Some(self.version), &self.ctx.decode_limits) {
                 Ok(Some(p)) => {
+                    decoded += 1;
                     crate::metrics::get().packet_received(&p);
                     self.handle_packet(p)?;
                 }
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(decoded),
                 Err(e) => return Err(Close::Decode(e)),
             }
         }

@@ -10,6 +10,7 @@ mod close;
 mod conn;
 mod connect;
 mod inbound;
+mod liveness;
 mod outbound;
 mod pending;
 mod refuse;
