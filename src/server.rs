@@ -75,7 +75,11 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             );
             Arc::new(MemoryStore)
         }
-        Backend::Fjall => Arc::new(FjallStore::open(&cfg.storage.data_dir, cfg.storage.durability)?),
+        Backend::Fjall => {
+            let store = FjallStore::open(&cfg.storage.data_dir, cfg.storage.durability)?;
+            store.limit_backlog(cfg.storage.max_write_backlog);
+            Arc::new(store)
+        }
     };
     let limits = BrokerLimits {
         max_queued_messages: cfg.mqtt.max_queued_messages,

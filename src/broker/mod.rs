@@ -165,6 +165,7 @@ impl Broker {
             subscriptions: self.subscription_count(),
             retained_messages: self.retained_count(),
             store_disk_bytes: self.store.disk_bytes(),
+            store_backlog_bytes: self.store.backlog().map_or(0, crate::store::Backlog::queued),
             dropped_queue_full: self.stats.dropped_queue_full.load(Ordering::Relaxed),
             dropped_offline_qos0: self.stats.dropped_offline_qos0.load(Ordering::Relaxed),
         }

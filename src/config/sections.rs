@@ -48,6 +48,10 @@ pub struct Storage {
     /// write to the store are refused (v5 0x97 Quota exceeded) while reads go on; 0 turns the
     /// check off.
     pub min_free_bytes: u64,
+    /// Bytes of writes (payloads, topics, records) that may wait for the store writer
+    /// (default 64 MiB; 0: no limit). Above it a publishing connection stops being read until
+    /// the writer catches up, as for a subscriber that does not read.
+    pub max_write_backlog: usize,
 }
 
 /// Protocol limits. Durations are written like `"10s"` or `"1m 30s"`.
@@ -148,6 +152,7 @@ impl Default for Storage {
             data_dir: PathBuf::from("./data"),
             durability: Durability::Fsync,
             min_free_bytes: 64 * 1024 * 1024,
+            max_write_backlog: 64 * 1024 * 1024,
         }
     }
 }

@@ -212,6 +212,7 @@ pub struct Metrics {
     /// `dataloom_store_fsync_latency_seconds`: time of one fsync.
     pub store_fsync_latency: Histogram,
     store_disk_bytes: IntGauge,
+    store_backlog_bytes: IntGauge,
     tls_cert_expiry: GaugeVec,
 }
 
@@ -433,6 +434,11 @@ impl Metrics {
                 &STORE_BUCKETS,
             )?,
             store_disk_bytes: gauge(&r, "dataloom_store_disk_bytes", "Bytes the store uses on disk.")?,
+            store_backlog_bytes: gauge(
+                &r,
+                "dataloom_store_write_backlog_bytes",
+                "Bytes of writes waiting for the store writer (bounded by storage.max_write_backlog).",
+            )?,
             tls_cert_expiry,
             registry: r,
         })
@@ -561,6 +567,7 @@ impl Metrics {
         self.subscriptions.set(to_i64(s.subscriptions));
         self.retained_messages.set(to_i64(s.retained_messages));
         self.store_disk_bytes.set(i64::try_from(s.store_disk_bytes).unwrap_or(i64::MAX));
+        self.store_backlog_bytes.set(to_i64(s.store_backlog_bytes));
         follow(&self.dropped[DropReason::QueueFull as usize], s.dropped_queue_full);
         follow(&self.dropped[DropReason::OfflineQos0 as usize], s.dropped_offline_qos0);
     }
@@ -579,6 +586,8 @@ pub struct Snapshot {
     pub retained_messages: usize,
     /// Bytes the store uses on disk.
     pub store_disk_bytes: u64,
+    /// Bytes of writes waiting for the store writer.
+    pub store_backlog_bytes: usize,
     /// Messages dropped so far because a session's queue was full.
     pub dropped_queue_full: u64,
     /// QoS 0 messages dropped so far because their session was offline.

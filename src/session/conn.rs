@@ -60,6 +60,9 @@ pub struct Conn {
     /// Deliveries of this client's last PUBLISH still waiting for room in a subscriber's
     /// queue; nothing more is read or decoded until they fit (backpressure).
     pub(super) blocked: Vec<(Arc<Session>, Delivery)>,
+    /// This client's last PUBLISH found the store writer over `storage.max_write_backlog`:
+    /// nothing more is read until it catches up (backpressure).
+    pub(super) awaiting_store: bool,
     /// The schema governing this connection's last PUBLISH topic.
     pub(super) schema_memo: crate::schema::Memo,
 }
@@ -88,6 +91,7 @@ impl Conn {
             close_reason: None,
             perms: Arc::new(crate::auth::Perms::default()),
             blocked: Vec::new(),
+            awaiting_store: false,
             schema_memo: crate::schema::Memo::default(),
         }
     }
@@ -299,7 +303,8 @@ impl Conn {
             let want_mail = self.wbuf.len() < OUT_HIGH_WATER && self.out.has_window(&self.session);
             let want_read = self.wbuf.len() < OUT_HIGH_WATER
                 && self.pending.len() < MAX_PENDING
-                && self.blocked.is_empty();
+                && self.blocked.is_empty()
+                && !self.awaiting_store;
             tokio::select! {
                 biased;
                 r = &mut killed => {
@@ -352,6 +357,13 @@ impl Conn {
                         }
                     }
                 }
+                _ = store_room(&self.ctx), if self.awaiting_store => {
+                    self.awaiting_store = false;
+                    match self.handle_input(rbuf) {
+                        Ok(decoded) => live.on_input(decoded, rbuf.len(), Instant::now()),
+                        Err(close) => return close,
+                    }
+                }
                 _ = &mut timer, if live.deadline().is_some() => {
                     let now = Instant::now();
                     if !want_read {
@@ -374,7 +386,7 @@ impl Conn {
     fn handle_input(&mut self, rbuf: &mut BytesMut) -> Result<usize, Close> {
         let mut decoded = 0;
         loop {
-            if !self.blocked.is_empty() {
+            if !self.blocked.is_empty() || self.awaiting_store {
                 return Ok(decoded);
             }
             match codec::decode(rbuf, Some(self.version), &self.ctx.decode_limits) {
@@ -445,6 +457,13 @@ impl Conn {
 async fn wait_for_room(blocked: &[(Arc<Session>, Delivery)]) {
     if let Some((session, _)) = blocked.first() {
         session.mailbox.space(Duration::from_millis(5)).await;
+    }
+}
+
+/// Resolves once the store writer is under `storage.max_write_backlog` again.
+async fn store_room(ctx: &Ctx) {
+    if let Some(backlog) = ctx.broker.store().backlog() {
+        backlog.room().await;
     }
 }
 

@@ -126,6 +126,8 @@ impl Conn {
             Ok(routed) => routed,
             Err(refusal) => return self.refuse_publish(p.qos, p.pkid, refusal),
         };
+        // The writes of this message are queued: if the writer is behind, read no more.
+        self.awaiting_store = self.ctx.broker.store().backlog().is_some_and(|b| b.is_full());
         let (code, commit) = match routed.published {
             Ok(published) if published.routed == 0 => {
                 crate::metrics::get().no_subscribers(p.retain);

@@ -46,6 +46,10 @@ const FORMAT_KEY: &[u8] = b"format_version";
 /// Largest key fjall stores (its keys carry a 16-bit length).
 const MAX_KEY_LEN: usize = u16::MAX as usize;
 
+/// The writer's queue bound until [`FjallStore::limit_backlog`] sets another (64 MiB, the
+/// default of `storage.max_write_backlog`).
+pub const DEFAULT_BACKLOG: usize = 64 * 1024 * 1024;
+
 /// The database and its keyspaces (cheap to clone: all handles are reference counted).
 #[derive(Clone)]
 struct Keyspaces {
@@ -63,12 +67,25 @@ struct Keyspaces {
 }
 
 /// State shared by the store handle and its writer thread.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     /// Fast check for [`Shared::poison`].
     is_poisoned: AtomicBool,
     poison: Mutex<Option<StoreError>>,
     batches: AtomicU64,
+    /// Bytes submitted and not yet committed.
+    backlog: crate::store::Backlog,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            is_poisoned: AtomicBool::new(false),
+            poison: Mutex::new(None),
+            batches: AtomicU64::new(0),
+            backlog: crate::store::Backlog::new(DEFAULT_BACKLOG),
+        }
+    }
 }
 
 impl Shared {
@@ -89,6 +106,8 @@ impl Shared {
 enum Msg {
     Submit {
         ops: Vec<Op>,
+        /// What the ops count in the backlog, given back once they are committed.
+        bytes: usize,
         done: Option<tokio::sync::oneshot::Sender<Result<(), StoreError>>>,
     },
     /// Commit everything before this, sync and stop.
@@ -200,6 +219,18 @@ fn op_key_len(op: &Op) -> usize {
     }
 }
 
+/// What `op` counts in the writer's [`Backlog`]: its payload and topic bytes, and the rest.
+fn op_bytes(op: &Op) -> usize {
+    let body = match op {
+        Op::PutRetained(m) => m.topic.len() + m.payload.len(),
+        Op::Enqueue { delivery, .. } => delivery.msg.topic.len() + delivery.msg.payload.len(),
+        Op::PutSession(s) => s.subscriptions.iter().map(|(f, _)| f.len() + 8).sum(),
+        Op::PutKey { record, .. } => record.len(),
+        _ => 0,
+    };
+    body + crate::store::backlog::OP_OVERHEAD
+}
+
 fn failed(e: StoreError) -> Commit {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let _ = tx.send(Err(e));
@@ -239,6 +270,11 @@ impl FjallStore {
             .spawn(move || w.run())
             .map_err(|e| io_error(&e, &path))?;
         Ok(FjallStore { path, ks, durability, tx, writer: Mutex::new(Some(handle)), shared })
+    }
+
+    /// Bounds the writer's queue to `bytes` (`storage.max_write_backlog`; 0: no bound).
+    pub fn limit_backlog(&self, bytes: usize) {
+        self.shared.backlog.set_limit(bytes);
     }
 
     /// Group commits done so far (one write batch each, at most one fsync each).
@@ -377,7 +413,8 @@ impl Store for FjallStore {
     }
 
     fn submit(&self, ops: Vec<Op>, durable: bool) -> Commit {
-        let wait = durable && self.durability == Durability::Fsync;
+        // Buffered durability waits too, for the write to the OS (not for the fsync).
+        let wait = durable;
         if let Some(e) = self.shared.poisoned() {
             return if wait { failed(e) } else { Commit::done() };
         }
@@ -401,12 +438,20 @@ impl Store for FjallStore {
         };
         // When the writer is gone, `done` is dropped with the message and `commit` resolves
         // to an error.
-        let _ = self.tx.send(Msg::Submit { ops, done });
+        let bytes = ops.iter().map(op_bytes).sum();
+        self.shared.backlog.add(bytes);
+        if self.tx.send(Msg::Submit { ops, done, bytes }).is_err() {
+            self.shared.backlog.done(bytes);
+        }
         commit
     }
 
     fn poisoned(&self) -> Option<StoreError> {
         self.shared.poisoned()
+    }
+
+    fn backlog(&self) -> Option<&crate::store::Backlog> {
+        Some(&self.shared.backlog)
     }
 
     fn close(&self) -> Result<(), StoreError> {

@@ -6,6 +6,7 @@
 //! reads everything back with [`Store::recover`]. `memory` keeps nothing; `fjall` is the
 //! embedded LSM store. Nothing outside this module touches fjall.
 
+pub(crate) mod backlog;
 pub(crate) mod disk;
 pub(crate) mod fjall;
 pub(crate) mod memory;
@@ -17,6 +18,7 @@ use crate::model::SubOptions;
 use crate::model::{Delivery, Message};
 
 pub use self::fjall::FjallStore;
+pub use backlog::Backlog;
 pub use memory::MemoryStore;
 
 /// A storage failure; the message names the path or operation and what to do.
@@ -231,7 +233,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Queues `ops` for the next group commit, applied after every earlier submission.
     /// With `durable`, the returned [`Commit`] resolves once they are fsync'ed (under
-    /// `storage.durability = "buffered"` it resolves at once); without, it is already done.
+    /// `storage.durability = "buffered"`: once they are written to the OS, which a crash of
+    /// the process cannot lose); without, it is already done.
     fn submit(&self, ops: Vec<Op>, durable: bool) -> Commit;
 
     /// Set once a write or fsync failed: the broker must stop acknowledging and exit.
@@ -242,6 +245,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`StoreError`] when the final sync fails.
     fn close(&self) -> Result<(), StoreError>;
+
+    /// The writer's queue, when the store has one (the memory store writes nothing).
+    fn backlog(&self) -> Option<&Backlog> {
+        None
+    }
 
     /// Bytes the store uses on disk (0 for memory).
     fn disk_bytes(&self) -> u64;

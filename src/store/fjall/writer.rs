@@ -168,6 +168,8 @@ impl Writer {
         let mut group: Vec<(Vec<Op>, Option<Waiter>)> = Vec::new();
         // The change set, reused from group to group.
         let mut batch = Batch::default();
+        // Backlog bytes of the group being collected.
+        let mut group_bytes = 0;
         loop {
             let first = match self.dirty_since {
                 Some(t) => {
@@ -190,7 +192,10 @@ impl Writer {
             let mut next = Some(first);
             while let Some(msg) = next {
                 match msg {
-                    Msg::Submit { ops, done } => group.push((ops, done)),
+                    Msg::Submit { ops, done, bytes } => {
+                        group_bytes += bytes;
+                        group.push((ops, done));
+                    }
                     Msg::Close => {
                         closing = true;
                         break;
@@ -202,6 +207,7 @@ impl Writer {
                 batch.clear();
                 self.commit_group(&mut group, &mut batch);
             }
+            self.shared.backlog.done(std::mem::take(&mut group_bytes));
             if closing {
                 break;
             }
