@@ -385,12 +385,18 @@ impl Conn {
     /// Decodes and handles every complete packet in `rbuf`; returns how many there were.
     fn handle_input(&mut self, rbuf: &mut BytesMut) -> Result<usize, Close> {
         let mut decoded = 0;
+        // A buffer grown for a large packet: small messages decoded from it are copied out, or
+        // one queued 10-byte message would keep the whole allocation alive.
+        let large = rbuf.capacity() > RELEASE_ABOVE;
         loop {
             if !self.blocked.is_empty() || self.awaiting_store {
                 return Ok(decoded);
             }
             match codec::decode(rbuf, Some(self.version), &self.ctx.decode_limits) {
-                Ok(Some(p)) => {
+                Ok(Some(mut p)) => {
+                    if large {
+                        unpin_small(&mut p);
+                    }
                     decoded += 1;
                     crate::metrics::get().packet_received(&p);
                     self.handle_packet(p)?;
@@ -457,6 +463,17 @@ impl Conn {
 async fn wait_for_room(blocked: &[(Arc<Session>, Delivery)]) {
     if let Some((session, _)) = blocked.first() {
         session.mailbox.space(Duration::from_millis(5)).await;
+    }
+}
+
+/// Copies the topic and payload of a PUBLISH of at most [`READ_CHUNK`] bytes out of the read
+/// buffer they slice.
+fn unpin_small(p: &mut Packet) {
+    if let Packet::Publish(p) = p
+        && p.payload.len() <= READ_CHUNK
+    {
+        p.payload = Bytes::copy_from_slice(&p.payload);
+        p.topic = Bytes::copy_from_slice(&p.topic);
     }
 }
 
