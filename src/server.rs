@@ -112,6 +112,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             Some(crate::http::serve_with(bind, state, Some(auth.clone()), rx.clone()).await?)
         }
     };
+    spawn_retained_purge(broker.clone(), rx.clone());
     crate::sys::spawn(broker.clone(), cfg.mqtt.sys_interval, rx);
     ready.store(true, std::sync::atomic::Ordering::Release);
     let failed = watch_store(broker.clone(), ready.clone());
@@ -137,6 +138,25 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         shutdown,
         failed,
     })
+}
+
+/// Purges expired retained messages once a second until shutdown.
+fn spawn_retained_purge(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let purged = broker.purge_expired_retained(std::time::Instant::now());
+                    if purged > 0 {
+                        tracing::debug!(purged, "expired retained messages removed");
+                    }
+                }
+                r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return },
+            }
+        }
+    });
 }
 
 /// Watches the store: once a write or fsync failed it flips `/readyz` and reports the error

@@ -7,6 +7,7 @@
 
 pub(crate) mod mailbox;
 
+mod expiry;
 mod flows;
 pub(crate) mod gate;
 mod recovery;
@@ -87,6 +88,9 @@ pub struct Attached {
     pub commit: Commit,
 }
 
+/// Stripes of [`Broker::retained_order`].
+const RETAINED_STRIPES: usize = 64;
+
 /// The broker's shared state.
 #[derive(Debug)]
 pub struct Broker {
@@ -96,6 +100,11 @@ pub struct Broker {
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     subs: RwLock<SubscriptionTree<SessionId, SubEntry>>,
     retained: RwLock<RetainedTree<Arc<Message>>>,
+    /// Retained messages that expire, earliest first (see `expiry`).
+    expiring: Mutex<expiry::ExpiryHeap>,
+    /// Striped by topic: held from a retained update through its store submission, so two
+    /// publishers racing on one topic reach memory and disk in the same order.
+    retained_order: [Mutex<()>; RETAINED_STRIPES],
     next_session: AtomicU64,
     /// Registered sessions with expiry > 0 (kept at each change, so a scrape walks nothing).
     persistent: std::sync::atomic::AtomicUsize,
@@ -120,6 +129,8 @@ impl Broker {
             sessions: Mutex::new(HashMap::new()),
             subs: RwLock::new(SubscriptionTree::new()),
             retained: RwLock::new(RetainedTree::new()),
+            expiring: Mutex::new(expiry::ExpiryHeap::default()),
+            retained_order: std::array::from_fn(|_| Mutex::new(())),
             next_session: AtomicU64::new(1),
             persistent: std::sync::atomic::AtomicUsize::new(0),
             next_seq: AtomicU64::new(1),
@@ -169,6 +180,13 @@ impl Broker {
             dropped_queue_full: self.stats.dropped_queue_full.load(Ordering::Relaxed),
             dropped_offline_qos0: self.stats.dropped_offline_qos0.load(Ordering::Relaxed),
         }
+    }
+
+    /// The lock that orders retained updates of `topic` with their store submissions.
+    fn retained_order(&self, topic: &str) -> &Mutex<()> {
+        use std::hash::BuildHasher;
+        let h = foldhash::fast::FixedState::with_seed(0).hash_one(topic);
+        &self.retained_order[(h as usize) % RETAINED_STRIPES]
     }
 
     /// The store behind the broker.

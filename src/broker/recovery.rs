@@ -20,6 +20,7 @@ impl Broker {
             for m in rec.retained {
                 let topic = m.topic.clone();
                 crate::metrics::get().retained_replaced(0, m.payload.len());
+                self.expiring.lock().note(&m);
                 tree.set(&topic, m);
             }
         }

@@ -81,7 +81,6 @@ impl<V> RetainedTree<V> {
     }
 
     /// Returns the retained message of `topic`.
-    #[cfg(test)]
     pub fn get(&self, topic: &str) -> Option<&V> {
         let mut node = &self.root;
         for level in topic.split('/') {

@@ -20,6 +20,8 @@ use dataloom_codec::QoS;
 /// What routing a message did.
 #[derive(Debug)]
 pub struct Published {
+    /// Sessions (and shared groups) whose subscriptions matched.
+    pub matched: usize,
     /// Sessions the message was queued for.
     pub routed: usize,
     /// Resolves once every durable effect is on disk (QoS 1/2 acks wait for it).
@@ -69,6 +71,9 @@ impl Broker {
         }
         // Retained state first, then fan-out: a client subscribing meanwhile gets the new
         // state, the live message, or both, never neither.
+        // Held through the submission below: the index and the store see updates of one
+        // topic in the same order.
+        let _order = msg.retain.then(|| self.retained_order(&msg.topic).lock());
         if msg.retain {
             let op = self.set_retained(&msg);
             if stores_state {
@@ -92,7 +97,8 @@ impl Broker {
             }
         }
         let commit = self.submit(extra, msg.qos != QoS::AtMostOnce);
-        let mut routed = 0;
+        drop(_order);
+        let (matched, mut routed) = (targets.len(), 0);
         let mut blocked = Vec::new();
         for (session, d) in targets {
             match self.enqueue(&session, d, may_wait) {
@@ -103,7 +109,7 @@ impl Broker {
                 }
             }
         }
-        Ok(Published { routed, commit, blocked })
+        Ok(Published { matched, routed, commit, blocked })
     }
 
     /// Offers blocked deliveries again: those that fit (or are dropped because their client
@@ -134,6 +140,7 @@ impl Broker {
                 ..Message::clone(msg)
             });
             let old = self.retained.write().set(&msg.topic, kept.clone());
+            self.expiring.lock().note(&kept);
             crate::metrics::get().retained_replaced(old.map_or(0, |m| m.payload.len()), msg.payload.len());
             Op::PutRetained(kept)
         }

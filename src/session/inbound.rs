@@ -129,7 +129,8 @@ impl Conn {
         // The writes of this message are queued: if the writer is behind, read no more.
         self.awaiting_store = self.ctx.broker.store().backlog().is_some_and(|b| b.is_full());
         let (code, commit) = match routed.published {
-            Ok(published) if published.routed == 0 => {
+            // Matched but dropped (a full queue) is counted as that drop, not as no subscribers.
+            Ok(published) if published.matched == 0 => {
                 crate::metrics::get().no_subscribers(p.retain);
                 (reason::NO_MATCHING_SUBSCRIBERS, published.commit)
             }
