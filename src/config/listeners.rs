@@ -69,6 +69,9 @@ pub struct WsListenerConfig {
     pub bind: String,
     /// HTTP path of the WebSocket endpoint; other paths get 404.
     pub path: String,
+    /// Web origins (`scheme://host[:port]`) whose pages may connect; an upgrade with any
+    /// other `Origin` header gets 403. No `Origin` (clients outside browsers) is allowed.
+    pub allowed_origins: Vec<String>,
     /// Simultaneous connections on this listener; 0 = only `mqtt.max_connections` applies.
     pub max_connections: usize,
     /// Time from accept to CONNECT, WebSocket handshake included; unset = `mqtt.connect_timeout`.
@@ -86,6 +89,8 @@ pub struct WssListenerConfig {
     pub bind: String,
     /// HTTP path of the WebSocket upgrade.
     pub path: String,
+    /// Web origins whose pages may connect (as `[listeners.ws] allowed_origins`).
+    pub allowed_origins: Vec<String>,
     /// PEM certificate chain.
     pub certfile: PathBuf,
     /// PEM private key.
@@ -129,6 +134,7 @@ impl Default for WsListenerConfig {
         WsListenerConfig {
             bind: String::new(),
             path: "/mqtt".into(),
+            allowed_origins: Vec::new(),
             max_connections: 0,
             connect_timeout: None,
         }
@@ -140,6 +146,7 @@ impl Default for WssListenerConfig {
         WssListenerConfig {
             bind: "0.0.0.0:8084".into(),
             path: "/mqtt".into(),
+            allowed_origins: Vec::new(),
             certfile: PathBuf::new(),
             keyfile: PathBuf::new(),
             cafile: PathBuf::new(),
@@ -214,6 +221,8 @@ impl Config {
                 return Err(invalid(key, "must be longer than 0s (e.g. \"10s\")"));
             }
         }
+        super::origins::check_origins("listeners.ws.allowed_origins", &l.ws.allowed_origins)?;
+        super::origins::check_origins("listeners.wss.allowed_origins", &l.wss.allowed_origins)?;
         if l.tls.tls_keys().check()? {
             binds.push(bind("listeners.tls.bind", &l.tls.bind)?);
         }
