@@ -1,17 +1,26 @@
 //! The admin HTTP API against web pages (issue 13): `Content-Type` other than JSON refused
 //! (415), a foreign `Origin` or `Host` refused (403), the first admin key only with the
 //! one-time bootstrap token from the data directory (mode 0600, deleted once used), listing
-//! and revoking never without an admin key, and the allow lists letting a listed page through.
+//! and revoking never without an admin key, the allow lists letting a listed page through,
+//! and the same `Origin` rule on the WebSocket listener (a page is never loopback-trusted).
 mod common;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{TestBroker, WAIT};
+use common::{TestBroker, WAIT, from_hex};
 use dataloom::config::{Backend, Config};
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// MQTT 3.1.1 CONNECT, client id `c`, no credentials; CONNACK accepted / not authorized.
+const CONNECT: &str = "10 0d 00 04 4d 51 54 54 04 02 00 3c 00 01 63";
+const CONNACK_OK: &str = "20 02 00 00";
+const CONNACK_NOT_AUTHORIZED: &str = "20 02 00 05";
 
 /// A broker on a fjall store in `dir` (so it has a bootstrap token file), with `edit`.
 async fn broker(dir: &Path, edit: impl FnOnce(&mut Config)) -> (TestBroker, SocketAddr) {
@@ -188,5 +197,58 @@ async fn listed_origins_and_hosts_are_let_through() {
     assert_eq!(status, 201, "{body}");
     let head = format!("GET /admin/keys HTTP/1.1\r\nHost: localhost:{}", http.port());
     assert_eq!(send(http, &head, "").await.0, 403, "localhost is no longer listed");
+    b.stop().await;
+}
+
+fn ws_request(
+    addr: SocketAddr,
+    origin: Option<&str>,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut req = format!("ws://{addr}/mqtt").into_client_request().expect("request");
+    req.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
+    if let Some(o) = origin {
+        req.headers_mut().insert("Origin", o.parse().expect("header"));
+    }
+    req
+}
+
+/// Upgrades with `origin`, sends CONNECT and returns the CONNACK bytes; `Err(status)` when the
+/// upgrade is refused.
+async fn ws_connack(addr: SocketAddr, origin: Option<&str>) -> Result<Vec<u8>, u16> {
+    let tcp = TcpStream::connect(addr).await.expect("tcp");
+    let (mut ws, _) = match tokio_tungstenite::client_async(ws_request(addr, origin), tcp).await {
+        Ok(x) => x,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => return Err(resp.status().as_u16()),
+        Err(e) => panic!("upgrade failed: {e}"),
+    };
+    ws.send(Message::Binary(from_hex(CONNECT).into())).await.expect("send");
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => return b.to_vec(),
+                Some(Ok(_)) => {}
+                other => panic!("websocket ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("CONNACK in time");
+    Ok(got)
+}
+
+#[tokio::test]
+async fn websocket_upgrades_from_foreign_pages_are_refused() {
+    let b = TestBroker::start_with(|c| {
+        c.listeners.ws.bind = "127.0.0.1:0".into();
+        c.listeners.ws.allowed_origins = vec!["https://dashboard.example".into()];
+    })
+    .await;
+    let ws = b.running.as_ref().and_then(|r| r.ws_addr).expect("ws bound");
+    assert_eq!(ws_connack(ws, Some("http://evil.example")).await, Err(403));
+    // No Origin: an MQTT library outside a browser, on loopback with no keys: unrestricted.
+    assert_eq!(ws_connack(ws, None).await, Ok(from_hex(CONNACK_OK)));
+    // A listed page is let through but not trusted as loopback: anonymous is not allowed.
+    let listed = ws_connack(ws, Some("https://dashboard.example")).await;
+    assert_eq!(listed, Ok(from_hex(CONNACK_NOT_AUTHORIZED)));
     b.stop().await;
 }

@@ -4,7 +4,9 @@
 //! Modes, decided at each CONNECT:
 //! - **No key exists** (development, the secure default): loopback clients are unrestricted
 //!   whatever credentials they send; others need `auth.allow_anonymous` and get
-//!   `[auth.anonymous]`.
+//!   `[auth.anonymous]`. A WebSocket client whose upgrade carried an `Origin` header (a web
+//!   page, even of a listed origin) never counts as loopback: a page the operator opens must
+//!   not inherit the host's trust.
 //! - **Keys exist**: a username must name a key and the password must be its secret (or the
 //!   TLS client certificate named it, `use_identity_as_username`); clients without a username
 //!   are anonymous, allowed only with `auth.allow_anonymous`, with `[auth.anonymous]`.
@@ -305,7 +307,7 @@ impl Auth {
     /// not allowed (anonymous where not allowed, expired key, client id not allowed).
     pub fn authenticate(&self, c: &Cred<'_>, kill: &Arc<Kill>) -> Result<Principal, Refused> {
         let keys = self.keys.read();
-        let local = c.peer.is_some_and(is_local);
+        let local = !c.browser && c.peer.is_some_and(is_local);
         if keys.is_empty() && local {
             return Ok(Principal::Unrestricted);
         }
@@ -474,6 +476,8 @@ pub struct Cred<'a> {
     pub cert_identity: bool,
     /// The client's address (for the throttle and the loopback rule).
     pub peer: Option<IpAddr>,
+    /// A web page: the WebSocket upgrade carried an `Origin` header. Never loopback-trusted.
+    pub browser: bool,
 }
 
 /// A loopback address, IPv4-mapped IPv6 ones included.
