@@ -35,6 +35,14 @@ pub enum StartError {
     /// A stored or seeded API key cannot be used.
     #[error("API keys: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// The bootstrap token file cannot be written or deleted in the data directory.
+    #[error("bootstrap token file in {dir}: {source}")]
+    Bootstrap {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// A running broker.
@@ -95,6 +103,9 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let auth =
         Arc::new(crate::auth::Auth::new(settings, stored, &cfg.auth.keys, Some(broker.store().clone()))?);
     cfg.check_anonymous_exposure(auth.key_count())?;
+    let data_dir = (cfg.storage.backend == Backend::Fjall).then_some(cfg.storage.data_dir.as_path());
+    auth.start_bootstrap(data_dir)
+        .map_err(|source| StartError::Bootstrap { dir: cfg.storage.data_dir.clone(), source })?;
     let mut ctx = Ctx::new(broker.clone(), cfg.mqtt.clone());
     ctx.auth = auth.clone();
     ctx.schemas = Arc::new(crate::broker::gate::SchemaGate::start(&cfg.schemas, &broker)?);
@@ -109,7 +120,12 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         "" => None,
         bind => {
             let state = crate::http::HttpState { broker: broker.clone(), ready: ready.clone() };
-            Some(crate::http::serve_with(bind, state, Some(auth.clone()), rx.clone()).await?)
+            let admin = crate::http::Admin {
+                auth: auth.clone(),
+                allowed_origins: cfg.http.allowed_origins.clone(),
+                allowed_hosts: cfg.http.allowed_hosts.clone(),
+            };
+            Some(crate::http::serve_with(bind, state, Some(admin), rx.clone()).await?)
         }
     };
     spawn_retained_purge(broker.clone(), rx.clone());

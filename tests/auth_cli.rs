@@ -1,5 +1,6 @@
 //! `dataloom key ...` with the real binary: against a running broker (HTTP admin endpoint,
-//! bootstrap of the first admin key from loopback, admin key required afterwards), against a
+//! bootstrap of the first admin key with the token file of the data directory, admin key
+//! required afterwards), against a
 //! stopped broker's data directory, the startup rule for network listeners, and secrets never
 //! appearing in the broker's logs.
 mod common;
@@ -98,10 +99,18 @@ async fn keys_via_the_running_broker_and_the_stopped_store() {
     let b = serve(dir.path(), &[]).await;
     let url = b.url.clone();
 
-    // Bootstrap: no admin key yet, so loopback may create the first one without credentials.
-    let (ok, admin_secret, err) =
-        key(&["create", "--name", "root", "--admin", "--url", &url], None, None).await;
+    // Bootstrap: no admin key yet; the first one needs the broker's one-time token, which the
+    // CLI reads from the data directory. Without it (another directory) the broker refuses.
+    let token_file = dir.path().join("bootstrap-token");
+    let token = std::fs::read_to_string(&token_file).expect("bootstrap token file").trim().to_string();
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let other = elsewhere.path().to_str().expect("utf8");
+    let root = ["create", "--name", "root", "--admin", "--url", &url];
+    let (ok, _, err) = key(&[&root[..], &["--data-dir", other]].concat(), None, None).await;
+    assert!(!ok && err.contains("401") && err.contains("Bootstrap"), "{err}");
+    let (ok, admin_secret, err) = key(&[&root[..], &["--data-dir", &data]].concat(), None, None).await;
     assert!(ok, "{err}");
+    assert!(!token_file.exists(), "the token is consumed");
     let admin_secret = admin_secret.trim().to_string();
     assert_eq!(admin_secret.len(), 64, "256-bit secret as hex");
     let admin = format!("root:{admin_secret}");
@@ -142,7 +151,8 @@ async fn keys_via_the_running_broker_and_the_stopped_store() {
 
     let log = b.stop().await;
     assert!(log.contains("API key created"), "the broker logged the creations: {log}");
-    for secret in [&admin_secret, &dev_secret, &imported] {
+    assert!(log.contains("bootstrap-token"), "the broker named the token file: {log}");
+    for secret in [&admin_secret, &dev_secret, &imported, &token] {
         assert!(!log.contains(secret.as_str()), "a secret is in the broker's log");
     }
 
@@ -154,7 +164,9 @@ async fn keys_via_the_running_broker_and_the_stopped_store() {
     let (ok, list, _) = key(&["list", "--data-dir", &data], None, None).await;
     assert!(ok && list.contains("offline") && list.contains("root") && !list.contains("dev "), "{list}");
 
+    std::fs::write(&token_file, "stale\n").expect("write");
     let b = serve(dir.path(), &[]).await;
+    assert!(!token_file.exists(), "an admin key exists: a token file left behind is deleted at start");
     assert!(mqtt_pub(&b.mqtt_port, "offline", &off_secret).await, "keys survive restart");
     assert!(mqtt_pub(&b.mqtt_port, "imported", &imported).await);
     assert!(!mqtt_pub(&b.mqtt_port, "dev", &dev_secret).await, "revocation survives restart");

@@ -1,7 +1,10 @@
 //! `dataloom key create|list|revoke`: on a stopped broker's store (opened directly), or, when
 //! the broker runs (the data directory is locked, or `--url` is given), through its HTTP admin
 //! endpoint ([`super::admin`]) with an admin key (`--admin-key ID:SECRET` or
-//! `DATALOOM_ADMIN_KEY`).
+//! `DATALOOM_ADMIN_KEY`). Without an admin key, `create --admin` sends the broker's one-time
+//! bootstrap token instead (`Authorization: Bootstrap`), read from `bootstrap-token` in the
+//! data directory (`--data-dir` or `storage.data_dir`): the first admin key on a running
+//! broker, from the same host.
 //!
 //! `create` prints the secret alone on stdout (once; scripts capture it) and what it did on
 //! stderr.
@@ -81,7 +84,36 @@ pub fn run(cfg: &Config, action: Action, target: &Target) -> Result<Output, CliE
         }
         None => format!("http://{}", cfg.http.bind.replace("0.0.0.0", "127.0.0.1")),
     };
-    online(&url, target.admin_key.as_deref(), action)
+    let cred = match (&target.admin_key, &action) {
+        (Some(key), _) => Some(Credential::Bearer(key.clone())),
+        (None, Action::Create(spec)) if spec.admin => read_bootstrap(cfg).map(Credential::Bootstrap),
+        (None, _) => None,
+    };
+    online(&url, cred.as_ref(), action)
+}
+
+/// What the CLI presents to the admin endpoint.
+#[derive(Debug, Clone)]
+enum Credential {
+    /// `ID:SECRET` of an admin key.
+    Bearer(String),
+    /// The broker's bootstrap token.
+    Bootstrap(String),
+}
+
+impl Credential {
+    fn header(&self) -> String {
+        match self {
+            Credential::Bearer(k) => format!("Authorization: Bearer {k}\r\n"),
+            Credential::Bootstrap(t) => format!("Authorization: Bootstrap {t}\r\n"),
+        }
+    }
+}
+
+/// The bootstrap token the running broker left in its data directory, if any.
+fn read_bootstrap(cfg: &Config) -> Option<String> {
+    let text = std::fs::read_to_string(super::bootstrap::token_file(&cfg.storage.data_dir)).ok()?;
+    Some(text.trim().to_string()).filter(|t| !t.is_empty())
 }
 
 /// `key create --print-config`: a `[[auth.keys]]` block on stdout (hash only) to seed the
@@ -181,7 +213,7 @@ pub fn format_list(keys: &[KeyInfo]) -> String {
     s
 }
 
-fn online(url: &str, admin_key: Option<&str>, action: Action) -> Result<Output, CliError> {
+fn online(url: &str, cred: Option<&Credential>, action: Action) -> Result<Output, CliError> {
     let (method, path, body) = match &action {
         Action::Create(spec) => {
             ("POST", "/admin/keys".to_string(), serde_json::to_string(spec).unwrap_or_default())
@@ -189,7 +221,7 @@ fn online(url: &str, admin_key: Option<&str>, action: Action) -> Result<Output, 
         Action::List => ("GET", "/admin/keys".to_string(), String::new()),
         Action::Revoke(name) => ("DELETE", format!("/admin/keys/{name}"), String::new()),
     };
-    let (status, text) = request(url, method, &path, admin_key, &body)?;
+    let (status, text) = request(url, method, &path, cred, &body)?;
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
     if !(200..300).contains(&status) {
         let msg = v.get("error").and_then(|e| e.as_str()).unwrap_or(text.trim());
@@ -222,7 +254,7 @@ fn request(
     url: &str,
     method: &str,
     path: &str,
-    bearer: Option<&str>,
+    cred: Option<&Credential>,
     body: &str,
 ) -> Result<(u16, String), CliError> {
     let host = url
@@ -235,8 +267,8 @@ fn request(
     let mut s = TcpStream::connect(host).map_err(fail)?;
     s.set_read_timeout(Some(Duration::from_secs(30))).map_err(fail)?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    if let Some(b) = bearer {
-        req.push_str(&format!("Authorization: Bearer {b}\r\n"));
+    if let Some(c) = cred {
+        req.push_str(&c.header());
     }
     if !body.is_empty() {
         req.push_str("Content-Type: application/json\r\n");

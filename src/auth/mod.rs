@@ -4,7 +4,9 @@
 //! Modes, decided at each CONNECT:
 //! - **No key exists** (development, the secure default): loopback clients are unrestricted
 //!   whatever credentials they send; others need `auth.allow_anonymous` and get
-//!   `[auth.anonymous]`.
+//!   `[auth.anonymous]`. A WebSocket client whose upgrade carried an `Origin` header (a web
+//!   page, even of a listed origin) never counts as loopback: a page the operator opens must
+//!   not inherit the host's trust.
 //! - **Keys exist**: a username must name a key and the password must be its secret (or the
 //!   TLS client certificate named it, `use_identity_as_username`); clients without a username
 //!   are anonymous, allowed only with `auth.allow_anonymous`, with `[auth.anonymous]`.
@@ -13,6 +15,7 @@
 //! CONNECT; the publish and delivery paths only see the connection's compiled [`Perms`].
 
 pub(crate) mod admin;
+pub mod bootstrap;
 pub mod cli;
 pub(crate) mod key;
 pub(crate) mod perms;
@@ -124,6 +127,8 @@ pub struct Auth {
     live: Mutex<HashMap<Arc<str>, Vec<Weak<Kill>>>>,
     /// Failed attempts per client address.
     pub throttle: Throttle,
+    /// The one-time token that creates the first admin key over HTTP.
+    pub bootstrap: bootstrap::Bootstrap,
     store: Option<Arc<dyn Store>>,
 }
 
@@ -263,6 +268,36 @@ impl Auth {
         self.keys.read().values().any(|k| k.record.admin)
     }
 
+    /// At start: while no admin key exists, makes the bootstrap token and writes it to
+    /// `data_dir` (see [`bootstrap`]), logging the file's path (never the token). Without a
+    /// data directory (memory store) bootstrap over HTTP stays off. Once an admin key exists,
+    /// a token file left behind is deleted.
+    ///
+    /// # Errors
+    /// The I/O error of writing or deleting the token file.
+    pub fn start_bootstrap(&self, data_dir: Option<&std::path::Path>) -> std::io::Result<()> {
+        match data_dir {
+            Some(dir) if self.has_admin_key() => bootstrap::Bootstrap::remove_stale(dir),
+            Some(dir) => {
+                let file = self.bootstrap.arm(dir)?;
+                tracing::info!(
+                    file = %file.display(),
+                    "no admin key yet: the bootstrap token to create the first one is in this file \
+                     (dataloom key create --admin reads it)"
+                );
+                Ok(())
+            }
+            None if self.has_admin_key() => Ok(()),
+            None => {
+                tracing::info!(
+                    "no admin key and no data directory (memory store): bootstrap over HTTP is off; \
+                     seed an admin key in [[auth.keys]] (dataloom key create --admin --print-config)"
+                );
+                Ok(())
+            }
+        }
+    }
+
     /// Authenticates a CONNECT. `cert_identity` says the username came from a verified TLS
     /// client certificate (no secret needed). On success the connection's `kill` switch is
     /// registered under its key, so a revocation reaches it.
@@ -272,7 +307,7 @@ impl Auth {
     /// not allowed (anonymous where not allowed, expired key, client id not allowed).
     pub fn authenticate(&self, c: &Cred<'_>, kill: &Arc<Kill>) -> Result<Principal, Refused> {
         let keys = self.keys.read();
-        let local = c.peer.is_some_and(|ip| ip.is_loopback() || is_mapped_loopback(ip));
+        let local = !c.browser && c.peer.is_some_and(is_local);
         if keys.is_empty() && local {
             return Ok(Principal::Unrestricted);
         }
@@ -395,6 +430,9 @@ impl Auth {
         keys.insert(id, Arc::new(key));
         drop(keys);
         tracing::info!(key = %info.id, admin = info.admin, "API key created");
+        if info.admin {
+            self.bootstrap.consume();
+        }
         Ok((info, secret))
     }
 
@@ -438,6 +476,13 @@ pub struct Cred<'a> {
     pub cert_identity: bool,
     /// The client's address (for the throttle and the loopback rule).
     pub peer: Option<IpAddr>,
+    /// A web page: the WebSocket upgrade carried an `Origin` header. Never loopback-trusted.
+    pub browser: bool,
+}
+
+/// A loopback address, IPv4-mapped IPv6 ones included.
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || is_mapped_loopback(ip)
 }
 
 fn is_mapped_loopback(ip: IpAddr) -> bool {

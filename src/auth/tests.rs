@@ -9,7 +9,7 @@ const LOCAL: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
 const REMOTE: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)));
 
 fn cred<'a>(user: Option<&'a str>, pass: Option<&'a [u8]>, peer: Option<IpAddr>) -> Cred<'a> {
-    Cred { username: user, password: pass, client_id: "c1", cert_identity: false, peer }
+    Cred { username: user, password: pass, client_id: "c1", cert_identity: false, peer, browser: false }
 }
 
 fn kill() -> Arc<Kill> {
@@ -33,6 +33,16 @@ fn no_keys_local_is_unrestricted_remote_needs_opt_in() {
     let open = Auth::new(Settings { allow_anonymous: true, ..Settings::default() }, vec![], &[], None)
         .expect("auth");
     assert!(matches!(open.authenticate(&cred(None, None, REMOTE), &kill()), Ok(Principal::Anonymous)));
+}
+
+#[test]
+fn a_web_page_on_loopback_is_not_trusted_as_local() {
+    let page = Cred { browser: true, ..cred(None, None, LOCAL) };
+    let e = Auth::default().authenticate(&page, &kill()).expect_err("a page is not the host");
+    assert_eq!(e.code, reason::NOT_AUTHORIZED);
+    let open = Auth::new(Settings { allow_anonymous: true, ..Settings::default() }, vec![], &[], None)
+        .expect("auth");
+    assert!(matches!(open.authenticate(&page, &kill()), Ok(Principal::Anonymous)), "anonymous rules apply");
 }
 
 #[tokio::test]

@@ -75,6 +75,9 @@ pub struct WsListenerConfig {
     pub bind: String,
     /// HTTP path of the WebSocket endpoint; other paths get 404.
     pub path: String,
+    /// Web origins (`scheme://host[:port]`) whose pages may connect; an upgrade with any
+    /// other `Origin` header gets 403. No `Origin` (clients outside browsers) is allowed.
+    pub allowed_origins: Vec<String>,
     /// Simultaneous connections on this listener; 0 = only `mqtt.max_connections` applies.
     pub max_connections: usize,
     /// Connections one IP address may hold open on this listener (0 = no limit, the default).
@@ -95,6 +98,8 @@ pub struct WssListenerConfig {
     pub bind: String,
     /// HTTP path of the WebSocket upgrade.
     pub path: String,
+    /// Web origins whose pages may connect (as `[listeners.ws] allowed_origins`).
+    pub allowed_origins: Vec<String>,
     /// PEM certificate chain.
     pub certfile: PathBuf,
     /// PEM private key.
@@ -147,6 +152,7 @@ impl Default for WsListenerConfig {
         WsListenerConfig {
             bind: String::new(),
             path: "/mqtt".into(),
+            allowed_origins: Vec::new(),
             max_connections: 0,
             max_connections_per_ip: 0,
             connect_timeout: None,
@@ -159,6 +165,7 @@ impl Default for WssListenerConfig {
         WssListenerConfig {
             bind: "0.0.0.0:8084".into(),
             path: "/mqtt".into(),
+            allowed_origins: Vec::new(),
             certfile: PathBuf::new(),
             keyfile: PathBuf::new(),
             cafile: PathBuf::new(),
@@ -234,6 +241,8 @@ impl Config {
                 return Err(invalid(key, "must be longer than 0s (e.g. \"10s\")"));
             }
         }
+        super::origins::check_origins("listeners.ws.allowed_origins", &l.ws.allowed_origins)?;
+        super::origins::check_origins("listeners.wss.allowed_origins", &l.wss.allowed_origins)?;
         if l.tls.tls_keys().check()? {
             binds.push(bind("listeners.tls.bind", &l.tls.bind)?);
         }

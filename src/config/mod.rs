@@ -6,6 +6,7 @@
 
 mod keys;
 mod listeners;
+mod origins;
 mod sections;
 #[cfg(test)]
 mod tests;
@@ -19,6 +20,7 @@ use listeners::parse_addr;
 pub use listeners::{
     Listeners, TcpListenerConfig, TlsKeys, TlsListenerConfig, WsListenerConfig, WssListenerConfig,
 };
+pub use origins::{host_allowed, origin_allowed};
 pub use sections::{Auth, Backend, Durability, Http, Log, LogFormat, Mqtt, OnInvalid, Schemas, Storage};
 
 /// The whole configuration. Field names are the stable config keys of DESIGN.md.
@@ -154,6 +156,8 @@ impl Config {
         if !self.http.bind.is_empty() {
             parse_addr("http.bind", &self.http.bind)?;
         }
+        origins::check_origins("http.allowed_origins", &self.http.allowed_origins)?;
+        origins::check_hosts("http.allowed_hosts", &self.http.allowed_hosts)?;
         let m = &self.mqtt;
         if m.max_connect_size < 64 {
             return Err(invalid("mqtt.max_connect_size", "must be at least 64 bytes"));

@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 pub struct Http {
     /// Address of the HTTP listener (metrics, health); empty disables it.
     pub bind: String,
+    /// Web origins (`scheme://host[:port]`) whose pages may call `/admin/*`; a request with
+    /// any other `Origin` header is refused (403). Default empty: no web page may.
+    pub allowed_origins: Vec<String>,
+    /// Names `/admin/*` answers to in the `Host` header besides the bound `ip:port` (a name
+    /// matches with any port); others are refused (403), which defeats DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Where state lives.
@@ -141,7 +147,11 @@ pub struct Log {
 
 impl Default for Http {
     fn default() -> Self {
-        Http { bind: "127.0.0.1:9883".into() }
+        Http {
+            bind: "127.0.0.1:9883".into(),
+            allowed_origins: Vec::new(),
+            allowed_hosts: vec!["localhost".into()],
+        }
     }
 }
 

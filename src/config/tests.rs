@@ -49,3 +49,41 @@ fn anonymous_on_network_needs_opt_in() {
     c.auth.allow_anonymous = true;
     c.check_anonymous_exposure(0).expect("explicit opt-in");
 }
+
+#[test]
+fn browser_allow_lists_default_and_are_checked() {
+    let c = Config::default();
+    assert_eq!(c.http.allowed_hosts, vec!["localhost".to_string()]);
+    assert!(c.http.allowed_origins.is_empty() && c.listeners.ws.allowed_origins.is_empty());
+    for (edit, key) in [
+        (
+            (|c: &mut Config| c.http.allowed_origins = vec!["evil.example".into()]) as fn(&mut Config),
+            "http.allowed_origins",
+        ),
+        (|c: &mut Config| c.http.allowed_hosts = vec!["http://x".into()], "http.allowed_hosts"),
+        (
+            |c: &mut Config| c.listeners.ws.allowed_origins = vec!["null".into()],
+            "listeners.ws.allowed_origins",
+        ),
+        (
+            |c: &mut Config| c.listeners.wss.allowed_origins = vec!["https://a/".into()],
+            "listeners.wss.allowed_origins",
+        ),
+    ] {
+        let mut c = Config::default();
+        edit(&mut c);
+        let e = c.validate().expect_err("must fail").to_string();
+        assert!(e.contains(key), "{e}");
+    }
+}
+
+#[test]
+fn a_file_replaces_the_default_host_list() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[http]\nallowed_hosts = []\nallowed_origins = [\"https://a.example\"]\n")
+        .expect("write");
+    let c = Config::load(Some(&path), &Overrides::default()).expect("load");
+    assert!(c.http.allowed_hosts.is_empty(), "{:?}", c.http.allowed_hosts);
+    assert_eq!(c.http.allowed_origins, vec!["https://a.example".to_string()]);
+}

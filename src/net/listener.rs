@@ -99,30 +99,38 @@ impl Listener {
     ) -> Result<Close, Close> {
         let deadline = accepted + self.connect_timeout;
         let t = self.transport();
-        let info = |identity| ConnInfo { peer: peer.to_string(), listener: t.label(), identity, deadline };
+        let info = |identity, browser| ConnInfo {
+            peer: peer.to_string(),
+            listener: t.label(),
+            identity,
+            deadline,
+            browser,
+        };
         // The TLS and WebSocket states are boxed: a future is as large as its largest
         // variant, and a plain TCP connection should not carry a TLS session's worth of memory.
         match &self.upgrade {
-            Upgrade::Tcp => serve_connection(Counted::new(stream), info(None), ctx).await,
+            Upgrade::Tcp => serve_connection(Counted::new(stream), info(None, false), ctx).await,
             Upgrade::Tls(tls) => {
                 Box::pin(async {
                     let (s, identity) = handshake(t, peer, deadline, "TLS", tls.accept(stream)).await?;
-                    serve_connection(Counted::new(s), info(identity), ctx).await
+                    serve_connection(Counted::new(s), info(identity, false), ctx).await
                 })
                 .await
             }
             Upgrade::Ws(settings) => {
                 Box::pin(async {
-                    let s = handshake(t, peer, deadline, "WebSocket", ws::accept(stream, settings)).await?;
-                    serve_connection(Counted::new(s), info(None), ctx).await
+                    let (s, browser) =
+                        handshake(t, peer, deadline, "WebSocket", ws::accept(stream, settings)).await?;
+                    serve_connection(Counted::new(s), info(None, browser), ctx).await
                 })
                 .await
             }
             Upgrade::Wss(tls, settings) => {
                 Box::pin(async {
                     let (s, identity) = handshake(t, peer, deadline, "TLS", tls.accept(stream)).await?;
-                    let s = handshake(t, peer, deadline, "WebSocket", ws::accept(s, settings)).await?;
-                    serve_connection(Counted::new(s), info(identity), ctx).await
+                    let (s, browser) =
+                        handshake(t, peer, deadline, "WebSocket", ws::accept(s, settings)).await?;
+                    serve_connection(Counted::new(s), info(identity, browser), ctx).await
                 })
                 .await
             }
@@ -186,7 +194,9 @@ pub async fn bind_all(cfg: &Config) -> Result<Bound, ListenError> {
         max_connections_per_ip,
         connect_timeout: t.unwrap_or(cfg.mqtt.connect_timeout),
     };
-    let ws_settings = |path: &str| WsSettings::new(path, cfg.mqtt.max_packet_size);
+    let ws_settings = |path: &str, origins: &[String]| {
+        WsSettings::new(path, cfg.mqtt.max_packet_size).with_origins(origins)
+    };
     let mut certs = Vec::new();
     let tcp = Listener::new(
         Upgrade::Tcp,
@@ -205,7 +215,7 @@ pub async fn bind_all(cfg: &Config) -> Result<Bound, ListenError> {
         None
     };
     let ws = if l.ws.enabled() {
-        let upgrade = Upgrade::Ws(ws_settings(&l.ws.path));
+        let upgrade = Upgrade::Ws(ws_settings(&l.ws.path, &l.ws.allowed_origins));
         let listener = Listener::new(
             upgrade,
             limits(l.ws.max_connections, l.ws.max_connections_per_ip, l.ws.connect_timeout),
@@ -217,7 +227,7 @@ pub async fn bind_all(cfg: &Config) -> Result<Bound, ListenError> {
     let wss = if l.wss.enabled() {
         let tls = Arc::new(Tls::load(TlsSettings::from(&l.wss))?);
         certs.push(tls.clone());
-        let upgrade = Upgrade::Wss(tls, ws_settings(&l.wss.path));
+        let upgrade = Upgrade::Wss(tls, ws_settings(&l.wss.path, &l.wss.allowed_origins));
         let listener = Listener::new(
             upgrade,
             limits(l.wss.max_connections, l.wss.max_connections_per_ip, l.wss.connect_timeout),

@@ -1,10 +1,15 @@
-//! MQTT over WebSocket for the `ws` and `wss` listeners: the HTTP upgrade (path check,
-//! `Sec-WebSocket-Protocol: mqtt`) and [`WsStream`], which turns binary WebSocket messages
+//! MQTT over WebSocket for the `ws` and `wss` listeners: the HTTP upgrade (path check, the
+//! `Origin` rule, `Sec-WebSocket-Protocol: mqtt`) and [`WsStream`], which turns binary WebSocket messages
 //! back into the byte stream the session reads, so the session never knows it is there.
 //!
 //! Message boundaries are not packet boundaries: a packet may span messages and a message may
 //! hold several packets; the session's decoder sees only bytes. Text messages are refused
 //! (close 1003); pings are answered by tungstenite; a close ends the stream like EOF.
+//!
+//! Origin: an upgrade whose `Origin` header is present and not in the listener's
+//! `allowed_origins` gets `403` before MQTT starts, so a web page the operator opens cannot
+//! talk to the broker. No `Origin` (MQTT libraries outside browsers) is allowed. [`accept`]
+//! reports whether an `Origin` was present: such a client is never loopback-trusted by auth.
 
 use std::io;
 use std::pin::Pin;
@@ -31,44 +36,74 @@ pub struct WsSettings {
     pub path: String,
     /// Largest WebSocket message or frame accepted, bytes.
     pub max_message_size: usize,
+    /// Web origins whose pages may connect (`allowed_origins`).
+    pub allowed_origins: Vec<String>,
 }
 
 impl WsSettings {
     /// Settings for `path`; messages may hold up to two of the largest packets (at least 64 KiB).
     pub fn new(path: &str, max_packet_size: u32) -> WsSettings {
         let packet = usize::try_from(max_packet_size).unwrap_or(usize::MAX);
-        WsSettings { path: path.to_string(), max_message_size: packet.saturating_mul(2).max(64 * 1024) }
+        WsSettings {
+            path: path.to_string(),
+            max_message_size: packet.saturating_mul(2).max(64 * 1024),
+            allowed_origins: Vec::new(),
+        }
+    }
+
+    /// These settings with `origins` as the allowed web origins.
+    pub fn with_origins(mut self, origins: &[String]) -> WsSettings {
+        self.allowed_origins = origins.to_vec();
+        self
     }
 }
 
-/// Runs the server side of the WebSocket upgrade on `stream`.
+/// Runs the server side of the WebSocket upgrade on `stream`; also says whether the request
+/// carried an `Origin` header (a web page).
 ///
 /// # Errors
-/// The handshake's error: not an HTTP upgrade request, wrong path, I/O.
+/// The handshake's error: not an HTTP upgrade request, wrong path, foreign origin, I/O.
 #[allow(clippy::result_large_err)] // the callback's signature is tungstenite's
-pub async fn accept<S>(stream: S, settings: &WsSettings) -> Result<WsStream<S>, tungstenite::Error>
+pub async fn accept<S>(stream: S, settings: &WsSettings) -> Result<(WsStream<S>, bool), tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let path = settings.path.clone();
-    let callback = move |req: &Request, resp: Response| check_request(&path, req, resp);
+    let mut browser = false;
+    let callback = |req: &Request, resp: Response| {
+        browser = req.headers().contains_key("Origin");
+        check_request(settings, req, resp)
+    };
     let config = WebSocketConfig::default()
         .max_message_size(Some(settings.max_message_size))
         .max_frame_size(Some(settings.max_message_size));
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await?;
-    Ok(WsStream::new(ws))
+    Ok((WsStream::new(ws), browser))
 }
 
-/// Checks the path and picks the subprotocol: answers `mqtt` when the client offers it.
-/// A client that offers no subprotocol is accepted (some embedded clients send none); one
-/// that offers only others is accepted without a subprotocol, and its WebSocket library
-/// decides.
+/// Checks the path and the origin, and picks the subprotocol: answers `mqtt` when the client
+/// offers it. A client that offers no subprotocol is accepted (some embedded clients send
+/// none); one that offers only others is accepted without a subprotocol, and its WebSocket
+/// library decides.
 #[allow(clippy::result_large_err)] // the signature tungstenite's callback requires
-fn check_request(path: &str, req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+fn check_request(
+    settings: &WsSettings,
+    req: &Request,
+    mut resp: Response,
+) -> Result<Response, ErrorResponse> {
+    let path = &settings.path;
     if req.uri().path() != path {
         let mut err = ErrorResponse::new(Some(format!("no MQTT WebSocket endpoint here; use {path}\n")));
         *err.status_mut() = StatusCode::NOT_FOUND;
         return Err(err);
+    }
+    if let Some(origin) = req.headers().get("Origin") {
+        let origin = origin.to_str().unwrap_or("");
+        if !crate::config::origin_allowed(&settings.allowed_origins, origin) {
+            let text = format!("Origin {origin:?} is not in this listener's allowed_origins\n");
+            let mut err = ErrorResponse::new(Some(text));
+            *err.status_mut() = StatusCode::FORBIDDEN;
+            return Err(err);
+        }
     }
     let offered: Vec<&str> = req
         .headers()

@@ -110,6 +110,8 @@ pub struct ConnInfo {
     /// When the CONNECT must have arrived: accept time plus the listener's connect timeout
     /// (TLS and WebSocket handshakes count against it).
     pub deadline: tokio::time::Instant,
+    /// The WebSocket upgrade carried an `Origin` header: a web page, never loopback-trusted.
+    pub browser: bool,
 }
 
 /// Serves one client connection from its first byte to its close. Never panics on input.
@@ -235,6 +237,7 @@ fn authenticate(
         client_id: &c.client_id,
         cert_identity: info.identity.is_some(),
         peer: info.peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()),
+        browser: info.browser,
     };
     ctx.auth.authenticate(&cred, kill)
 }

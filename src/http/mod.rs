@@ -1,6 +1,9 @@
 //! The HTTP listener (`http.bind`): `/metrics` (Prometheus text format), `/healthz` (the
-//! process answers) and `/readyz` (listeners bound and the store accepting writes). Later the
-//! state API joins it.
+//! process answers) and `/readyz` (listeners bound and the store accepting writes), and the
+//! key-management routes `/admin/*` behind [`guard`] (Host, Origin and Content-Type rules).
+//! Later the state API joins it.
+
+pub mod guard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,14 +50,26 @@ pub async fn serve(
     serve_with(addr, state, None, shutdown).await
 }
 
-/// [`serve`], plus the key-management routes (`/admin/keys`, see `auth::admin`) over `auth`.
+/// The key-management routes to serve and who may reach them.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// The keys the routes manage.
+    pub auth: Arc<crate::auth::Auth>,
+    /// `http.allowed_origins`.
+    pub allowed_origins: Vec<String>,
+    /// `http.allowed_hosts`.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// [`serve`], plus the key-management routes (`/admin/keys`, see `auth::admin`) behind
+/// [`guard`], which checks `Host` against the bound address.
 ///
 /// # Errors
 /// The I/O error of `bind`, naming the address.
 pub async fn serve_with(
     addr: &str,
     state: HttpState,
-    auth: Option<Arc<crate::auth::Auth>>,
+    admin: Option<Admin>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
@@ -62,8 +77,13 @@ pub async fn serve_with(
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} (http.bind): {e}")))?;
     let local = listener.local_addr()?;
     let mut app = router(state);
-    if let Some(auth) = auth {
-        app = app.merge(crate::auth::admin::routes(auth));
+    if let Some(admin) = admin {
+        let rules = guard::Rules {
+            bound: local,
+            allowed_origins: admin.allowed_origins,
+            allowed_hosts: admin.allowed_hosts,
+        };
+        app = app.merge(guard::protect(crate::auth::admin::routes(admin.auth), rules));
     }
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
