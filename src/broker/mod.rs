@@ -455,6 +455,8 @@ fn session_record(session: &Session) -> SessionRecord {
         client_id: session.client_id.clone(),
         expiry: st.expiry_interval,
         subscriptions: st.subscriptions.iter().map(|(f, o)| (f.clone(), *o)).collect(),
+        owner: None,
+        offline_since: None,
     }
 }
 

@@ -21,7 +21,9 @@ pub use listeners::{
     Listeners, TcpListenerConfig, TlsKeys, TlsListenerConfig, WsListenerConfig, WssListenerConfig,
 };
 pub use origins::{host_allowed, origin_allowed};
-pub use sections::{Auth, Backend, Durability, Http, Log, LogFormat, Mqtt, OnInvalid, Schemas, Storage};
+pub use sections::{
+    Auth, Backend, Durability, Http, Log, LogFormat, Mqtt, OnInvalid, Schemas, SessionTakeover, Storage,
+};
 
 /// The whole configuration. Field names are the stable config keys of DESIGN.md.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -176,6 +178,14 @@ impl Config {
         }
         if m.max_connections == 0 || m.max_queued_messages == 0 {
             return Err(invalid("mqtt.max_connections / mqtt.max_queued_messages", "must be at least 1"));
+        }
+        if let Some(d) = m.persistent_session_expiry
+            && (d < std::time::Duration::from_secs(1) || d.as_secs() >= u64::from(u32::MAX))
+        {
+            return Err(invalid(
+                "mqtt.persistent_session_expiry",
+                "must be between 1s and 136 years (e.g. \"7d\"); leave it unset for no limit",
+            ));
         }
         if m.max_topic_levels == 0 {
             return Err(invalid("mqtt.max_topic_levels", "must be at least 1"));

@@ -109,6 +109,12 @@ pub struct Mqtt {
     /// `"0s"` turns them off. Default `"10s"`.
     #[serde(with = "humantime_serde")]
     pub sys_interval: Duration,
+    /// Longest time a persistent session is kept offline (Mosquitto's
+    /// `persistent_client_expiration`), e.g. `"7d"`: caps MQTT 3.1.1 sessions with clean
+    /// session 0 (otherwise never expiring) and the v5 Session Expiry Interval. Unset
+    /// (default): no cap.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub persistent_session_expiry: Option<Duration>,
 }
 
 /// `[auth]`.
@@ -123,6 +129,21 @@ pub struct Auth {
     pub on_forbidden_publish: super::OnForbidden,
     /// Keys seeded from config (`[[auth.keys]]`: id, secret_sha256, permissions; hashes only).
     pub keys: Vec<super::KeyRecord>,
+    /// Who may resume or take over a session by presenting its client id: `"same_key"`
+    /// (default: only the identity that created it) or `"any_key"`.
+    pub session_takeover: SessionTakeover,
+}
+
+/// `auth.session_takeover`: which identities may use an existing session's client id.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionTakeover {
+    /// Only the key (or anonymous/unrestricted identity) that created the session; another
+    /// one is refused (v5 CONNACK 0x87, 3.1.1 return code 5).
+    #[default]
+    SameKey,
+    /// Any authenticated identity; it still receives only what it may read.
+    AnyKey,
 }
 
 /// Log output format.
@@ -187,6 +208,7 @@ impl Default for Mqtt {
             max_filters_per_subscribe: 1_000,
             max_session_expiry: u32::MAX,
             sys_interval: Duration::from_secs(10),
+            persistent_session_expiry: None,
         }
     }
 }

@@ -87,3 +87,26 @@ fn a_file_replaces_the_default_host_list() {
     assert!(c.http.allowed_hosts.is_empty(), "{:?}", c.http.allowed_hosts);
     assert_eq!(c.http.allowed_origins, vec!["https://a.example".to_string()]);
 }
+
+#[test]
+fn session_takeover_and_persistent_expiry_load_and_validate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    let c = Config::load(None, &Overrides::default()).expect("defaults load");
+    assert_eq!(c.auth.session_takeover, SessionTakeover::SameKey);
+    assert_eq!(c.mqtt.persistent_session_expiry, None);
+    std::fs::write(
+        &path,
+        "[auth]\nsession_takeover = \"any_key\"\n[mqtt]\npersistent_session_expiry = \"7d\"\n",
+    )
+    .expect("write");
+    let c = Config::load(Some(&path), &Overrides::default()).expect("load");
+    assert_eq!(c.auth.session_takeover, SessionTakeover::AnyKey);
+    assert_eq!(c.mqtt.persistent_session_expiry, Some(Duration::from_secs(7 * 86_400)));
+    std::fs::write(&path, "[auth]\nsession_takeover = \"anyone\"\n").expect("write");
+    let e = Config::load(Some(&path), &Overrides::default()).expect_err("unknown mode");
+    assert!(e.to_string().contains("session_takeover") || e.to_string().contains("any_key"), "{e}");
+    std::fs::write(&path, "[mqtt]\npersistent_session_expiry = \"0s\"\n").expect("write");
+    let e = Config::load(Some(&path), &Overrides::default()).expect_err("zero");
+    assert!(e.to_string().contains("mqtt.persistent_session_expiry"), "{e}");
+}

@@ -14,8 +14,8 @@ pub(crate) mod record;
 
 use std::sync::Arc;
 
-use crate::model::SubOptions;
 use crate::model::{Delivery, Message};
+use crate::model::{SessionOwner, SubOptions};
 
 pub use self::fjall::FjallStore;
 pub use backlog::Backlog;
@@ -56,6 +56,12 @@ pub struct SessionRecord {
     pub expiry: u32,
     /// Subscriptions by the filter as the client wrote it (including `$share/g/`).
     pub subscriptions: Vec<(String, SubOptions)>,
+    /// The identity that created the session; `None` in records written before owners were
+    /// kept (record v1): the next identity to resume it claims it.
+    pub owner: Option<SessionOwner>,
+    /// When the session went offline, wall clock UNIX milliseconds; `None` while a connection
+    /// holds it (or in a v1 record): after a restart its expiry then counts from the start.
+    pub offline_since: Option<u64>,
 }
 
 /// One durable effect.

@@ -19,9 +19,12 @@
 //! - queued record: `v1`, `inflight flags` (bit 0 in flight, bit 1 PUBREL sent), `pkid u16`,
 //!   delivery body. The in-flight part sits at a fixed offset so [`set_queued_inflight`] patches
 //!   it without decoding the message.
-//! - session record: `v1`, `expiry u32`, subscription count, then per subscription the filter,
-//!   an options byte (bits 0-1 QoS, 2 no local, 3 retain as published, 4-5 retain handling,
-//!   6 has subscription id) and `[sub id varint]`. The client id is the record's key.
+//! - session record: `v2`, `expiry u32`, `offline since u64` (UNIX milliseconds, 0: online), owner
+//!   (`u8` tag: 0 none, 1 unrestricted, 2 anonymous, 3 key followed by the key id), subscription
+//!   count, then per subscription the filter, an options byte (bits 0-1 QoS, 2 no local,
+//!   3 retain as published, 4-5 retain handling, 6 has subscription id) and `[sub id varint]`.
+//!   The client id is the record's key. A `v1` session record (written before issue 13) is the
+//!   same without the offline time and the owner, and still reads: no owner, not offline.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,12 +32,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BufMut, Bytes};
 
 use super::SessionRecord;
-use crate::model::SubOptions;
 use crate::model::{Delivery, Message};
+use crate::model::{SessionOwner, SubOptions};
 use dataloom_codec::{Properties, QoS, RetainHandling};
 
-/// The first (and so far only) record version.
+/// The first record version (every record kind).
 pub const RECORD_V1: u8 = 1;
+/// The second session record version: adds the offline time and the owner.
+pub const SESSION_V2: u8 = 2;
 
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -258,11 +263,14 @@ fn options_byte(o: &SubOptions) -> u8 {
         | (u8::from(o.sub_id.is_some()) << 6)
 }
 
-/// Encodes a session record (the client id is the key, not part of the record).
+/// Encodes a session record (the client id is the key, not part of the record), as
+/// [`SESSION_V2`].
 pub fn encode_session(s: &SessionRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + s.subscriptions.iter().map(|(f, _)| f.len() + 8).sum::<usize>());
-    out.put_u8(RECORD_V1);
+    let mut out = Vec::with_capacity(32 + s.subscriptions.iter().map(|(f, _)| f.len() + 8).sum::<usize>());
+    out.put_u8(SESSION_V2);
     out.put_u32(s.expiry);
+    out.put_u64(s.offline_since.unwrap_or(0));
+    put_owner(&mut out, s.owner.as_ref());
     put_varint(&mut out, s.subscriptions.len() as u64);
     for (filter, opts) in &s.subscriptions {
         put_bytes(&mut out, filter.as_bytes());
@@ -272,6 +280,23 @@ pub fn encode_session(s: &SessionRecord) -> Vec<u8> {
         }
     }
     out
+}
+
+const OWNER_NONE: u8 = 0;
+const OWNER_UNRESTRICTED: u8 = 1;
+const OWNER_ANONYMOUS: u8 = 2;
+const OWNER_KEY: u8 = 3;
+
+fn put_owner(out: &mut Vec<u8>, owner: Option<&SessionOwner>) {
+    match owner {
+        None => out.put_u8(OWNER_NONE),
+        Some(SessionOwner::Unrestricted) => out.put_u8(OWNER_UNRESTRICTED),
+        Some(SessionOwner::Anonymous) => out.put_u8(OWNER_ANONYMOUS),
+        Some(SessionOwner::Key(id)) => {
+            out.put_u8(OWNER_KEY);
+            put_bytes(out, id.as_bytes());
+        }
+    }
 }
 
 // ---- decoding -------------------------------------------------------------------------------
@@ -467,39 +492,64 @@ pub fn decode_queued(record: Bytes, clock: &Clock) -> Result<Queued, RecordError
     Ok((d, inflight))
 }
 
-/// Decodes a record made by [`encode_session`] for the session keyed `client_id`.
+/// Decodes a record made by [`encode_session`] (v2) or by a build before issue 13 (v1) for
+/// the session keyed `client_id`.
 ///
 /// # Errors
-/// [`RecordError`] when the record is not a v1 session record.
+/// [`RecordError`] when the record is not a v1 or v2 session record.
 pub fn decode_session(client_id: Arc<str>, record: Bytes) -> Result<SessionRecord, RecordError> {
-    let mut r = open(record)?;
+    let version = *record.first().ok_or(RecordError::Empty)?;
+    if version != RECORD_V1 && version != SESSION_V2 {
+        return Err(RecordError::Version(version));
+    }
+    let mut r = Reader { buf: record };
+    r.buf.advance(1);
     let expiry = r.u32("session expiry")?;
+    let (offline_since, owner) = if version == SESSION_V2 {
+        let at = r.u64("offline time")?;
+        ((at > 0).then_some(at), read_owner(&mut r)?)
+    } else {
+        (None, None)
+    };
     let n = r.count("subscriptions", 2)?;
     let mut subscriptions = Vec::with_capacity(n);
     for _ in 0..n {
         let filter = r.string("topic filter")?;
         let b = r.u8("subscription options")?;
-        if b & 0x80 != 0 {
-            return Err(RecordError::Invalid("subscription options"));
-        }
-        let retain_handling = match (b >> 4) & 0b11 {
-            0 => RetainHandling::OnSubscribe,
-            1 => RetainHandling::OnNewSubscribe,
-            2 => RetainHandling::Never,
-            _ => return Err(RecordError::Invalid("retain handling")),
-        };
-        let sub_id = if b & (1 << 6) != 0 { Some(r.varint_u32("subscription identifier")?) } else { None };
-        let opts = SubOptions {
-            qos: qos(b, "subscription QoS")?,
-            no_local: b & (1 << 2) != 0,
-            retain_as_published: b & (1 << 3) != 0,
-            retain_handling,
-            sub_id,
-        };
-        subscriptions.push((filter, opts));
+        subscriptions.push((filter, read_sub_options(&mut r, b)?));
     }
     r.finish()?;
-    Ok(SessionRecord { client_id, expiry, subscriptions })
+    Ok(SessionRecord { client_id, expiry, subscriptions, owner, offline_since })
+}
+
+fn read_owner(r: &mut Reader) -> Result<Option<SessionOwner>, RecordError> {
+    Ok(match r.u8("session owner")? {
+        OWNER_NONE => None,
+        OWNER_UNRESTRICTED => Some(SessionOwner::Unrestricted),
+        OWNER_ANONYMOUS => Some(SessionOwner::Anonymous),
+        OWNER_KEY => Some(SessionOwner::Key(r.string("owner key id")?.into())),
+        _ => return Err(RecordError::Invalid("session owner")),
+    })
+}
+
+fn read_sub_options(r: &mut Reader, b: u8) -> Result<SubOptions, RecordError> {
+    if b & 0x80 != 0 {
+        return Err(RecordError::Invalid("subscription options"));
+    }
+    let retain_handling = match (b >> 4) & 0b11 {
+        0 => RetainHandling::OnSubscribe,
+        1 => RetainHandling::OnNewSubscribe,
+        2 => RetainHandling::Never,
+        _ => return Err(RecordError::Invalid("retain handling")),
+    };
+    let sub_id = if b & (1 << 6) != 0 { Some(r.varint_u32("subscription identifier")?) } else { None };
+    Ok(SubOptions {
+        qos: qos(b, "subscription QoS")?,
+        no_local: b & (1 << 2) != 0,
+        retain_as_published: b & (1 << 3) != 0,
+        retain_handling,
+        sub_id,
+    })
 }
 
 #[cfg(test)]

@@ -44,6 +44,8 @@ fn session(id: &str) -> SessionRecord {
     SessionRecord {
         client_id: id.into(),
         expiry: 3600,
+        owner: Some(crate::model::SessionOwner::Key(id.into())),
+        offline_since: Some(1_790_000_000_000),
         subscriptions: vec![(
             "a/+".into(),
             SubOptions {

@@ -148,10 +148,22 @@ fn session_round_trips_every_option() {
             ));
         }
     }
-    let s = SessionRecord { client_id: "c1".into(), expiry: u32::MAX, subscriptions: subs };
+    let s = SessionRecord {
+        client_id: "c1".into(),
+        expiry: u32::MAX,
+        subscriptions: subs,
+        owner: Some(SessionOwner::Key("dev-key".into())),
+        offline_since: Some(1_790_000_000_123),
+    };
     let back = decode_session("c1".into(), Bytes::from(encode_session(&s))).unwrap();
     assert_eq!(back, s);
-    let empty = SessionRecord { client_id: "c".into(), expiry: 0, subscriptions: vec![] };
+    let empty = SessionRecord {
+        client_id: "c".into(),
+        expiry: 0,
+        subscriptions: vec![],
+        owner: None,
+        offline_since: None,
+    };
     assert_eq!(decode_session("c".into(), Bytes::from(encode_session(&empty))).unwrap(), empty);
 }
 
@@ -182,6 +194,8 @@ fn every_truncation_and_trailing_garbage_is_an_error() {
     let s = SessionRecord {
         client_id: "c".into(),
         expiry: 30,
+        owner: Some(SessionOwner::Key("k".into())),
+        offline_since: Some(7),
         subscriptions: vec![(
             "a/#".into(),
             SubOptions {
@@ -229,6 +243,8 @@ fn garbage_never_panics() {
         encode_session(&SessionRecord {
             client_id: "c".into(),
             expiry: 1,
+            owner: Some(SessionOwner::Anonymous),
+            offline_since: None,
             subscriptions: vec![(
                 "a".into(),
                 SubOptions {
@@ -272,4 +288,47 @@ fn garbage_never_panics() {
     assert!(decode_message(Bytes::copy_from_slice(&overlong), &c).is_err());
     let many_subs = [RECORD_V1, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0x0f];
     assert!(decode_session("c".into(), Bytes::copy_from_slice(&many_subs)).is_err());
+}
+
+#[test]
+fn a_v1_session_record_reads_without_owner_or_offline_time() {
+    // v1 as written before issue 13: version, expiry, one subscription "a/#" QoS 1.
+    let mut v1 = vec![RECORD_V1, 0, 0, 0, 60, 1, 3];
+    v1.extend_from_slice(b"a/#");
+    v1.push(1);
+    let s = decode_session("old".into(), Bytes::from(v1)).unwrap();
+    assert_eq!((s.expiry, s.owner, s.offline_since), (60, None, None));
+    assert_eq!(s.subscriptions.len(), 1);
+    assert_eq!(s.subscriptions[0].0, "a/#");
+}
+
+#[test]
+fn session_owners_round_trip() {
+    for owner in [
+        None,
+        Some(SessionOwner::Unrestricted),
+        Some(SessionOwner::Anonymous),
+        Some(SessionOwner::Key("k1".into())),
+    ] {
+        let s = SessionRecord {
+            client_id: "c".into(),
+            expiry: 5,
+            subscriptions: vec![],
+            owner,
+            offline_since: None,
+        };
+        assert_eq!(decode_session("c".into(), Bytes::from(encode_session(&s))).unwrap(), s);
+    }
+    let mut bad = encode_session(&SessionRecord {
+        client_id: "c".into(),
+        expiry: 5,
+        subscriptions: vec![],
+        owner: None,
+        offline_since: None,
+    });
+    bad[13] = 9;
+    assert_eq!(
+        decode_session("c".into(), Bytes::from(bad)).unwrap_err(),
+        RecordError::Invalid("session owner")
+    );
 }
