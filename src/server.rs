@@ -92,12 +92,17 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let limits = BrokerLimits {
         max_queued_messages: cfg.mqtt.max_queued_messages,
         max_queued_bytes: cfg.mqtt.max_queued_bytes,
+        persistent_session_expiry: cfg
+            .mqtt
+            .persistent_session_expiry
+            .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX - 1)),
     };
     let broker = Broker::new(limits, store)?;
     let settings = crate::auth::Settings {
         allow_anonymous: cfg.auth.allow_anonymous,
         anonymous: cfg.auth.anonymous.clone(),
         on_forbidden_publish: cfg.auth.on_forbidden_publish,
+        session_takeover: cfg.auth.session_takeover,
     };
     let stored = broker.store().keys()?;
     let auth =

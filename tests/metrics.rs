@@ -597,7 +597,11 @@ async fn readyz_follows_listeners_and_store() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let store = Arc::new(FlakyStore::default());
-    let limits = dataloom::broker::BrokerLimits { max_queued_messages: 10, max_queued_bytes: 0 };
+    let limits = dataloom::broker::BrokerLimits {
+        max_queued_messages: 10,
+        max_queued_bytes: 0,
+        persistent_session_expiry: None,
+    };
     let broker = dataloom::broker::Broker::new(limits, store.clone()).expect("broker");
     let ready = Arc::new(AtomicBool::new(false));
     let (_stop, rx) = tokio::sync::watch::channel(false);

@@ -29,8 +29,8 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-pub use crate::config::{AnonymousConfig, KeyRecord, OnForbidden};
-use crate::model::{Kill, KillReason};
+pub use crate::config::{AnonymousConfig, KeyRecord, OnForbidden, SessionTakeover};
+use crate::model::{Kill, KillReason, SessionOwner};
 use crate::store::{Op, Store, StoreError, StoredKey};
 use dataloom_codec::reason;
 pub use key::Key;
@@ -66,6 +66,8 @@ pub struct Settings {
     pub anonymous: AnonymousConfig,
     /// `auth.on_forbidden_publish`.
     pub on_forbidden_publish: OnForbidden,
+    /// `auth.session_takeover`: may another identity use an existing session's client id.
+    pub session_takeover: SessionTakeover,
 }
 
 /// Who a connection is.
@@ -77,6 +79,17 @@ pub enum Principal {
     Anonymous,
     /// An API key (the CONNECT username).
     Key(Arc<Key>),
+}
+
+impl Principal {
+    /// The identity a session made by this principal belongs to.
+    pub fn identity(&self) -> SessionOwner {
+        match self {
+            Principal::Unrestricted => SessionOwner::Unrestricted,
+            Principal::Anonymous => SessionOwner::Anonymous,
+            Principal::Key(k) => SessionOwner::Key(Arc::from(k.record.id.as_str())),
+        }
+    }
 }
 
 /// A refused CONNECT: the v5 CONNACK code and how long to wait before answering.
@@ -96,6 +109,7 @@ mod failure {
     pub const ANONYMOUS: usize = 3;
     pub const EXPIRED: usize = 4;
     pub const CLIENT_ID: usize = 5;
+    pub const SESSION_OWNER: usize = 6;
 }
 
 /// Metric label indices of `dataloom_authorization_denials_total`.
@@ -111,6 +125,12 @@ pub fn count_denial(action: usize) {
     if let Some(c) = crate::metrics::get().authz_denials.get(action) {
         c.inc();
     }
+}
+
+/// Counts a CONNECT refused because its client id's session belongs to another identity
+/// (`reason="session_owner"`).
+pub fn count_session_owner_refusal() {
+    count_failure(failure::SESSION_OWNER);
 }
 
 fn count_failure(reason: usize) {

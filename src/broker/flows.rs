@@ -1,10 +1,13 @@
 //! The QoS 1/2 flows of a session as the broker keeps them: each verb changes the session's
 //! state and returns what to store (as a [`Commit`] to wait for) and what to send; the session
 //! layer does the I/O. Incoming QoS 2 ids (exactly once for the publisher), outgoing in-flight
-//! messages (PUBACK, PUBREC, PUBCOMP) and their stored copies.
+//! messages (PUBACK, PUBREC, PUBCOMP) and their stored copies, and the stored deliveries a
+//! connection may not read, which are withheld for the session instead of sent.
 
 use super::Broker;
-use super::session::{Inflight, Phase, PubRecOutcome, Session};
+use super::session::{Inflight, Outgoing, Phase, PubRecOutcome, Session, Withheld};
+use crate::metrics::reasons::DropReason;
+use crate::model::Delivery;
 use crate::store::{Commit, Op};
 
 /// What an incoming QoS 2 PUBLISH is to the session.
@@ -90,17 +93,54 @@ impl Broker {
         }
     }
 
-    /// Takes everything in flight to resend after a resume; `keep` decides, per message, whether
-    /// it stays in the window (else its stored copy is forgotten).
-    pub fn resend_inflight(&self, session: &Session, mut keep: impl FnMut(&Inflight) -> bool) {
+    /// Takes everything in flight to resend after a resume of `generation`. A message awaiting
+    /// PUBACK or PUBREC whose topic the connection may not read (`readable`) is withheld (see
+    /// [`Broker::withhold`]); `send` resends the others and says whether it could (else the
+    /// stored copy is forgotten).
+    pub fn resend_inflight(
+        &self,
+        session: &Session,
+        generation: u64,
+        readable: impl Fn(&str) -> bool,
+        mut send: impl FnMut(&Inflight) -> bool,
+    ) {
         let mut out = session.outgoing();
         for i in out.take_all() {
-            if keep(&i) {
+            if i.phase != Phase::AwaitComp && !readable(&i.delivery.msg.topic) && session.is_owner(generation)
+            {
+                if let Some(refused) = out.withhold(Withheld::InFlight(i), self.limits.max_queued_messages) {
+                    self.drop_unreadable(session, withheld_seq(&refused));
+                }
+                continue;
+            }
+            if send(&i) {
                 out.push(i);
             } else {
                 self.forget(session, i.delivery.seq);
             }
         }
+    }
+
+    /// A delivery stored before the connection of `generation` attached, which it may not
+    /// read: kept for the session (sent to a later connection that may read it, checked again
+    /// when one attaches), never sent here and never deleted. Dropped and counted
+    /// (`not_authorized`) only beyond `mqtt.max_queued_messages` withheld deliveries or when
+    /// it was never stored. `out` is the session's window, locked by the caller.
+    pub fn withhold(&self, out: &mut Outgoing<'_>, session: &Session, generation: u64, d: Delivery) {
+        if d.seq.is_none() {
+            self.drop_unreadable(session, None);
+        } else if !session.is_owner(generation) {
+            // Taken over meanwhile: the new connection decides.
+            session.mailbox.push_front_all(vec![d]);
+        } else if let Some(refused) = out.withhold(Withheld::Queued(d), self.limits.max_queued_messages) {
+            self.drop_unreadable(session, withheld_seq(&refused));
+        }
+    }
+
+    /// Drops (counts, forgets) a delivery the connection may not read.
+    pub fn drop_unreadable(&self, session: &Session, seq: Option<u64>) {
+        crate::metrics::get().dropped(DropReason::NotAuthorized);
+        self.forget(session, seq);
     }
 
     /// The acknowledged (or dropped) stored delivery `seq` of `session` leaves the store.
@@ -129,5 +169,12 @@ impl Broker {
             }
             None => Commit::done(),
         }
+    }
+}
+
+fn withheld_seq(w: &Withheld) -> Option<u64> {
+    match w {
+        Withheld::Queued(d) => d.seq,
+        Withheld::InFlight(i) => i.delivery.seq,
     }
 }

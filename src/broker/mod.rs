@@ -1,5 +1,6 @@
 //! The shared broker: sessions by client id, subscriptions, session expiry and delayed wills.
-//! Routing and retained state live in `route`, the QoS 1/2 flows of a session in `flows`, the
+//! Attaching, detaching and ending sessions live in `lifecycle`, their timers in `timers`,
+//! routing and retained state in `route`, the QoS 1/2 flows of a session in `flows`, the
 //! schema gate in `gate`, restoring from the store in `recovery`.
 //!
 //! Every durable effect (persistent session records, subscriptions) is submitted to the
@@ -10,20 +11,21 @@ pub(crate) mod mailbox;
 mod expiry;
 mod flows;
 pub(crate) mod gate;
+mod lifecycle;
 mod recovery;
 pub(crate) mod retained_tree;
 mod route;
 pub(crate) mod session;
 pub(crate) mod subtree;
+mod timers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::model::{Kill, KillReason, Message, SessionId, SubOptions};
+use crate::model::{KillReason, Message, SessionId, SubOptions};
 use crate::store::{Commit, Op, SessionRecord, Store, StoreError};
 use dataloom_codec::RetainHandling;
 use retained_tree::RetainedTree;
@@ -31,6 +33,7 @@ use session::Session;
 use subtree::SubscriptionTree;
 
 pub use flows::{PubRecAnswer, Qos2Arrival};
+pub use lifecycle::{AttachError, AttachRequest};
 pub use route::Published;
 
 /// A subscription as the trie stores it: the session to deliver to and the options.
@@ -73,6 +76,8 @@ pub struct BrokerLimits {
     pub max_queued_messages: usize,
     /// Payload and topic bytes queued per session (0: no limit).
     pub max_queued_bytes: usize,
+    /// Longest session expiry, seconds (`mqtt.persistent_session_expiry`; `None`: no cap).
+    pub persistent_session_expiry: Option<u32>,
 }
 
 /// Result of connecting a client to its session.
@@ -86,6 +91,11 @@ pub struct Attached {
     pub generation: u64,
     /// Resolves when the session record is durable; CONNACK waits for it.
     pub commit: Commit,
+    /// The session expiry interval granted (capped by `mqtt.persistent_session_expiry`).
+    pub expiry: u32,
+    /// Stored deliveries numbered below this were queued before this connection attached:
+    /// those it may not read are withheld for the session, not dropped (see `withhold`).
+    pub queued_before: u64,
 }
 
 /// Stripes of [`Broker::retained_order`].
@@ -110,6 +120,8 @@ pub struct Broker {
     persistent: std::sync::atomic::AtomicUsize,
     /// Next position in the durable per-session queues (shared counter, strictly increasing).
     next_seq: AtomicU64,
+    /// Expiry and delayed-will timers of offline sessions, run by one task.
+    timers: Arc<timers::Timers>,
     store: Arc<dyn Store>,
     /// Set while the data directory's file system is below `storage.min_free_bytes`.
     disk_full: std::sync::atomic::AtomicBool,
@@ -134,10 +146,12 @@ impl Broker {
             next_session: AtomicU64::new(1),
             persistent: std::sync::atomic::AtomicUsize::new(0),
             next_seq: AtomicU64::new(1),
+            timers: Arc::default(),
             store,
             disk_full: std::sync::atomic::AtomicBool::new(false),
         });
         broker.restore(recovered);
+        tokio::spawn(timers::run(Arc::downgrade(&broker), broker.timers.clone()));
         Ok(broker)
     }
 
@@ -179,6 +193,8 @@ impl Broker {
             store_backlog_bytes: self.store.backlog().map_or(0, crate::store::Backlog::queued),
             dropped_queue_full: self.stats.dropped_queue_full.load(Ordering::Relaxed),
             dropped_offline_qos0: self.stats.dropped_offline_qos0.load(Ordering::Relaxed),
+            session_timers: self.timers.len(),
+            runtime_tasks: tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks()),
         }
     }
 
@@ -197,99 +213,6 @@ impl Broker {
     fn new_session(&self, client_id: Arc<str>) -> Arc<Session> {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         Arc::new(Session::new(id, client_id, self.limits.max_queued_messages, self.limits.max_queued_bytes))
-    }
-
-    /// Attaches a connection to the session of `client_id`: resumes it unless `clean_start`,
-    /// and takes it over from any connection that holds it (that one is told
-    /// [`KillReason::TakenOver`]). `expiry` is the session expiry interval the connection asked for.
-    pub fn attach(&self, client_id: &str, clean_start: bool, expiry: u32, kill: Arc<Kill>) -> Attached {
-        let mut ops = Vec::new();
-        let mut map = self.sessions.lock();
-        let existing = map.get(client_id).cloned();
-        let (session, present) = match existing {
-            Some(s) if !clean_start => (s, true),
-            other => {
-                if let Some(old) = other {
-                    old.kill(KillReason::TakenOver);
-                    old.take_ownership(Arc::new(Kill::default()));
-                    map.remove(client_id);
-                    if old.is_persistent() {
-                        self.note_persistence(true, false);
-                        ops.push(Op::DeleteSession(old.client_id.clone()));
-                    }
-                    self.drop_subscriptions(&old);
-                }
-                let s = self.new_session(Arc::from(client_id));
-                map.insert(s.client_id.clone(), s.clone());
-                (s, false)
-            }
-        };
-        drop(map);
-        let generation = session.take_ownership(kill);
-        let was_persistent = self.set_session_expiry(&session, expiry);
-        if expiry > 0 {
-            ops.push(Op::PutSession(session_record(&session)));
-        } else if was_persistent {
-            ops.push(Op::DeleteSession(session.client_id.clone()));
-        }
-        let commit = self.submit(ops, true);
-        Attached { session, present, generation, commit }
-    }
-
-    /// Records a new session expiry interval (v5 DISCONNECT may change it).
-    pub fn set_expiry(&self, session: &Session, expiry: u32) -> Commit {
-        let was = self.set_session_expiry(session, expiry);
-        let op = match (was, expiry > 0) {
-            (_, true) => Op::PutSession(session_record(session)),
-            (true, false) => Op::DeleteSession(session.client_id.clone()),
-            (false, false) => return Commit::done(),
-        };
-        self.submit(vec![op], true)
-    }
-
-    /// Detaches the connection of `generation`; the session ends now when its expiry is 0, or
-    /// after that many seconds offline (`u32::MAX`: never).
-    pub fn detach(self: &Arc<Self>, session: &Arc<Session>, generation: u64) {
-        if !session.release(generation) {
-            return;
-        }
-        match session.expiry() {
-            0 => self.end_session(session),
-            secs => self.schedule_expiry(session, generation, secs),
-        }
-    }
-
-    /// Ends `session` after `secs` unless a connection takes it first.
-    fn schedule_expiry(self: &Arc<Self>, session: &Arc<Session>, generation: u64, secs: u32) {
-        if secs == u32::MAX {
-            return;
-        }
-        let broker = Arc::downgrade(self);
-        let session = session.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
-            if let Some(b) = broker.upgrade()
-                && session.generation() == generation
-            {
-                b.end_session(&session);
-            }
-        });
-    }
-
-    /// Removes a session, its subscriptions and its stored state, if it is still the one registered.
-    fn end_session(&self, session: &Arc<Session>) {
-        let mut map = self.sessions.lock();
-        if map.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
-            map.remove(&session.client_id);
-            if session.is_persistent() {
-                self.note_persistence(true, false);
-            }
-        }
-        drop(map);
-        if session.is_persistent() {
-            let _ = self.submit(vec![Op::DeleteSession(session.client_id.clone())], false);
-        }
-        self.drop_subscriptions(session);
     }
 
     fn drop_subscriptions(&self, session: &Session) {
@@ -400,30 +323,6 @@ impl Broker {
         self.submit(vec![Op::PutSession(session_record(session))], true)
     }
 
-    /// Publishes `will` after `delay` unless the session was resumed (generation changed) first.
-    pub fn schedule_will(
-        self: &Arc<Self>,
-        session: &Arc<Session>,
-        generation: u64,
-        will: Arc<Message>,
-        delay: Duration,
-    ) {
-        if delay.is_zero() {
-            let _ = self.publish(will, Vec::new());
-            return;
-        }
-        let broker = Arc::downgrade(self);
-        let session = session.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            if let Some(b) = broker.upgrade()
-                && session.generation() == generation
-            {
-                let _ = b.publish(will, Vec::new());
-            }
-        });
-    }
-
     /// Fires every connected session's kill switch (shutdown).
     pub fn kill_all(&self, reason: KillReason) {
         for s in self.sessions.lock().values() {
@@ -448,15 +347,21 @@ impl Broker {
     }
 }
 
-/// The durable record of a session's identity, expiry and subscriptions.
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.timers.close();
+    }
+}
+
+/// The durable record of a session's identity, owner, expiry, offline time and subscriptions.
 fn session_record(session: &Session) -> SessionRecord {
     let st = session.state.lock();
     SessionRecord {
         client_id: session.client_id.clone(),
         expiry: st.expiry_interval,
         subscriptions: st.subscriptions.iter().map(|(f, o)| (f.clone(), *o)).collect(),
-        owner: None,
-        offline_since: None,
+        owner: st.owner.clone(),
+        offline_since: st.offline_since,
     }
 }
 

@@ -1,13 +1,18 @@
 //! Rebuilding the broker from the store at start: the retained index, and every persistent
 //! session with its subscriptions, queued and in-flight messages and QoS 2 receive state.
-//! Restored sessions are offline; their expiry starts counting at restart.
+//! Restored sessions are offline. Their expiry counts from the offline time in their record
+//! (capped by `mqtt.persistent_session_expiry`): one whose expiry passed while the broker was
+//! down is deleted, the others end after the time they have left. A session that was online
+//! when the broker stopped (or whose record predates offline times) went offline at this start;
+//! that time is stored, so a crash loop does not keep it alive forever.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::lifecycle::{time_left, unix_ms};
 use super::session::{Inflight, Phase};
-use super::{Broker, SubEntry};
-use crate::store::{Recovered, RecoveredSession};
+use super::{Broker, SubEntry, session_record};
+use crate::store::{Op, Recovered, RecoveredSession};
 use dataloom_codec::QoS;
 
 impl Broker {
@@ -26,26 +31,42 @@ impl Broker {
         }
         let sessions = rec.sessions.len();
         let mut max_seq = 0;
+        let mut expired = 0;
+        let now = unix_ms();
         for s in rec.sessions {
             max_seq = max_seq.max(s.queue.iter().map(|m| m.seq).max().unwrap_or(0));
-            self.restore_session(s);
+            if !self.restore_session(s, now) {
+                expired += 1;
+            }
         }
         self.next_seq.store(max_seq + 1, Ordering::Relaxed);
         if retained + sessions > 0 {
             tracing::info!(
                 retained,
-                sessions,
+                sessions = sessions - expired,
+                expired_sessions = expired,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "state recovered"
             );
         }
     }
 
-    fn restore_session(self: &Arc<Self>, rs: RecoveredSession) {
+    /// Restores one session, or deletes it when its expiry passed at `now` (UNIX ms); returns
+    /// whether it was restored.
+    fn restore_session(self: &Arc<Self>, rs: RecoveredSession, now: u64) -> bool {
+        let expiry = self.cap_expiry(rs.record.expiry);
+        let since = rs.record.offline_since.unwrap_or(now);
+        let Some(left) = time_left(expiry, since, now) else {
+            let _ = self.submit(vec![Op::DeleteSession(rs.record.client_id.clone())], false);
+            return false;
+        };
+        let rewrite = rs.record.offline_since.is_none() || expiry != rs.record.expiry;
         let session = self.new_session(rs.record.client_id.clone());
-        self.set_session_expiry(&session, rs.record.expiry);
+        self.set_session_expiry(&session, expiry);
         {
             let mut st = session.state.lock();
+            st.owner = rs.record.owner.clone();
+            st.offline_since = Some(since);
             st.incoming_qos2.extend(rs.incoming_qos2);
             for (filter, opts) in &rs.record.subscriptions {
                 st.subscriptions.insert(filter.clone(), *opts);
@@ -81,7 +102,12 @@ impl Broker {
         }
         session.mailbox.push_all_unbounded(queued);
         self.sessions.lock().insert(session.client_id.clone(), session.clone());
-        let generation = session.generation();
-        self.schedule_expiry(&session, generation, rs.record.expiry);
+        if rewrite {
+            let _ = self.submit(vec![Op::PutSession(session_record(&session))], false);
+        }
+        if let Some(left) = left {
+            self.expire_in(&session, session.generation(), left);
+        }
+        true
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::{Mutex, MutexGuard};
 
 use super::mailbox::Mailbox;
-use crate::model::{Delivery, Kill, KillReason, SessionId, SubOptions};
+use crate::model::{Delivery, Kill, KillReason, SessionId, SessionOwner, SubOptions};
 
 /// Where an outgoing QoS 1/2 message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,24 @@ pub(super) struct SessionState {
     pub(super) last_pkid: u16,
     /// Session expiry interval in seconds (0: ends with the connection, `u32::MAX`: never).
     pub(super) expiry_interval: u32,
+    /// The identity that created the session; `None` when restored from a record older than
+    /// owners (the next identity to resume it claims it).
+    pub(super) owner: Option<SessionOwner>,
+    /// When the session went offline (wall clock, UNIX milliseconds); `None` while online.
+    pub(super) offline_since: Option<u64>,
+    /// Stored deliveries a connection may not read, kept (not sent, not deleted) for the
+    /// next connection, which is checked again (see `Broker::withhold`).
+    pub(super) withheld: Vec<Withheld>,
+}
+
+/// A stored delivery set aside because the connection may not read its topic.
+#[derive(Debug)]
+pub(super) enum Withheld {
+    /// It was queued.
+    Queued(Delivery),
+    /// It was in flight (sent to an earlier connection, not acknowledged): its packet id
+    /// stays taken.
+    InFlight(Inflight),
 }
 
 /// The in-flight window of a session, locked for one connection's send loop
@@ -81,6 +99,15 @@ impl Outgoing<'_> {
     pub fn take_all(&mut self) -> Vec<Inflight> {
         self.0.outgoing.drain(..).collect()
     }
+
+    /// Sets `w` aside for the session; gives it back when `cap` deliveries are withheld already.
+    pub(super) fn withhold(&mut self, w: Withheld, cap: usize) -> Option<Withheld> {
+        if self.0.withheld.len() >= cap {
+            return Some(w);
+        }
+        self.0.withheld.push(w);
+        None
+    }
 }
 
 /// What a PUBREC did to the outgoing message with its packet id.
@@ -100,7 +127,8 @@ impl SessionState {
         for _ in 0..u16::MAX {
             self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
             let id = self.last_pkid;
-            if !self.outgoing.iter().any(|i| i.pkid == id) {
+            let withheld = |w: &Withheld| matches!(w, Withheld::InFlight(i) if i.pkid == id);
+            if !self.outgoing.iter().any(|i| i.pkid == id) && !self.withheld.iter().any(withheld) {
                 return Some(id);
             }
         }
@@ -108,9 +136,9 @@ impl SessionState {
     }
 }
 
-/// The connection that currently owns a session.
+/// The connection that currently holds a session.
 #[derive(Debug, Default)]
-struct Owner {
+struct Holder {
     kill: Option<Arc<Kill>>,
 }
 
@@ -122,7 +150,7 @@ pub struct Session {
     pub mailbox: Mailbox,
     pub(super) state: Mutex<SessionState>,
     generation: AtomicU64,
-    owner: Mutex<Owner>,
+    holder: Mutex<Holder>,
     /// Session expiry > 0: its state and QoS 1/2 queue are stored durably.
     persistent: AtomicBool,
 }
@@ -135,14 +163,43 @@ impl Session {
             mailbox: Mailbox::new(queue_limit, queue_bytes),
             state: Mutex::new(SessionState::default()),
             generation: AtomicU64::new(0),
-            owner: Mutex::new(Owner::default()),
+            holder: Mutex::new(Holder::default()),
             persistent: AtomicBool::new(false),
         }
     }
 
+    /// The identity that created the session (`None`: not known, from an old record).
+    pub fn owner(&self) -> Option<SessionOwner> {
+        self.state.lock().owner.clone()
+    }
+
+    /// A connection of `identity` resumes the session: an unowned session (old record) becomes
+    /// its own, the session is online, and what earlier connections withheld is queued again
+    /// (in flight ones back in the window), to be checked against this connection's rights.
+    pub(super) fn resume(&self, identity: &SessionOwner) {
+        let mut st = self.state.lock();
+        if st.owner.is_none() {
+            st.owner = Some(identity.clone());
+        }
+        st.offline_since = None;
+        let mut queued = Vec::new();
+        let mut sent = Vec::new();
+        for w in st.withheld.drain(..) {
+            match w {
+                Withheld::Queued(d) => queued.push(d),
+                Withheld::InFlight(i) => sent.push(i),
+            }
+        }
+        for i in sent.into_iter().rev() {
+            st.outgoing.push_front(i);
+        }
+        drop(st);
+        self.mailbox.push_front_all(queued);
+    }
+
     /// Makes `kill` the owner, firing the previous owner's switch; returns the new generation.
     pub(crate) fn take_ownership(&self, kill: Arc<Kill>) -> u64 {
-        let mut o = self.owner.lock();
+        let mut o = self.holder.lock();
         if let Some(old) = o.kill.replace(kill) {
             old.fire(KillReason::TakenOver);
         }
@@ -159,7 +216,7 @@ impl Session {
 
     /// Releases ownership if `generation` still holds it; returns whether it did.
     pub(crate) fn release(&self, generation: u64) -> bool {
-        let mut o = self.owner.lock();
+        let mut o = self.holder.lock();
         if self.generation.load(Ordering::SeqCst) != generation {
             return false;
         }
@@ -225,7 +282,7 @@ impl Session {
 
     /// Fires the owner's kill switch, if connected.
     pub fn kill(&self, reason: KillReason) {
-        if let Some(k) = &self.owner.lock().kill {
+        if let Some(k) = &self.holder.lock().kill {
             k.fire(reason);
         }
     }

@@ -196,6 +196,8 @@ pub struct Metrics {
     sessions_online: IntGauge,
     sessions_offline: IntGauge,
     sessions_persistent: IntGauge,
+    session_timers: IntGauge,
+    runtime_tasks: IntGauge,
     subscriptions: IntGauge,
     retained_messages: IntGauge,
     /// `dataloom_retained_payload_bytes`: payload bytes of all retained messages.
@@ -401,6 +403,16 @@ impl Metrics {
                 "dataloom_sessions_persistent",
                 "Sessions that outlive their connection (session expiry > 0).",
             )?,
+            session_timers: gauge(
+                &r,
+                "dataloom_session_timers",
+                "Pending timers of offline sessions (session expiry, delayed will).",
+            )?,
+            runtime_tasks: gauge(
+                &r,
+                "dataloom_runtime_tasks",
+                "Tasks alive in the async runtime (connections, listeners, timers).",
+            )?,
             subscriptions: gauge(
                 &r,
                 "dataloom_subscriptions",
@@ -564,6 +576,8 @@ impl Metrics {
         let total = to_i64(s.sessions);
         self.sessions_offline.set(total.saturating_sub(self.sessions_online.get()).max(0));
         self.sessions_persistent.set(to_i64(s.persistent_sessions));
+        self.session_timers.set(to_i64(s.session_timers));
+        self.runtime_tasks.set(to_i64(s.runtime_tasks));
         self.subscriptions.set(to_i64(s.subscriptions));
         self.retained_messages.set(to_i64(s.retained_messages));
         self.store_disk_bytes.set(i64::try_from(s.store_disk_bytes).unwrap_or(i64::MAX));
@@ -592,6 +606,10 @@ pub struct Snapshot {
     pub dropped_queue_full: u64,
     /// QoS 0 messages dropped so far because their session was offline.
     pub dropped_offline_qos0: u64,
+    /// Pending session expiry and delayed-will timers (at most two per offline session).
+    pub session_timers: usize,
+    /// Tasks alive in the broker's async runtime (connections, listeners, timers, ...).
+    pub runtime_tasks: usize,
 }
 
 /// Brings a counter up to a total kept elsewhere (never down: a counter only grows).

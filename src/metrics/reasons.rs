@@ -167,7 +167,9 @@ labels!(
         OfflineQos0 = "offline_qos0",
         /// Refused by the topic's JSON Schema.
         SchemaInvalid = "schema_invalid",
-        /// The publisher may not publish to the topic.
+        /// The publisher may not publish to the topic, or the subscriber's connection may not
+        /// read it (a stored message queued before it connected is withheld instead, up to
+        /// `max_queued_messages`; see docs/decisions.md).
         NotAuthorized = "not_authorized",
     ]
 );
@@ -183,9 +185,17 @@ pub const SESSION_PROTOCOL_KINDS: [&str; 5] = [
 ];
 
 /// `reason` of `dataloom_auth_failures_total` (fed by the auth module).
-/// `revoked` counts live connections closed by a revocation.
-pub const AUTH_FAILURE_REASONS: [&str; 6] =
-    ["unknown_key", "bad_secret", "revoked", "anonymous_not_allowed", "expired", "client_id_not_allowed"];
+/// `revoked` counts live connections closed by a revocation; `session_owner` CONNECTs refused
+/// because their client id's session belongs to another identity.
+pub const AUTH_FAILURE_REASONS: [&str; 7] = [
+    "unknown_key",
+    "bad_secret",
+    "revoked",
+    "anonymous_not_allowed",
+    "expired",
+    "client_id_not_allowed",
+    "session_owner",
+];
 
 /// `action` of `dataloom_authorization_denials_total` (fed by the auth module).
 pub const AUTHZ_ACTIONS: [&str; 2] = ["publish", "subscribe"];

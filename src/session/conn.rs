@@ -76,6 +76,9 @@ impl Conn {
         will: Option<Box<WillSpec>>,
         limits: OutboundLimits,
     ) -> Conn {
+        let mut out = Outbound::new(limits);
+        out.generation = attached.generation;
+        out.queued_before = attached.queued_before;
         Conn {
             ctx,
             version,
@@ -84,7 +87,7 @@ impl Conn {
             keep_alive,
             will,
             aliases_in: HashMap::new(),
-            out: Outbound::new(limits),
+            out,
             pending: Pending::default(),
             wbuf: BytesMut::new(),
             problem_info: true,

@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use super::Ctx;
 use super::conn::Conn;
 use super::outbound::OutboundLimits;
+use crate::broker::{AttachError, AttachRequest};
 use crate::model::Kill;
 use crate::model::Message;
 use crate::store::Commit;
@@ -110,9 +111,29 @@ pub fn accept(
     } else {
         c.keep_alive
     };
-    let expiry = session_expiry(ctx, &c, &mut props);
-    let will = c.will.as_ref().map(|w| Box::new(will_message(w, expiry)));
-    let mut attached = ctx.broker.attach(&client_id, c.clean_start, expiry, kill);
+    let asked = session_expiry(ctx, &c);
+    let req = AttachRequest {
+        client_id: &client_id,
+        clean_start: c.clean_start,
+        expiry: asked,
+        identity: principal.identity(),
+        takeover: ctx.auth.settings().session_takeover,
+    };
+    let mut attached = match ctx.broker.attach(&req, kill) {
+        Ok(a) => a,
+        Err(AttachError::ForeignSession { owner }) => {
+            tracing::warn!(client_id = %client_id, identity = %req.identity, owner = %owner,
+                "CONNECT refused: the session of this client id belongs to another identity \
+                 (auth.session_takeover = \"same_key\"); it is left untouched");
+            crate::auth::count_session_owner_refusal();
+            write_refusal(c.protocol, reason::NOT_AUTHORIZED, out);
+            return Accepted::No(reason::NOT_AUTHORIZED);
+        }
+    };
+    if v5 && c.properties.session_expiry_interval.unwrap_or(0) != attached.expiry {
+        props.session_expiry_interval = Some(attached.expiry);
+    }
+    let will = c.will.as_ref().map(|w| Box::new(will_message(w, attached.expiry)));
     let commit = std::mem::replace(&mut attached.commit, Commit::done());
     if v5 {
         props.receive_maximum = Some(ctx.mqtt.receive_maximum);
@@ -167,18 +188,15 @@ fn refuse_reason(ctx: &Ctx, c: &Connect) -> Option<u8> {
     None
 }
 
-/// Session expiry in seconds: v5 from the property (capped, and the cap announced), 3.x from
-/// the clean session flag (0 = ends with the connection, never otherwise).
-fn session_expiry(ctx: &Ctx, c: &Connect, props: &mut Properties) -> u32 {
+/// Session expiry in seconds before the broker's `mqtt.persistent_session_expiry` cap: v5 from
+/// the property (limited by `mqtt.max_session_expiry`), 3.x from the clean session flag (0 =
+/// ends with the connection, never otherwise). A v5 CONNACK announces the granted value when it
+/// differs from the one asked for.
+fn session_expiry(ctx: &Ctx, c: &Connect) -> u32 {
     if !c.protocol.is_v5() {
         return if c.clean_start { 0 } else { u32::MAX };
     }
-    let asked = c.properties.session_expiry_interval.unwrap_or(0);
-    if asked > ctx.mqtt.max_session_expiry {
-        props.session_expiry_interval = Some(ctx.mqtt.max_session_expiry);
-        return ctx.mqtt.max_session_expiry;
-    }
-    asked
+    c.properties.session_expiry_interval.unwrap_or(0).min(ctx.mqtt.max_session_expiry)
 }
 
 /// A will waiting for the connection to end.

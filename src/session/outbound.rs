@@ -61,6 +61,11 @@ pub struct Outbound {
     /// is checked (retained messages on SUBSCRIBE, deny lists inside wider subscriptions,
     /// subscriptions a resumed session made under another key).
     pub read: Option<Arc<crate::auth::Perms>>,
+    /// The session generation this connection holds.
+    pub generation: u64,
+    /// Stored deliveries numbered below this were queued before the connection attached:
+    /// those it may not read are withheld for the session ([`Broker::withhold`]), not dropped.
+    pub queued_before: u64,
 }
 
 impl Outbound {
@@ -72,6 +77,8 @@ impl Outbound {
             dropped_too_large: 0,
             dropped_expired: 0,
             read: None,
+            generation: 0,
+            queued_before: 0,
         }
     }
 
@@ -117,8 +124,11 @@ impl Outbound {
                 if let Some(p) = &self.read
                     && !p.may_read(&d.msg.topic)
                 {
-                    crate::metrics::get().dropped(crate::metrics::reasons::DropReason::NotAuthorized);
-                    broker.forget(session, d.seq);
+                    if d.seq.is_some_and(|seq| seq < self.queued_before) {
+                        broker.withhold(&mut st, session, self.generation, d);
+                    } else {
+                        broker.drop_unreadable(session, d.seq);
+                    }
                     continue;
                 }
                 // A stored QoS 2 delivery leaves once its packet id is on disk (see
@@ -155,6 +165,7 @@ impl Outbound {
     }
 
     /// Re-sends everything in flight after a session resumes: PUBLISH with DUP, or PUBREL.
+    /// What the connection may not read is withheld for the session.
     pub fn resend_inflight(
         &mut self,
         broker: &Broker,
@@ -163,7 +174,9 @@ impl Outbound {
         out: &mut BytesMut,
     ) {
         let now = Instant::now();
-        broker.resend_inflight(session, |i| match i.phase {
+        let read = self.read.clone();
+        let readable = |topic: &str| read.as_ref().is_none_or(|p| p.may_read(topic));
+        broker.resend_inflight(session, self.generation, readable, |i| match i.phase {
             Phase::AwaitComp => {
                 write_pubrel(i.pkid, reason::SUCCESS, version, out);
                 true

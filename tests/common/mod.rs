@@ -2,6 +2,8 @@
 //! and helpers for the mosquitto command-line clients. Shared by every integration test.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

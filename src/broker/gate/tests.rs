@@ -16,8 +16,11 @@ use dataloom_codec::QoS;
 const TEMP: &str = r#"{"type":"object","properties":{"celsius":{"type":"number"}},"required":["celsius"]}"#;
 
 fn broker() -> Arc<Broker> {
-    Broker::new(BrokerLimits { max_queued_messages: 10, max_queued_bytes: 0 }, Arc::new(MemoryStore))
-        .expect("broker")
+    Broker::new(
+        BrokerLimits { max_queued_messages: 10, max_queued_bytes: 0, persistent_session_expiry: None },
+        Arc::new(MemoryStore),
+    )
+    .expect("broker")
 }
 
 fn msg(topic: &str, payload: &str, retain: bool) -> Arc<Message> {
