@@ -250,6 +250,12 @@ impl Perms {
     }
 }
 
+impl crate::model::ReadAccess for Perms {
+    fn may_read(&self, topic: &str) -> bool {
+        Perms::may_read(self, topic)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,15 +1,17 @@
 //! A session's life (issue 13): a connection attaches to it (new, resumed or taken over; only
 //! by the identity that created it unless `auth.session_takeover = "any_key"`), detaches from
 //! it (it ends at once, or goes offline: its offline time is stored and its expiry timer set),
-//! and expiry ends it. Expiry intervals are capped by `mqtt.persistent_session_expiry`.
+//! and expiry ends it. A session that goes offline or ends hands its shared-subscription
+//! messages to another member of their group (`share`). Expiry intervals are capped by `mqtt.persistent_session_expiry`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::session::Session;
+use super::share::Leaving;
 use super::{Attached, Broker, session_record};
 use crate::config::SessionTakeover;
-use crate::model::{Kill, KillReason, Message, SessionOwner};
+use crate::model::{Kill, KillReason, Message, ReadAccess, SessionOwner};
 use crate::store::{Commit, Op};
 
 /// What a connection asks of [`Broker::attach`].
@@ -26,6 +28,9 @@ pub struct AttachRequest<'a> {
     pub identity: SessionOwner,
     /// Whether another identity may take the session over.
     pub takeover: SessionTakeover,
+    /// What the connection may read (`None`: everything); shared subscriptions pick only
+    /// members that may read the message.
+    pub read: Option<Arc<dyn ReadAccess>>,
 }
 
 /// Why [`Broker::attach`] refused.
@@ -82,6 +87,7 @@ impl Broker {
         {
             return Err(AttachError::ForeignSession { owner });
         }
+        let mut replaced = None;
         let (session, present) = match existing {
             Some(s) if !req.clean_start => (s, true),
             other => {
@@ -95,16 +101,23 @@ impl Broker {
                         ops.push(Op::DeleteSession(old.client_id.clone()));
                     }
                     self.drop_subscriptions(&old);
+                    replaced = Some(old);
                 }
                 let s = self.new_session(Arc::from(req.client_id));
                 map.insert(s.client_id.clone(), s.clone());
                 (s, false)
             }
         };
+        session.set_reader(req.read.clone());
         // Under the map lock: an expiry timer firing now sees the new generation and leaves
         // the session alone (see `end_expired`).
         let generation = session.take_ownership(kill);
         drop(map);
+        if let Some(old) = replaced {
+            // Submitted before the old session's deletion: its shared messages are stored
+            // with their new holders first.
+            self.hand_over_shared(&old, Leaving::Ending);
+        }
         self.timers.cancel(session.id);
         session.resume(&req.identity);
         let was_persistent = self.set_session_expiry(&session, expiry);
@@ -154,6 +167,7 @@ impl Broker {
             drop(st);
             let _ = self.submit(vec![Op::PutSession(session_record(session))], false);
         }
+        self.hand_over_shared(session, Leaving::Offline);
         if secs != u32::MAX {
             self.expire_in(session, generation, Duration::from_secs(u64::from(secs)));
         }
@@ -210,6 +224,7 @@ impl Broker {
         }
         drop(map);
         self.timers.cancel(session.id);
+        self.hand_over_shared(session, Leaving::Ending);
         if session.is_persistent() {
             let _ = self.submit(vec![Op::DeleteSession(session.client_id.clone())], false);
         }

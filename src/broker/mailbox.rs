@@ -236,6 +236,24 @@ impl Mailbox {
         self.online.store(online, Ordering::Relaxed);
     }
 
+    /// True while the session's client is connected.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    /// Takes every queued delivery `pick` selects, in queue order; the rest stay in order.
+    pub fn take_where(&self, pick: impl Fn(&Delivery) -> bool) -> Vec<Delivery> {
+        let mut q = self.queue.lock();
+        if !q.items.iter().any(&pick) {
+            return Vec::new();
+        }
+        let (taken, kept): (VecDeque<Delivery>, VecDeque<Delivery>) =
+            q.items.drain(..).partition(|d| pick(d));
+        q.items = kept;
+        q.bytes -= taken.iter().map(weight).sum::<usize>();
+        taken.into()
+    }
+
     /// Deliveries dropped so far.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

@@ -1,7 +1,8 @@
 //! The shared broker: sessions by client id, subscriptions, session expiry and delayed wills.
 //! Attaching, detaching and ending sessions live in `lifecycle`, their timers in `timers`,
-//! routing and retained state in `route`, the QoS 1/2 flows of a session in `flows`, the
-//! schema gate in `gate`, restoring from the store in `recovery`.
+//! routing and retained state in `route`, which member of a shared subscription gets a message
+//! in `share`, the QoS 1/2 flows of a session in `flows`, the schema gate in `gate`, restoring
+//! from the store in `recovery`.
 //!
 //! Every durable effect (persistent session records, subscriptions) is submitted to the
 //! [`Store`] and the returned [`Commit`] tells the caller when it may acknowledge.
@@ -16,6 +17,7 @@ mod recovery;
 pub(crate) mod retained_tree;
 mod route;
 pub(crate) mod session;
+mod share;
 pub(crate) mod subtree;
 mod timers;
 
@@ -43,6 +45,9 @@ pub struct SubEntry {
     pub session: Arc<Session>,
     /// The options it was granted.
     pub opts: SubOptions,
+    /// For a shared subscription, the filter as written (`$share/{group}/{filter}`); its
+    /// deliveries carry it ([`crate::model::Delivery::share`]).
+    pub share: Option<Arc<str>>,
 }
 
 /// Messages this broker dropped (only on the drop path, never per routed message); the
@@ -263,7 +268,8 @@ impl Broker {
         {
             let mut trie = self.subs.write();
             for s in subs {
-                let entry = SubEntry { session: session.clone(), opts: s.opts };
+                let share = s.group.map(|_| Arc::from(s.filter));
+                let entry = SubEntry { session: session.clone(), opts: s.opts, share };
                 existed.push(match s.group {
                     Some(g) => trie.insert_shared(g, s.plain, session.id, entry).is_some(),
                     None => trie.insert(s.plain, session.id, entry).is_some(),

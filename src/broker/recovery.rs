@@ -75,8 +75,10 @@ impl Broker {
         {
             let mut subs = self.subs.write();
             for (filter, opts) in rs.record.subscriptions {
-                let entry = SubEntry { session: session.clone(), opts };
-                match filter.strip_prefix("$share/").and_then(|r| r.split_once('/')) {
+                let shared = filter.strip_prefix("$share/").and_then(|r| r.split_once('/'));
+                let share = shared.map(|_| Arc::from(filter.as_str()));
+                let entry = SubEntry { session: session.clone(), opts, share };
+                match shared {
                     Some((group, plain)) => subs.insert_shared(group, plain, session.id, entry),
                     None => subs.insert(&filter, session.id, entry),
                 };

@@ -1,5 +1,6 @@
-//! Routing one message: retained state, matching subscriptions (merged per session), the
-//! durable copies owed to persistent sessions, then the subscriber mailboxes.
+//! Routing one message: retained state, matching subscriptions (merged per session, one member
+//! per shared group as `share` picks it), the durable copies owed to persistent sessions, then
+//! the subscriber mailboxes.
 //!
 //! The store ops of a message (retained state, queued copies, the publisher's QoS 2 id) go
 //! to the store in one submission *before* any subscriber can see the message, so an
@@ -11,7 +12,9 @@ use std::time::Instant;
 
 use super::mailbox::{Dropped, Refused};
 use super::session::Session;
-use super::{Broker, SubEntry};
+use super::subtree::Hit;
+use super::{Broker, SubEntry, share};
+use crate::metrics::reasons::DropReason;
 use crate::model::SubOptions;
 use crate::model::{Delivery, Message, SessionId};
 use crate::store::{Commit, Op, StoreError};
@@ -80,7 +83,7 @@ impl Broker {
                 extra.push(op);
             }
         }
-        let mut targets = self.fan_out(&msg);
+        let (mut targets, unfit) = self.fan_out(&msg);
         if disk_full && targets.iter().any(|(s, d)| d.qos != QoS::AtMostOnce && s.is_persistent()) {
             // Only a $SYS retained update can have taken effect: refuse rather than accept a
             // copy for a persistent session that cannot be stored.
@@ -98,7 +101,8 @@ impl Broker {
         }
         let commit = self.submit(extra, msg.qos != QoS::AtMostOnce);
         drop(_order);
-        let (matched, mut routed) = (targets.len(), 0);
+        // A group nobody in it may read matched (its drop is counted as not authorized).
+        let (matched, mut routed) = (targets.len() + unfit, 0);
         let mut blocked = Vec::new();
         for (session, d) in targets {
             match self.enqueue(&session, d, may_wait) {
@@ -146,19 +150,28 @@ impl Broker {
         }
     }
 
-    /// One delivery per matching session (overlaps merged) and one per matching shared group.
-    fn fan_out(&self, msg: &Arc<Message>) -> Vec<(Arc<Session>, Delivery)> {
+    /// One delivery per matching session (overlaps merged) and one per matching shared group
+    /// (to the member `share::fit` rates best), and how many groups had no member that may
+    /// read the message (dropped and counted here).
+    fn fan_out(&self, msg: &Arc<Message>) -> (Vec<(Arc<Session>, Delivery)>, usize) {
         let subs = self.subs.read();
         let mut plain: Vec<(SessionId, &SubEntry)> = Vec::new();
         let mut out = Vec::new();
+        let mut unfit = 0;
         subs.for_each_match(
             &msg.topic,
-            |_| true,
-            |key, entry, group| {
-                if group.is_some() {
-                    out.push((entry.session.clone(), delivery(msg, std::iter::once(entry))));
-                } else if !(entry.opts.no_local && msg.publisher == Some(key)) {
-                    plain.push((key, entry));
+            |_, entry| share::fit(entry, msg),
+            |hit| match hit {
+                Hit::Shared(Some((_, entry))) => {
+                    let mut d = delivery(msg, std::iter::once(entry));
+                    d.share = entry.share.clone();
+                    out.push((entry.session.clone(), d));
+                }
+                Hit::Shared(None) => unfit += 1,
+                Hit::Plain(key, entry) => {
+                    if !(entry.opts.no_local && msg.publisher == Some(key)) {
+                        plain.push((key, entry));
+                    }
                 }
             },
         );
@@ -167,7 +180,10 @@ impl Broker {
             let Some((_, first)) = group.first() else { continue };
             out.push((first.session.clone(), delivery(msg, group.iter().map(|(_, e)| *e))));
         }
-        out
+        for _ in 0..unfit {
+            crate::metrics::get().dropped(DropReason::NotAuthorized);
+        }
+        (out, unfit)
     }
 
     /// Queues a delivery: `Ok(true)` queued, `Ok(false)` dropped (a stored copy is removed
@@ -203,6 +219,7 @@ impl Broker {
                     retain: true,
                     sub_ids: opts.sub_id.into_iter().collect(),
                     seq: None,
+                    share: None,
                 });
             }
         });
@@ -226,7 +243,10 @@ impl Broker {
 
 /// The delivery for one session from its matching subscriptions: highest QoS, every
 /// subscription identifier, retain kept if any subscription asks for retain-as-published.
-fn delivery<'a>(msg: &Arc<Message>, entries: impl Iterator<Item = &'a SubEntry> + Clone) -> Delivery {
+pub(super) fn delivery<'a>(
+    msg: &Arc<Message>,
+    entries: impl Iterator<Item = &'a SubEntry> + Clone,
+) -> Delivery {
     let granted = entries.clone().map(|e| e.opts.qos).max().unwrap_or(QoS::AtMostOnce);
     Delivery {
         msg: msg.clone(),
@@ -234,5 +254,6 @@ fn delivery<'a>(msg: &Arc<Message>, entries: impl Iterator<Item = &'a SubEntry> 
         retain: msg.retain && entries.clone().any(|e| e.opts.retain_as_published),
         sub_ids: entries.filter_map(|e| e.opts.sub_id).collect(),
         seq: None,
+        share: None,
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::{Mutex, MutexGuard};
 
 use super::mailbox::Mailbox;
-use crate::model::{Delivery, Kill, KillReason, SessionId, SessionOwner, SubOptions};
+use crate::model::{Delivery, Kill, KillReason, ReadAccess, SessionId, SessionOwner, SubOptions};
 
 /// Where an outgoing QoS 1/2 message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +153,9 @@ pub struct Session {
     holder: Mutex<Holder>,
     /// Session expiry > 0: its state and QoS 1/2 queue are stored durably.
     persistent: AtomicBool,
+    /// What the session's latest connection may read (`None`: everything, or not known for a
+    /// session restored from the store). Kept while offline: shared subscriptions ask it.
+    reader: Mutex<Option<Arc<dyn ReadAccess>>>,
 }
 
 impl Session {
@@ -165,7 +168,23 @@ impl Session {
             generation: AtomicU64::new(0),
             holder: Mutex::new(Holder::default()),
             persistent: AtomicBool::new(false),
+            reader: Mutex::new(None),
         }
+    }
+
+    /// Sets what the session's connection may read (`None`: everything).
+    pub(super) fn set_reader(&self, reader: Option<Arc<dyn ReadAccess>>) {
+        *self.reader.lock() = reader;
+    }
+
+    /// True when the session's latest connection may read `topic` (always, when not known).
+    pub fn may_read(&self, topic: &str) -> bool {
+        self.reader.lock().as_ref().is_none_or(|r| r.may_read(topic))
+    }
+
+    /// True while a connection holds the session.
+    pub fn is_online(&self) -> bool {
+        self.mailbox.is_online()
     }
 
     /// The identity that created the session (`None`: not known, from an old record).

@@ -14,11 +14,26 @@
 //!
 //! Shared subscriptions (`$share/{group}/{filter}`, MQTT 5.0 section 4.8.2) are
 //! stored per (group, filter); a publish delivers to one member of each
-//! matching (group, filter) pair, chosen round-robin.
+//! matching (group, filter) pair: round-robin among the members that fit best
+//! (the caller rates each member with a [`Fit`]; see `broker/share.rs`).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// How well a member of a shared subscription can take one message, worst first: the pick
+/// goes to the best fit, round-robin among equals, and never to [`Fit::Never`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fit {
+    /// Must not get it.
+    Never,
+    /// May get it, but it will be dropped (and counted) there.
+    Lossy,
+    /// Will keep it for later.
+    Later,
+    /// Can take it now.
+    Now,
+}
 
 /// Members of one shared subscription (group + filter), in arrival order.
 #[derive(Debug)]
@@ -29,21 +44,36 @@ struct Group<K, V> {
 }
 
 impl<K: Copy + Eq, V> Group<K, V> {
-    /// Round-robin pick preferring available members; if none is available the
-    /// member at the cursor is returned anyway.
-    fn pick(&self, is_available: &impl Fn(K) -> bool) -> Option<&(K, V)> {
+    /// Round-robin pick of the best-fitting member ([`Fit`]); `None` when every member is
+    /// [`Fit::Never`]. Stops at the first [`Fit::Now`], so a group whose members are online
+    /// costs one rating per message.
+    fn pick(&self, fit: &impl Fn(K, &V) -> Fit) -> Option<&(K, V)> {
         let n = self.members.len();
-        if n == 0 {
-            return None;
+        let start = self.cursor.load(Ordering::Relaxed) % n.max(1);
+        let mut best: Option<(usize, Fit)> = None;
+        for i in (0..n).map(|i| (start + i) % n) {
+            let Some(m) = self.members.get(i) else { continue };
+            let f = fit(m.0, &m.1);
+            if f > best.map_or(Fit::Never, |b| b.1) {
+                best = Some((i, f));
+                if f == Fit::Now {
+                    break;
+                }
+            }
         }
-        let start = self.cursor.load(Ordering::Relaxed) % n;
-        let idx = (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| self.members.get(i).is_some_and(|m| is_available(m.0)))
-            .unwrap_or(start);
+        let (idx, _) = best?;
         self.cursor.store((idx + 1) % n, Ordering::Relaxed);
         self.members.get(idx)
     }
+}
+
+/// One subscription that matched a topic ([`SubscriptionTree::for_each_match`]).
+#[derive(Debug)]
+pub enum Hit<'a, K, V> {
+    /// A plain subscription of `K`.
+    Plain(K, &'a V),
+    /// A shared subscription's group: the member picked, `None` when no member fits at all.
+    Shared(Option<(K, &'a V)>),
 }
 
 /// Subscribers whose filter ends at one slot of a node.
@@ -282,34 +312,46 @@ impl<K: Copy + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
         }
     }
 
-    /// Calls `f(key, options, group)` for every subscription matching `topic`.
+    /// The member of `$share/{group}/{filter}` that `fit` rates best (round-robin among
+    /// equals, as a publish would pick), or `None` when there is no such group or no member
+    /// fits. `filter` is the plain filter as subscribed.
+    pub fn pick_shared(&self, group: &str, filter: &str, fit: impl Fn(K, &V) -> Fit) -> Option<(K, &V)> {
+        let (path, slot) = split_filter(filter);
+        let mut node = &self.root;
+        for step in path {
+            node = node.child(step)?;
+        }
+        let subs = match slot {
+            Slot::Exact => node.exact.as_deref(),
+            Slot::Hash => node.hash.as_deref(),
+        }?;
+        subs.shared.get(group)?.pick(&fit).map(|(k, v)| (*k, v))
+    }
+
+    /// Calls `f` for every subscription matching `topic`.
     ///
-    /// * Plain subscriptions: one call per matching (key, filter) with
-    ///   `group == None`; a key with overlapping filters gets several calls and
-    ///   the caller merges them (MQTT 5.0 section 4.7.1.1 allows either).
-    /// * Shared subscriptions: one call per matching (group, filter) with
-    ///   `group == Some(name)`, for a single member picked round-robin among
-    ///   those for which `is_available(key)` is true; if no member is
-    ///   available the round-robin member is picked anyway (its session queues
-    ///   the message). Concurrent callers through `&self` may occasionally
-    ///   pick the same member; the rotation stays approximately fair.
+    /// * Plain subscriptions: one [`Hit::Plain`] per matching (key, filter); a key with
+    ///   overlapping filters gets several and the caller merges them (MQTT 5.0 section
+    ///   4.7.1.1 allows either).
+    /// * Shared subscriptions: one [`Hit::Shared`] per matching (group, filter) with the
+    ///   member picked round-robin among those `fit` rates best ([`Fit`]), or none when all are
+    ///   [`Fit::Never`]. Concurrent callers through `&self` may occasionally pick the same
+    ///   member; the rotation stays approximately fair.
     ///
     /// Topics starting with `$` do not match filters starting with `+` or `#`.
     pub fn for_each_match<'a>(
         &'a self,
         topic: &str,
-        is_available: impl Fn(K) -> bool,
-        mut f: impl FnMut(K, &'a V, Option<&'a str>),
+        fit: impl Fn(K, &V) -> Fit,
+        mut f: impl FnMut(Hit<'a, K, V>),
     ) {
         let mut emit = |subs: Option<&'a Subs<K, V>>| {
             let Some(subs) = subs else { return };
             for (k, v) in &subs.direct {
-                f(*k, v, None);
+                f(Hit::Plain(*k, v));
             }
-            for (name, grp) in &subs.shared {
-                if let Some((k, v)) = grp.pick(&is_available) {
-                    f(*k, v, Some(name));
-                }
+            for grp in subs.shared.values() {
+                f(Hit::Shared(grp.pick(&fit).map(|(k, v)| (*k, v))));
             }
         };
         let dollar = topic.starts_with('$');
@@ -338,9 +380,18 @@ impl<K: Copy + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
 mod tests {
     use super::*;
 
-    fn hits(t: &SubscriptionTree<u64, u8>, topic: &str) -> Vec<(u64, u8, Option<String>)> {
+    /// (key, options, shared) per hit, sorted.
+    fn hits(t: &SubscriptionTree<u64, u8>, topic: &str) -> Vec<(u64, u8, bool)> {
         let mut v = Vec::new();
-        t.for_each_match(topic, |_| true, |k, o, g| v.push((k, *o, g.map(String::from))));
+        t.for_each_match(
+            topic,
+            |_, _| Fit::Now,
+            |h| match h {
+                Hit::Plain(k, o) => v.push((k, *o, false)),
+                Hit::Shared(Some((k, o))) => v.push((k, *o, true)),
+                Hit::Shared(None) => {}
+            },
+        );
         v.sort();
         v
     }
@@ -354,9 +405,9 @@ mod tests {
         assert_eq!(t.insert("+/b", 3, 3), None);
         assert_eq!(t.insert("a/b", 1, 9), Some(0));
         assert_eq!(t.len(), 4);
-        assert_eq!(hits(&t, "a/b"), vec![(1, 1, None), (1, 9, None), (2, 2, None), (3, 3, None)]);
-        assert_eq!(hits(&t, "a/c"), vec![(1, 1, None), (2, 2, None)]);
-        assert_eq!(hits(&t, "b/b"), vec![(3, 3, None)]);
+        assert_eq!(hits(&t, "a/b"), vec![(1, 1, false), (1, 9, false), (2, 2, false), (3, 3, false)]);
+        assert_eq!(hits(&t, "a/c"), vec![(1, 1, false), (2, 2, false)]);
+        assert_eq!(hits(&t, "b/b"), vec![(3, 3, false)]);
         assert!(hits(&t, "a/b/c").iter().all(|h| h.0 == 2));
     }
 
@@ -369,7 +420,7 @@ mod tests {
         t.insert("+/a", 4, 0);
         assert_eq!(hits(&t, "a").len(), 2);
         assert_eq!(hits(&t, "a//b").len(), 3);
-        assert_eq!(hits(&t, "/a"), vec![(2, 0, None), (4, 0, None)]);
+        assert_eq!(hits(&t, "/a"), vec![(2, 0, false), (4, 0, false)]);
     }
 
     #[test]
@@ -380,21 +431,31 @@ mod tests {
         t.insert("$SYS/#", 3, 0);
         t.insert("$SYS/+", 4, 0);
         t.insert_shared("g", "#", 5, 0);
-        assert_eq!(hits(&t, "$SYS/uptime"), vec![(3, 0, None), (4, 0, None)]);
+        assert_eq!(hits(&t, "$SYS/uptime"), vec![(3, 0, false), (4, 0, false)]);
         assert_eq!(hits(&t, "x/uptime").len(), 3);
     }
 
-    /// Calls per (key, group) over `n` publishes to `s/x` with `avail` members.
-    fn tally(t: &SubscriptionTree<u64, u8>, n: usize, avail: fn(u64) -> bool) -> Vec<(u64, usize)> {
+    /// Calls per (key, group) over `n` publishes to `s/x` with members rated by `fit`, and
+    /// how many times a group had no member to pick.
+    fn tally(t: &SubscriptionTree<u64, u8>, n: usize, fit: fn(u64) -> Fit) -> (Vec<(u64, usize)>, usize) {
         let mut c: HashMap<u64, usize> = HashMap::new();
+        let mut none = 0;
         for _ in 0..n {
-            t.for_each_match("s/x", avail, |k, _, g| {
-                *c.entry(k).or_default() += usize::from(g.is_some());
-            });
+            t.for_each_match(
+                "s/x",
+                |k, _| fit(k),
+                |h| match h {
+                    Hit::Plain(k, _) => {
+                        c.entry(k).or_default();
+                    }
+                    Hit::Shared(Some((k, _))) => *c.entry(k).or_default() += 1,
+                    Hit::Shared(None) => none += 1,
+                },
+            );
         }
         let mut v: Vec<_> = c.into_iter().collect();
         v.sort();
-        v
+        (v, none)
     }
 
     #[test]
@@ -407,13 +468,33 @@ mod tests {
         t.insert("s/x", 7, 0);
         assert_eq!(t.insert_shared("g", "s/+", 2, 1), Some(0));
         assert_eq!(t.len(), 5);
-        let groups = hits(&t, "s/x").into_iter().filter_map(|h| h.2);
-        assert_eq!(groups.collect::<Vec<_>>(), ["g", "h"]);
-        assert_eq!(tally(&t, 300, |_| true), [(1, 100), (2, 100), (3, 100), (7, 0), (9, 300)]);
-        // member 2 offline: 1 and 3 alternate
-        assert_eq!(tally(&t, 100, |k| k != 2), [(1, 50), (3, 50), (7, 0), (9, 100)]);
-        // nobody available: still one member of each group per publish
-        assert_eq!(tally(&t, 3, |_| false), [(1, 1), (2, 1), (3, 1), (7, 0), (9, 3)]);
+        let shared: Vec<u64> = hits(&t, "s/x").into_iter().filter(|h| h.2).map(|h| h.0).collect();
+        assert_eq!(shared.len(), 2, "one member of g and 9 of h: {shared:?}");
+        assert!(shared.contains(&9));
+        let all = tally(&t, 300, |_| Fit::Now);
+        assert_eq!(all, (vec![(1, 100), (2, 100), (3, 100), (7, 0), (9, 300)], 0));
+        // member 2 cannot take it now: 1 and 3 alternate, 2 gets nothing
+        let now = |k| if k == 2 { Fit::Later } else { Fit::Now };
+        assert_eq!(tally(&t, 100, now), (vec![(1, 50), (3, 50), (7, 0), (9, 100)], 0));
+        // only 9 fits now; in g only 2 can keep it for later: all to 2
+        let later = |k| match k {
+            2 => Fit::Later,
+            9 => Fit::Now,
+            _ => Fit::Lossy,
+        };
+        assert_eq!(tally(&t, 10, later), (vec![(2, 10), (7, 0), (9, 10)], 0));
+        // nobody fits better than lossy: still rotated
+        let lossy = |k| if k == 9 { Fit::Now } else { Fit::Lossy };
+        assert_eq!(tally(&t, 3, lossy), (vec![(1, 1), (2, 1), (3, 1), (7, 0), (9, 3)], 0));
+        // nobody in g may take it
+        let never = |k| if k == 9 { Fit::Now } else { Fit::Never };
+        assert_eq!(tally(&t, 4, never), (vec![(7, 0), (9, 4)], 4));
+        assert_eq!(
+            t.pick_shared("g", "s/+", |k, _| if k == 3 { Fit::Now } else { Fit::Later }).map(|p| p.0),
+            Some(3)
+        );
+        assert!(t.pick_shared("g", "s/#", |_, _| Fit::Now).is_none(), "no such group");
+        assert!(t.pick_shared("g", "s/+", |_, _| Fit::Never).is_none());
 
         assert_eq!(t.remove_shared("g", "s/+", 2), Some(1));
         assert_eq!(t.remove_shared("g", "s/+", 2), None);
@@ -454,8 +535,8 @@ mod tests {
         }
         t.insert("dev/+/sensor/#", 99_999, 1);
         assert_eq!(t.len(), 10_001);
-        assert_eq!(hits(&t, "dev/7/sensor/507"), vec![(507, 0, None), (99_999, 1, None)]);
-        assert_eq!(hits(&t, "dev/7/sensor/508"), vec![(99_999, 1, None)]);
+        assert_eq!(hits(&t, "dev/7/sensor/507"), vec![(507, 0, false), (99_999, 1, false)]);
+        assert_eq!(hits(&t, "dev/7/sensor/508"), vec![(99_999, 1, false)]);
         let removed =
             (0..10_000u64).filter(|&i| t.remove(&format!("dev/{}/sensor/{i}", i % 100), i).is_some());
         assert_eq!(removed.count(), 10_000);

@@ -65,6 +65,11 @@ pub struct Delivery {
     /// Position in the session's durable queue, when the delivery is stored (persistent
     /// session, QoS 1/2); the store forgets it once the client acknowledges.
     pub seq: Option<u64>,
+    /// The shared subscription (`$share/{group}/{filter}`, as written) the delivery was picked
+    /// for; `None` for plain subscriptions. Lets the broker hand the message to another member
+    /// when this one leaves. Kept in memory only: a delivery restored from the store stays with
+    /// its session.
+    pub share: Option<Arc<str>>,
 }
 
 /// Options of one subscription, as granted.

@@ -118,6 +118,7 @@ pub fn accept(
         expiry: asked,
         identity: principal.identity(),
         takeover: ctx.auth.settings().session_takeover,
+        read: (!perms.is_unrestricted()).then(|| perms.clone() as Arc<dyn crate::model::ReadAccess>),
     };
     let mut attached = match ctx.broker.attach(&req, kill) {
         Ok(a) => a,

@@ -37,7 +37,7 @@ fn expiring(topic: &str, payload: &str, in_: Duration) -> Arc<Message> {
 }
 
 fn delivery(m: Arc<Message>) -> Delivery {
-    Delivery { msg: m, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![3], seq: None }
+    Delivery { msg: m, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![3], seq: None, share: None }
 }
 
 fn session(id: &str) -> SessionRecord {

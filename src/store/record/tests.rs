@@ -111,6 +111,7 @@ fn delivery_and_queued_round_trip() {
         retain: false,
         sub_ids: vec![1, 268_435_455],
         seq: Some(4),
+        share: None,
     };
     let back = decode_delivery(Bytes::from(encode_delivery(&d, &c)), &c).unwrap();
     assert_same(&d.msg, &back.msg, &c);
@@ -190,6 +191,7 @@ fn every_truncation_and_trailing_garbage_is_an_error() {
         retain: true,
         sub_ids: vec![5],
         seq: None,
+        share: None,
     };
     let s = SessionRecord {
         client_id: "c".into(),
