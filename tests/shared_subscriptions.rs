@@ -293,3 +293,39 @@ async fn a_qos2_message_already_sent_stays_with_its_member() {
     assert!(dup && rel, "A completes both: {resent:?}");
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_member_that_drops_its_connection_hands_its_messages_over() {
+    let b = TestBroker::start().await;
+    let mut a = connect_ok(&b, "sg-a", |p| p.properties.receive_maximum = Some(2)).await;
+    subscribe(&mut a, 1, "$share/g/sg/#", QoS::AtLeastOnce).await;
+    let mut p = connect(&b, "sg-pub").await;
+    publish_n(&mut p, "sg/x", 5).await;
+    for want in numbers(2) {
+        assert_eq!(text(&recv_publish(&mut a).await), want);
+    }
+    let mut bm = connect(&b, "sg-b").await;
+    subscribe(&mut bm, 1, "$share/g/sg/#", QoS::AtLeastOnce).await;
+    // No DISCONNECT: the broker notices the closed socket and the session ends.
+    drop(a);
+    assert_eq!(sorted(receive(&mut bm, 5).await), numbers(5), "the ended session's messages went to B");
+    assert!(until_pingresp(&mut bm).await.is_empty(), "each message once");
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_member_hands_what_it_kept_to_a_member_online_now() {
+    let b = TestBroker::start().await;
+    let mut a = connect_ok(&b, "sh-a", |p| p.properties.session_expiry_interval = Some(1)).await;
+    subscribe(&mut a, 1, "$share/g/sh/#", QoS::AtLeastOnce).await;
+    disconnect(a, 0, Properties::default()).await;
+    let mut p = connect(&b, "sh-pub").await;
+    // Nobody online: A's session keeps them.
+    publish_n(&mut p, "sh/x", 3).await;
+    let mut bm = connect(&b, "sh-b").await;
+    subscribe(&mut bm, 1, "$share/g/sh/#", QoS::AtLeastOnce).await;
+    // A's session expires after 1 s and hands them to B.
+    assert_eq!(sorted(receive(&mut bm, 3).await), numbers(3));
+    wait_sessions(&b, 2).await;
+    b.stop().await;
+}
