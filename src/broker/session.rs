@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use super::mailbox::Mailbox;
 use crate::model::{Delivery, Kill, KillReason, ReadAccess, SessionId, SessionOwner, SubOptions};
@@ -155,7 +155,7 @@ pub struct Session {
     persistent: AtomicBool,
     /// What the session's latest connection may read (`None`: everything, or not known for a
     /// session restored from the store). Kept while offline: shared subscriptions ask it.
-    reader: Mutex<Option<Arc<dyn ReadAccess>>>,
+    reader: RwLock<Option<Arc<dyn ReadAccess>>>,
 }
 
 impl Session {
@@ -168,18 +168,18 @@ impl Session {
             generation: AtomicU64::new(0),
             holder: Mutex::new(Holder::default()),
             persistent: AtomicBool::new(false),
-            reader: Mutex::new(None),
+            reader: RwLock::new(None),
         }
     }
 
     /// Sets what the session's connection may read (`None`: everything).
     pub(super) fn set_reader(&self, reader: Option<Arc<dyn ReadAccess>>) {
-        *self.reader.lock() = reader;
+        *self.reader.write() = reader;
     }
 
     /// True when the session's latest connection may read `topic` (always, when not known).
     pub fn may_read(&self, topic: &str) -> bool {
-        self.reader.lock().as_ref().is_none_or(|r| r.may_read(topic))
+        self.reader.read().as_ref().is_none_or(|r| r.may_read(topic))
     }
 
     /// True while a connection holds the session.
