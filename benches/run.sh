@@ -12,6 +12,8 @@ CARGO=${CARGO:-cargo}
 SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 TOOLS=target/bench-tools
 RUMQTTD_VERSION=0.20.0
+# Where cargo puts the release binaries (CARGO_TARGET_DIR if set, as cargo does).
+BIN=${CARGO_TARGET_DIR:-target}/release
 
 apt_install() {
   $SUDO apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1 ||
@@ -41,4 +43,4 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 ARGS=()
 case "${QUICK:-}" in "" | 0 | no | false) ;; *) ARGS+=(--quick) ;; esac
 # A broken broker must not hang the run: each run has its own limit, this bounds the whole.
-exec timeout -k 10 2400 target/release/dataloom-bench "${ARGS[@]}" "$@"
+exec timeout -k 10 2400 "$BIN/dataloom-bench" "${ARGS[@]}" "$@"
