@@ -39,7 +39,7 @@ struct Args {
     brokers: Vec<String>,
     /// Scenarios, comma-separated: fanin-qos0, fanin-qos1, fanin-qos2, fanout, mesh-N, rate, idle,
     /// state (issue 3), durable, restart-1m (issue 4), schema (issue 5), connect-auth, tls (issue 6),
-    /// hostile-subscribe (issue 14; `hostile` selects the whole group).
+    /// hostile-subscribe, hostile-slow-sub, subs-rss (issue 14; `hostile` selects the group).
     /// Default all (mesh-300 and mesh-1000; mesh-100 and mesh-300 with --quick).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
@@ -93,7 +93,7 @@ struct Args {
 }
 
 /// The hostile group of issue 14 (`--scenarios hostile`).
-const HOSTILE: [&str; 1] = ["hostile-subscribe"];
+const HOSTILE: [&str; 3] = ["hostile-subscribe", "hostile-slow-sub", "subs-rss"];
 
 fn parse_scenario(s: &str) -> anyhow::Result<Scenario> {
     Ok(match s {
@@ -110,6 +110,8 @@ fn parse_scenario(s: &str) -> anyhow::Result<Scenario> {
         "connect-auth" => Scenario::ConnectAuth,
         "tls" => Scenario::Tls,
         "hostile-subscribe" => Scenario::HostileSubscribe,
+        "hostile-slow-sub" => Scenario::HostileSlowSub,
+        "subs-rss" => Scenario::SubsRss,
         s => match s.strip_prefix("mesh-").and_then(|n| n.parse().ok()) {
             Some(n) if n > 0 => Scenario::Mesh(n),
             _ => anyhow::bail!("unknown scenario {s:?}"),
@@ -213,6 +215,21 @@ fn headline(s: Scenario, o: &scenario::Outcome) -> String {
             f("sub_time_s", 3),
             f("rss_growth_mib", 1),
             f("good_connect_p99_ms", 3)
+        ),
+        Scenario::HostileSlowSub => format!(
+            "{} MiB taken in {} s, RSS peak +{} MiB, held +{} MiB, good CONNECT p99 {} ms, {} failed",
+            f("flood_mib", 0),
+            f("flood_s", 3),
+            f("peak_rss_growth_mib", 1),
+            f("rss_growth_mib", 1),
+            f("good_connect_p99_ms", 3),
+            f("probe_failed", 0)
+        ),
+        Scenario::SubsRss => format!(
+            "{} subscriptions, {} KiB per 1,000, {} /s",
+            f("subscriptions", 0),
+            f("rss_per_1k_subs_kib", 1),
+            f("subscribe_per_s", 0)
         ),
         _ => format!(
             "{} deliveries/s, p50 {} ms, p99 {} ms, lost {}, dups {}",

@@ -230,3 +230,93 @@ fn describe_end(end: &SubEnd, secs: f64, kind: Kind) -> String {
         SubEnd::TimedOut => format!("no SUBACK within {} s", SUBACK_LIMIT.as_secs()),
     }
 }
+
+/// `hostile-slow-sub`: see the module header.
+pub async fn hostile_slow_sub(broker: &mut Running) -> anyhow::Result<Outcome> {
+    let mut o = Outcome::default();
+    let topic = "slow/t";
+    let mut slow = Client::connect_persistent(broker.addr, "slow-sub").await?;
+    slow.subscribe(topic, QoS::AtMostOnce).await?;
+    // From here on `slow` is never read.
+    let publisher = Client::connect(broker.addr, "flood-pub").await?;
+    let (rd, wr) = publisher.stream.into_split();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_now(broker);
+    let peak = PeakRss::start(broker);
+    let prober = Prober::start(broker.addr, "good");
+    let tpl = Template::with_body(topic, QoS::AtMostOnce, false, 0, Body::Sized(FLOOD_PAYLOAD));
+    let sent = Rc::new(Cell::new(0));
+    let t0 = now_ns();
+    let until = t0 + FLOOD_LIMIT.as_nanos() as u64;
+    let flood = blast_n(wr, tpl, FLOOD_BATCH, FLOOD_MESSAGES, until, sent.clone()).await;
+    let secs = (now_ns() - t0) as f64 / 1e9;
+    // Let the broker settle with the flood taken, good clients still connecting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    prober.finish(&mut o).await;
+    growth_metrics(&mut o, before, rss_now(broker), peak.finish().await);
+    let mib = sent.get() as f64 * FLOOD_PAYLOAD as f64 / MIB;
+    o.set("flood_mib", mib);
+    o.set("flood_s", secs);
+    o.set("flood_mib_per_s", mib / secs);
+    match flood {
+        Ok(_) if sent.get() < u64::from(FLOOD_MESSAGES) => o.notes.push(format!(
+            "the broker took {} of {FLOOD_MESSAGES} messages within {} s",
+            sent.get(),
+            FLOOD_LIMIT.as_secs()
+        )),
+        Ok(_) => {}
+        Err(e) => o.notes.push(format!("publisher: {e} after {} messages", sent.get())),
+    }
+    if let Some(d) = broker.died() {
+        o.notes.push(d);
+    }
+    drop((slow, rd));
+    Ok(o)
+}
+
+/// `subs-rss`: see the module header. Filters are `subs/{client}/{i}`, all distinct.
+pub async fn subs_rss(broker: &mut Running) -> anyhow::Result<Outcome> {
+    let mut o = Outcome::default();
+    let clients = connect_many(broker.addr, "subs", SUBS_CLIENTS, SUBS_CLIENTS, None).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_now(broker);
+    let t0 = now_ns();
+    let mut tasks = Vec::new();
+    for (n, (c, _)) in clients.into_iter().enumerate() {
+        tasks.push(tokio::task::spawn_local(subscribe_all(c, n)));
+    }
+    let (mut granted, mut refused, mut kept) = (0, 0, Vec::new());
+    for t in tasks {
+        let (c, g, r) = t.await??;
+        (granted, refused) = (granted + g, refused + r);
+        kept.push(c);
+    }
+    let secs = (now_ns() - t0) as f64 / 1e9;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let grown = rss_now(broker) as f64 - before as f64;
+    o.set("subscriptions", granted as f64);
+    o.set("subscribe_per_s", granted as f64 / secs);
+    if granted > 0 {
+        o.set("rss_per_1k_subs_kib", grown / granted as f64 * 1000.0 / 1024.0);
+    }
+    o.set("rss_growth_mib", grown / MIB);
+    if refused > 0 {
+        o.notes.push(format!("{refused} filters refused in SUBACKs"));
+    }
+    drop(kept);
+    Ok(o)
+}
+
+/// Subscribes client `n` to its [`SUBS_PER_CLIENT`] filters, [`SUBS_BATCH`] per SUBSCRIBE;
+/// returns the client with the filters granted and refused.
+async fn subscribe_all(mut c: Client, n: usize) -> io::Result<(Client, usize, usize)> {
+    let (mut granted, mut refused) = (0, 0);
+    for (batch, first) in (0..SUBS_PER_CLIENT).step_by(SUBS_BATCH).enumerate() {
+        let filters: Vec<String> =
+            (first..(first + SUBS_BATCH).min(SUBS_PER_CLIENT)).map(|i| format!("subs/{n}/{i}")).collect();
+        let codes = c.subscribe_many(batch as u16 + 1, &filters, QoS::AtMostOnce).await?;
+        let ok = codes.iter().filter(|&&c| c < 0x80).count();
+        (granted, refused) = (granted + ok, refused + codes.len() - ok);
+    }
+    Ok((c, granted, refused))
+}

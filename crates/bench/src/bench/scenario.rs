@@ -39,6 +39,10 @@ pub enum Scenario {
     Tls,
     /// Issue 14 (hostile group): one SUBSCRIBE of 100,000 filters.
     HostileSubscribe,
+    /// Issue 14: a subscriber that never reads under a 200 MiB QoS 0 flood.
+    HostileSlowSub,
+    /// Issue 14: broker RSS per 1,000 subscriptions.
+    SubsRss,
 }
 
 impl Scenario {
@@ -58,6 +62,8 @@ impl Scenario {
             Scenario::ConnectAuth => "connect-auth".into(),
             Scenario::Tls => "tls".into(),
             Scenario::HostileSubscribe => "hostile-subscribe".into(),
+            Scenario::HostileSlowSub => "hostile-slow-sub".into(),
+            Scenario::SubsRss => "subs-rss".into(),
         }
     }
 
@@ -142,6 +148,18 @@ impl Scenario {
                 "hostile: one SUBSCRIBE of {} distinct filters (just under 1 MiB, 3.1.1, clean session 0), \
                  good clients CONNECT every 5 ms meanwhile",
                 super::hostile::HOSTILE_FILTERS
+            ),
+            Scenario::HostileSlowSub => format!(
+                "hostile: a QoS 0 subscriber that never reads; {} MiB of {} KiB QoS 0 messages to its topic, \
+                 good clients CONNECT every 5 ms meanwhile",
+                (super::hostile::FLOOD_MESSAGES as usize * super::hostile::FLOOD_PAYLOAD) >> 20,
+                super::hostile::FLOOD_PAYLOAD >> 10
+            ),
+            Scenario::SubsRss => format!(
+                "{} clients x {} distinct subscriptions ({} filters per SUBSCRIBE): broker RSS per 1,000",
+                super::hostile::SUBS_CLIENTS,
+                super::hostile::SUBS_PER_CLIENT,
+                super::hostile::SUBS_BATCH
             ),
         }
     }
@@ -437,6 +455,8 @@ pub async fn run(s: Scenario, p: &Params, broker: &mut Running) -> anyhow::Resul
         Scenario::Idle => super::burst::idle(p, broker).await?,
         Scenario::State => super::burst::state(p, broker, deadline_ns).await?,
         Scenario::HostileSubscribe => super::hostile::hostile_subscribe(broker).await?,
+        Scenario::HostileSlowSub => super::hostile::hostile_slow_sub(broker).await?,
+        Scenario::SubsRss => super::hostile::subs_rss(broker).await?,
         _ => anyhow::bail!("{} starts its own brokers", s.key()),
     };
     memory_metrics(&mut o, broker);
