@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # benches/run.sh — what `make bench` runs: builds the release binaries, installs what is missing
 # (Mosquitto from Debian, rumqttd 0.20.0 from crates.io into target/bench-tools, taskset), raises
-# the open-file limit and runs the load generator (crates/bench).
+# the open-file limit and runs the load generator (crates/bench). The binaries are taken from
+# $CARGO_TARGET_DIR/release when CARGO_TARGET_DIR is set (target/release otherwise).
 #
 #   QUICK=1 benches/run.sh              short run for development
 #   benches/run.sh --scenarios fanout   any dataloom-bench flags (see --help)
