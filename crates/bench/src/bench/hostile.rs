@@ -173,12 +173,18 @@ enum SubEnd {
     TimedOut,
 }
 
-/// `hostile-subscribe`: see the module header.
-pub async fn hostile_subscribe(broker: &mut Running) -> anyhow::Result<Outcome> {
-    let mut o = Outcome::default();
+/// The hostile SUBSCRIBE (packet id 1), encoded: [`HOSTILE_FILTERS`] filters `h/00000`...
+fn hostile_frame() -> BytesMut {
     let filters = (0..HOSTILE_FILTERS).map(|i| format!("h/{i:05}"));
     let mut frame = BytesMut::new();
     encode(&subscribe_packet(1, filters, QoS::AtMostOnce), V, &mut frame);
+    frame
+}
+
+/// `hostile-subscribe`: see the module header.
+pub async fn hostile_subscribe(broker: &mut Running) -> anyhow::Result<Outcome> {
+    let mut o = Outcome::default();
+    let frame = hostile_frame();
     let mut c = Client::connect_persistent(broker.addr, "hostile-subscribe").await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = rss_now(broker);
@@ -319,4 +325,16 @@ async fn subscribe_all(mut c: Client, n: usize) -> io::Result<(Client, usize, us
         (granted, refused) = (granted + ok, refused + codes.len() - ok);
     }
     Ok((c, granted, refused))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_subscribe_is_just_under_one_mib() {
+        let frame = hostile_frame();
+        assert_eq!(frame.len(), 1_000_006);
+        assert!(frame.len() < 1024 * 1024);
+    }
 }
