@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # benches/run.sh — what `make bench` runs: builds the release binaries, installs what is missing
 # (Mosquitto from Debian, rumqttd 0.20.0 from crates.io into target/bench-tools, taskset), raises
-# the open-file limit and runs the load generator (crates/bench).
+# the open-file limit and runs the load generator (crates/bench). The binaries are taken from
+# $CARGO_TARGET_DIR/release when CARGO_TARGET_DIR is set (target/release otherwise).
 #
 #   QUICK=1 benches/run.sh              short run for development
 #   benches/run.sh --scenarios fanout   any dataloom-bench flags (see --help)
@@ -12,6 +13,8 @@ CARGO=${CARGO:-cargo}
 SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 TOOLS=target/bench-tools
 RUMQTTD_VERSION=0.20.0
+# Where cargo puts the release binaries (CARGO_TARGET_DIR if set, as cargo does).
+BIN=${CARGO_TARGET_DIR:-target}/release
 
 apt_install() {
   $SUDO apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1 ||
@@ -41,4 +44,4 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 ARGS=()
 case "${QUICK:-}" in "" | 0 | no | false) ;; *) ARGS+=(--quick) ;; esac
 # A broken broker must not hang the run: each run has its own limit, this bounds the whole.
-exec timeout -k 10 2400 target/release/dataloom-bench "${ARGS[@]}" "$@"
+exec timeout -k 10 2400 "$BIN/dataloom-bench" "${ARGS[@]}" "$@"

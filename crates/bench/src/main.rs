@@ -38,7 +38,8 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "dataloom,mosquitto,rumqttd")]
     brokers: Vec<String>,
     /// Scenarios, comma-separated: fanin-qos0, fanin-qos1, fanin-qos2, fanout, mesh-N, rate, idle,
-    /// state (issue 3), durable, restart-1m (issue 4), schema (issue 5), connect-auth, tls (issue 6).
+    /// state (issue 3), durable, restart-1m (issue 4), schema (issue 5), connect-auth, tls (issue 6),
+    /// hostile-subscribe, hostile-slow-sub, subs-rss (issue 14; `hostile` selects the group).
     /// Default all (mesh-300 and mesh-1000; mesh-100 and mesh-300 with --quick).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
@@ -91,6 +92,9 @@ struct Args {
     time_limit: Option<u64>,
 }
 
+/// The hostile group of issue 14 (`--scenarios hostile`).
+const HOSTILE: [&str; 3] = ["hostile-subscribe", "hostile-slow-sub", "subs-rss"];
+
 fn parse_scenario(s: &str) -> anyhow::Result<Scenario> {
     Ok(match s {
         "fanin-qos0" => Scenario::FanInQos0,
@@ -105,6 +109,9 @@ fn parse_scenario(s: &str) -> anyhow::Result<Scenario> {
         "schema" => Scenario::Schema,
         "connect-auth" => Scenario::ConnectAuth,
         "tls" => Scenario::Tls,
+        "hostile-subscribe" => Scenario::HostileSubscribe,
+        "hostile-slow-sub" => Scenario::HostileSlowSub,
+        "subs-rss" => Scenario::SubsRss,
         s => match s.strip_prefix("mesh-").and_then(|n| n.parse().ok()) {
             Some(n) if n > 0 => Scenario::Mesh(n),
             _ => anyhow::bail!("unknown scenario {s:?}"),
@@ -201,6 +208,29 @@ fn headline(s: Scenario, o: &scenario::Outcome) -> String {
             f("tls_fanin_per_s", 0),
             f("tls_fanin_ratio", 2)
         ),
+        Scenario::HostileSubscribe => format!(
+            "{} of {} filters granted in {} s, RSS +{} MiB, good CONNECT p99 {} ms",
+            f("filters_granted", 0),
+            f("filters_sent", 0),
+            f("sub_time_s", 3),
+            f("rss_growth_mib", 1),
+            f("good_connect_p99_ms", 3)
+        ),
+        Scenario::HostileSlowSub => format!(
+            "{} MiB taken in {} s, RSS peak +{} MiB, held +{} MiB, good CONNECT p99 {} ms, {} failed",
+            f("flood_mib", 0),
+            f("flood_s", 3),
+            f("peak_rss_growth_mib", 1),
+            f("rss_growth_mib", 1),
+            f("good_connect_p99_ms", 3),
+            f("probe_failed", 0)
+        ),
+        Scenario::SubsRss => format!(
+            "{} subscriptions, {} KiB per 1,000, {} /s",
+            f("subscriptions", 0),
+            f("rss_per_1k_subs_kib", 1),
+            f("subscribe_per_s", 0)
+        ),
         _ => format!(
             "{} deliveries/s, p50 {} ms, p99 {} ms, lost {}, dups {}",
             f("throughput", 0),
@@ -249,9 +279,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut all = vec!["fanin-qos0", "fanin-qos1", "fanin-qos2", "fanout", mesh[0], mesh[1]];
         all.extend(["rate", "idle", "state"]);
         all.extend(["durable", "restart-1m", "schema", "connect-auth", "tls"]);
+        all.extend(HOSTILE);
         all.into_iter().map(String::from).collect()
     } else {
-        args.scenarios.clone()
+        args.scenarios
+            .iter()
+            .flat_map(|s| if s == "hostile" { HOSTILE.map(String::from).to_vec() } else { vec![s.clone()] })
+            .collect()
     };
     let scenarios = scenario_names.iter().map(|s| parse_scenario(s)).collect::<anyhow::Result<Vec<_>>>()?;
     let dataloom = match &args.dataloom {

@@ -27,7 +27,9 @@ use tokio_rustls::rustls::{self, RootCertStore};
 use super::brokers::{Opts, Running};
 use super::client::{Template, blast, mqtt_connect, next_packet, receive, send};
 use super::flow::{FlowOpts, fan_in_with, join_publishers, summarize_errors};
-use super::scenario::{CpuMeter, Env, Outcome, Params, delivery_metrics, drain, memory_metrics, new_shared};
+use super::scenario::{
+    CpuMeter, Env, Outcome, Params, delivery_metrics, drain, latency_metrics, memory_metrics, new_shared,
+};
 use super::stats::{Histogram, Tracker, now_ns};
 
 /// Connections opened at a time.
@@ -99,10 +101,7 @@ async fn churn(addr: SocketAddr, n: usize, t: &Transport, login: Option<(&str, &
 
 fn set_churn(o: &mut Outcome, c: &Churn, keys: [&'static str; 3]) {
     o.set(keys[0], c.per_s);
-    if let (Some(p50), Some(p99)) = (c.lat.quantile(0.5), c.lat.quantile(0.99)) {
-        o.set(keys[1], p50 as f64 / 1e6);
-        o.set(keys[2], p99 as f64 / 1e6);
-    }
+    latency_metrics(o, &c.lat, [keys[1], keys[2]]);
     o.notes.extend(summarize_errors(&c.errors));
 }
 

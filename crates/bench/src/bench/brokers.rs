@@ -65,6 +65,7 @@ pub struct Opts {
 /// A running broker process.
 pub struct Running {
     child: Child,
+    pub kind: Kind,
     pub pid: u32,
     pub addr: SocketAddr,
     /// The MQTT/TLS listener (dataloom with `Opts::tls`).
@@ -227,6 +228,7 @@ pub async fn start_with(
     };
     let mut running = Running {
         child,
+        kind: bin.kind,
         pid,
         addr,
         tls_addr,

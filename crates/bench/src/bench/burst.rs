@@ -15,7 +15,8 @@ use super::brokers::Running;
 use super::client::{Client, RxShared, Template, V, payload, receive, windowed};
 use super::flow::summarize_errors;
 use super::scenario::{
-    CpuMeter, Outcome, Params, connect_many, delivery_metrics, drain, new_shared, start_receivers,
+    CpuMeter, Outcome, Params, connect_many, delivery_metrics, drain, latency_metrics, new_shared,
+    start_receivers,
 };
 use super::stats::{Histogram, Tracker, now_ns};
 
@@ -96,10 +97,7 @@ pub async fn idle(p: &Params, broker: &mut Running) -> anyhow::Result<Outcome> {
     o.set("connections", streams.len() as f64);
     o.set("rss_per_conn_kib", after.saturating_sub(before) as f64 / streams.len() as f64 / 1024.0);
     o.set("connects_per_s", streams.len() as f64 / connect_secs);
-    if let (Some(p50), Some(p99)) = (lat.quantile(0.5), lat.quantile(0.99)) {
-        o.set("connect_p50_ms", p50 as f64 / 1e6);
-        o.set("connect_p99_ms", p99 as f64 / 1e6);
-    }
+    latency_metrics(&mut o, &lat, ["connect_p50_ms", "connect_p99_ms"]);
     drop(streams);
     Ok(o)
 }

@@ -58,10 +58,24 @@ impl Client {
         client_id: &str,
         login: Option<(&str, &str)>,
     ) -> io::Result<Client> {
+        Client::connect_with(addr, client_id, login, true).await
+    }
+
+    /// [`Client::connect`] asking for a persistent session (clean session 0).
+    pub async fn connect_persistent(addr: SocketAddr, client_id: &str) -> io::Result<Client> {
+        Client::connect_with(addr, client_id, None, false).await
+    }
+
+    async fn connect_with(
+        addr: SocketAddr,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+        clean: bool,
+    ) -> io::Result<Client> {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let mut rbuf = BytesMut::with_capacity(4096);
-        mqtt_connect(&mut stream, &mut rbuf, client_id, login).await?;
+        mqtt_connect_session(&mut stream, &mut rbuf, client_id, login, clean).await?;
         Ok(Client { stream, rbuf })
     }
 
@@ -76,15 +90,27 @@ impl Client {
 
     /// Sends SUBSCRIBE (packet id 1) without waiting for SUBACK.
     pub async fn send_subscribe(&mut self, filter: &str, qos: QoS) -> io::Result<()> {
-        let f = SubscribeFilter {
-            filter: filter.to_string(),
-            qos,
-            no_local: false,
-            retain_as_published: false,
-            retain_handling: RetainHandling::OnSubscribe,
-        };
-        let sub = Subscribe { pkid: 1, filters: vec![f], properties: Properties::default() };
-        self.send(&Packet::Subscribe(sub)).await
+        self.send(&subscribe_packet(1, [filter.to_string()], qos)).await
+    }
+
+    /// Subscribes to all of `filters` in one SUBSCRIBE with packet id `pkid` and returns the
+    /// SUBACK's return codes (one per filter; a code >= 0x80 is a refusal).
+    pub async fn subscribe_many(&mut self, pkid: u16, filters: &[String], qos: QoS) -> io::Result<Vec<u8>> {
+        self.send(&subscribe_packet(pkid, filters.iter().cloned(), qos)).await?;
+        self.read_suback(pkid, filters.len()).await
+    }
+
+    /// Waits for the SUBACK of SUBSCRIBE `pkid` of `n` filters and returns its return codes.
+    pub async fn read_suback(&mut self, pkid: u16, n: usize) -> io::Result<Vec<u8>> {
+        match self.next_packet().await? {
+            Packet::SubAck(a) if a.pkid == pkid && a.codes.len() == n => Ok(a.codes),
+            Packet::SubAck(a) => Err(proto_err(format!(
+                "SUBACK {} with {} codes for SUBSCRIBE {pkid} of {n} filters",
+                a.pkid,
+                a.codes.len()
+            ))),
+            p => Err(proto_err(format!("expected SUBACK, got {}", p.name()))),
+        }
     }
 
     /// Subscribes and waits for a SUBACK that grants the subscription at `qos` (a broker that
@@ -99,6 +125,21 @@ impl Client {
             p => Err(proto_err(format!("expected SUBACK, got {}", p.name()))),
         }
     }
+}
+
+/// A SUBSCRIBE of `filters`, all at `qos`.
+pub fn subscribe_packet(pkid: u16, filters: impl IntoIterator<Item = String>, qos: QoS) -> Packet {
+    let filters = filters
+        .into_iter()
+        .map(|filter| SubscribeFilter {
+            filter,
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainHandling::OnSubscribe,
+        })
+        .collect();
+    Packet::Subscribe(Subscribe { pkid, filters, properties: Properties::default() })
 }
 
 /// Encodes and writes one packet.
@@ -130,9 +171,21 @@ pub async fn mqtt_connect<S: AsyncRead + AsyncWrite + Unpin>(
     client_id: &str,
     login: Option<(&str, &str)>,
 ) -> io::Result<()> {
+    mqtt_connect_session(s, rbuf, client_id, login, true).await
+}
+
+/// [`mqtt_connect`] with the clean session flag: `false` asks for a persistent session (MQTT
+/// 3.1.1 has no session expiry; it lasts until a clean CONNECT with the same client id).
+pub async fn mqtt_connect_session<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    rbuf: &mut BytesMut,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+    clean: bool,
+) -> io::Result<()> {
     let connect = Connect {
         protocol: V,
-        clean_start: true,
+        clean_start: clean,
         keep_alive: 600,
         client_id: client_id.to_string(),
         will: None,
@@ -167,6 +220,8 @@ pub fn payload_sized(pub_id: u32, seq: u32, ts: u64, len: usize) -> Bytes {
 pub enum Body {
     /// 64 bytes: publisher id, sequence number, timestamp (binary), zero padding.
     Binary,
+    /// The binary layout padded with zeros to this many bytes (at least 16).
+    Sized(usize),
     /// A JSON object of 6 fields (schema scenario), see [`json_payload`].
     Json,
 }
@@ -239,6 +294,7 @@ impl Template {
     pub fn with_body(topic: &str, qos: QoS, retain: bool, pub_id: u32, body: Body) -> Self {
         let payload = match body {
             Body::Binary => payload(pub_id, 0, 0),
+            Body::Sized(len) => payload_sized(pub_id, 0, 0, len),
             Body::Json => json_payload(pub_id, 0, 0),
         };
         let len = payload.len();
@@ -268,7 +324,7 @@ impl Template {
         let f = &mut out[start..];
         let p = self.payload_at;
         match self.body {
-            Body::Binary => {
+            Body::Binary | Body::Sized(_) => {
                 f[p + 4..p + 8].copy_from_slice(&seq.to_le_bytes());
                 f[p + 8..p + 16].copy_from_slice(&ts.to_le_bytes());
             }
@@ -431,15 +487,27 @@ impl RxAcks {
 /// A write the broker does not take by then (it pushes back) is abandoned: `sent` counts the
 /// frames written whole. Returns the write half: dropping it would close the sending side.
 pub async fn blast<W: AsyncWrite + Unpin>(
-    mut wr: W,
+    wr: W,
     tpl: Template,
     batch: usize,
     until_ns: u64,
     sent: Rc<Cell<u64>>,
 ) -> io::Result<W> {
+    blast_n(wr, tpl, batch, u32::MAX, until_ns, sent).await
+}
+
+/// [`blast`] that stops after `limit` frames (a multiple of `batch`, rounded up).
+pub async fn blast_n<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    tpl: Template,
+    batch: usize,
+    limit: u32,
+    until_ns: u64,
+    sent: Rc<Cell<u64>>,
+) -> io::Result<W> {
     let mut out = BytesMut::with_capacity(batch * tpl.len());
     let mut seq = 0u32;
-    while now_ns() < until_ns {
+    while now_ns() < until_ns && seq < limit {
         let ts = now_ns();
         for _ in 0..batch {
             tpl.put(&mut out, seq, ts, 0);

@@ -1,7 +1,7 @@
 //! Results: medians over rounds per scenario and broker, the ratios dataloom/rumqttd and
 //! dataloom/mosquitto, the issues' targets checked against dataloom's figures (issue 3's,
-//! fanin-qos2's exactly once, issues 4-6), printed as text tables and written as markdown and
-//! JSON.
+//! fanin-qos2's exactly once, issues 4-6; issue 14's hostile figures, reported), printed as
+//! text tables and written as markdown and JSON.
 
 use std::fmt::Write as _;
 
@@ -107,6 +107,24 @@ const METRICS: &[MetricDef] = &[
     m("tls_fanin_broker_cpu_pct", "broker CPU, TLS fan-in (%)", 0, Better::Neither),
     m("tls_fanin_gen_cpu_pct", "generator CPU, TLS fan-in (%)", 0, Better::Neither),
     m("tls_fanin_ratio", "ratio TLS / TCP fan-in", 2, Better::Neither),
+    // hostile group (issue 14)
+    m("subscribe_bytes", "SUBSCRIBE size (bytes)", 0, Better::Neither),
+    m("filters_sent", "filters sent", 0, Better::Neither),
+    m("filters_granted", "filters granted", 0, Better::Neither),
+    m("sub_time_s", "time to SUBACK or close (s)", 3, Better::Lower),
+    m("rss_growth_mib", "broker RSS growth (MiB)", 1, Better::Lower),
+    m("peak_rss_growth_mib", "broker peak RSS growth (MiB)", 1, Better::Lower),
+    m("flood_mib", "flood published (MiB)", 0, Better::Neither),
+    m("flood_s", "flood taken in (s)", 3, Better::Lower),
+    m("flood_mib_per_s", "flood rate (MiB/s)", 0, Better::Neither),
+    m("subscriptions", "subscriptions granted", 0, Better::Neither),
+    m("subscribe_per_s", "subscriptions/s", 0, Better::Higher),
+    m("rss_per_1k_subs_kib", "RSS per 1,000 subscriptions (KiB)", 1, Better::Lower),
+    m("probe_connects", "good CONNECTs meanwhile", 0, Better::Neither),
+    m("probe_failed", "good CONNECTs failed", 0, Better::Lower),
+    m("good_connect_p50_ms", "good CONNECT p50 (ms)", 3, Better::Lower),
+    m("good_connect_p99_ms", "good CONNECT p99 (ms)", 3, Better::Lower),
+    m("good_connect_max_ms", "good CONNECT max (ms)", 3, Better::Lower),
     m("peak_rss_mib", "broker peak RSS (MiB)", 1, Better::Lower),
     m("broker_cpu_pct", "broker CPU (%)", 0, Better::Neither),
     m("gen_cpu_pct", "generator CPU (%)", 0, Better::Neither),
@@ -276,6 +294,7 @@ pub fn scenario_text(runs: &[Run], scenario: &str, title: &str, brokers: &[Kind]
 fn targets(runs: &[Run]) -> Vec<[String; 3]> {
     let mut all = issue3_targets(runs);
     all.extend(later_targets(runs));
+    all.extend(hostile_targets(runs));
     all.into_iter().filter(|(s, _)| runs.iter().any(|r| r.scenario == *s)).map(|(_, t)| t).collect()
 }
 
@@ -398,6 +417,34 @@ fn later_targets(runs: &[Run]) -> Vec<(&'static str, [String; 3])> {
         ],
     ));
     out
+}
+
+/// Issue 14's hostile group: figures to report beside Mosquitto's and rumqttd's, no bounds.
+fn hostile_targets(runs: &[Run]) -> Vec<(&'static str, [String; 3])> {
+    let get = |s: &str, k: &str| Kind::ALL.map(|b| med(runs, s, b, k));
+    let f = fmt_num;
+    let each = |v: [Option<f64>; 3], d: usize, unit: &str| {
+        let [dl, mq, rq] = v.map(|x| f(x, d));
+        format!("{dl}{unit} (mosquitto {mq}, rumqttd {rq})")
+    };
+    let reported = |v: [Option<f64>; 3]| if v[0].is_some() { "reported" } else { "n/a" }.to_string();
+    let s = "hostile-subscribe";
+    let (t, rss, p99) = (get(s, "sub_time_s"), get(s, "rss_growth_mib"), get(s, "good_connect_p99_ms"));
+    let sub = format!(
+        "{}; RSS +{}; good CONNECT p99 {}",
+        each(t, 3, " s"),
+        each(rss, 1, " MiB"),
+        each(p99, 3, " ms")
+    );
+    let s2 = "hostile-slow-sub";
+    let (peak, held) = (get(s2, "peak_rss_growth_mib"), get(s2, "rss_growth_mib"));
+    let slow = format!("peak +{}; held +{}", each(peak, 1, " MiB"), each(held, 1, " MiB"));
+    let per_k = get("subs-rss", "rss_per_1k_subs_kib");
+    vec![
+        (s, ["hostile-subscribe (issue 14): time and RSS of one 100,000-filter SUBSCRIBE, good CONNECT p99".into(), sub, reported(t)]),
+        (s2, ["hostile-slow-sub (issue 14): RSS growth under a never-reading subscriber".into(), slow, reported(peak)]),
+        ("subs-rss", ["subs-rss (issue 14): RSS per 1,000 subscriptions".into(), each(per_k, 1, " KiB"), reported(per_k)]),
+    ]
 }
 
 /// fanin-qos1: throughput against rumqttd, p99 against Mosquitto, no loss or duplicates.

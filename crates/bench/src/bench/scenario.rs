@@ -37,6 +37,12 @@ pub enum Scenario {
     ConnectAuth,
     /// Issue 6: TLS handshake rate and fan-in QoS 0 over TLS beside TCP.
     Tls,
+    /// Issue 14 (hostile group): one SUBSCRIBE of 100,000 filters.
+    HostileSubscribe,
+    /// Issue 14: a subscriber that never reads under a 200 MiB QoS 0 flood.
+    HostileSlowSub,
+    /// Issue 14: broker RSS per 1,000 subscriptions.
+    SubsRss,
 }
 
 impl Scenario {
@@ -55,6 +61,9 @@ impl Scenario {
             Scenario::Schema => "schema".into(),
             Scenario::ConnectAuth => "connect-auth".into(),
             Scenario::Tls => "tls".into(),
+            Scenario::HostileSubscribe => "hostile-subscribe".into(),
+            Scenario::HostileSlowSub => "hostile-slow-sub".into(),
+            Scenario::SubsRss => "subs-rss".into(),
         }
     }
 
@@ -134,6 +143,23 @@ impl Scenario {
             Scenario::Tls => format!(
                 "{} TLS connections (handshake + CONNECT, 32 at a time), then fan-in QoS 0 over TCP and TLS, {secs} s each",
                 p.connects
+            ),
+            Scenario::HostileSubscribe => format!(
+                "hostile: one SUBSCRIBE of {} distinct filters (just under 1 MiB, 3.1.1, clean session 0), \
+                 good clients CONNECT every 5 ms meanwhile",
+                super::hostile::HOSTILE_FILTERS
+            ),
+            Scenario::HostileSlowSub => format!(
+                "hostile: a QoS 0 subscriber that never reads; {} MiB of {} KiB QoS 0 messages to its topic, \
+                 good clients CONNECT every 5 ms meanwhile",
+                (super::hostile::FLOOD_MESSAGES as usize * super::hostile::FLOOD_PAYLOAD) >> 20,
+                super::hostile::FLOOD_PAYLOAD >> 10
+            ),
+            Scenario::SubsRss => format!(
+                "{} clients x {} distinct subscriptions ({} filters per SUBSCRIBE): broker RSS per 1,000",
+                super::hostile::SUBS_CLIENTS,
+                super::hostile::SUBS_PER_CLIENT,
+                super::hostile::SUBS_BATCH
             ),
         }
     }
@@ -358,10 +384,7 @@ pub fn delivery_metrics(
 ) {
     let (unique, dups) =
         trackers.iter().fold((0, 0), |(u, d), t| (u + t.borrow().unique, d + t.borrow().dups));
-    if let (Some(p50), Some(p99)) = (lat.quantile(0.5), lat.quantile(0.99)) {
-        o.set("p50_ms", p50 as f64 / 1e6);
-        o.set("p99_ms", p99 as f64 / 1e6);
-    }
+    latency_metrics(o, lat, ["p50_ms", "p99_ms"]);
     o.set("sent", expected as f64);
     let missing = expected.saturating_sub(unique) as f64;
     if let Drained::CutOff(_) = drained {
@@ -388,6 +411,14 @@ pub fn qos2_metrics(o: &mut Outcome, sh: &RxShared) {
     }
     if sh.unknown_pubrels > 0 {
         o.notes.push(format!("{} PUBRELs for a packet id awaiting none", sh.unknown_pubrels));
+    }
+}
+
+/// p50 and p99 of `lat` in milliseconds under the keys `[p50, p99]` (nothing when empty).
+pub fn latency_metrics(o: &mut Outcome, lat: &Histogram, keys: [&'static str; 2]) {
+    if let (Some(p50), Some(p99)) = (lat.quantile(0.5), lat.quantile(0.99)) {
+        o.set(keys[0], p50 as f64 / 1e6);
+        o.set(keys[1], p99 as f64 / 1e6);
     }
 }
 
@@ -423,6 +454,9 @@ pub async fn run(s: Scenario, p: &Params, broker: &mut Running) -> anyhow::Resul
         Scenario::Mesh(n) => super::burst::mesh(n, broker, deadline_ns).await?,
         Scenario::Idle => super::burst::idle(p, broker).await?,
         Scenario::State => super::burst::state(p, broker, deadline_ns).await?,
+        Scenario::HostileSubscribe => super::hostile::hostile_subscribe(broker).await?,
+        Scenario::HostileSlowSub => super::hostile::hostile_slow_sub(broker).await?,
+        Scenario::SubsRss => super::hostile::subs_rss(broker).await?,
         _ => anyhow::bail!("{} starts its own brokers", s.key()),
     };
     memory_metrics(&mut o, broker);

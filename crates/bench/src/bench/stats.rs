@@ -59,6 +59,11 @@ impl Histogram {
         self.max = self.max.max(v);
     }
 
+    /// Values recorded.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
     /// The value at quantile `q` (0..=1); `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<u64> {
         if self.total == 0 {
