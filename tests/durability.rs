@@ -205,9 +205,8 @@ async fn counter_publisher(
     let mut p = Publisher::new(connect_clean(addr, &id).await, WINDOW);
     let mut sent = HashMap::new();
     let mut k = 0;
-    // Bounded: the broker is killed after `target` acks in all; 1,000,000 is far beyond that.
-    for _ in 0..1_000_000 {
-        while p.has_room() {
+    p.run_until_closed(
+        || {
             let t = topics[k % topics.len()];
             k += 1;
             let v = next.get(&t).copied().unwrap_or(1);
@@ -215,25 +214,19 @@ async fn counter_publisher(
             sent.insert(t, v);
             let mut m = publish(&crash_topic(t), QoS::AtLeastOnce, 0, v.to_string().as_bytes());
             m.retain = true;
-            p.queue((t, v), m);
-        }
-        if !p.flush().await {
-            break;
-        }
-        match p.step().await {
-            Err(Closed) => break,
-            Ok(Some((t, v))) => {
-                let mut a = round.acked.lock().expect("acked");
-                let e = a.entry(t).or_insert(0);
-                *e = (*e).max(v);
-                drop(a);
-                if round.hits.fetch_add(1, Ordering::SeqCst) + 1 == round.target {
-                    round.fire.notify_one();
-                }
+            Some(((t, v), m))
+        },
+        |(t, v)| {
+            let mut a = round.acked.lock().expect("acked");
+            let e = a.entry(t).or_insert(0);
+            *e = (*e).max(v);
+            drop(a);
+            if round.hits.fetch_add(1, Ordering::SeqCst) + 1 == round.target {
+                round.fire.notify_one();
             }
-            Ok(None) => {}
-        }
-    }
+        },
+    )
+    .await;
     sent
 }
 
@@ -832,28 +825,20 @@ async fn stream_until_killed(
     make: impl Fn(usize) -> Option<Publish>,
 ) -> (Publisher, usize, Vec<usize>) {
     let mut acked = Vec::new();
-    // Bounded: the broker is killed soon after `target` acks.
-    for _ in 0..1_000_000 {
-        while p.has_room()
-            && let Some(m) = make(sent)
-        {
-            p.queue((sent, 0), m);
+    p.run_until_closed(
+        || {
+            let m = make(sent)?;
             sent += 1;
-        }
-        if !p.flush().await {
-            break;
-        }
-        match p.step().await {
-            Err(Closed) => break,
-            Ok(Some((i, _))) => {
-                acked.push(i);
-                if acked.len() == target {
-                    fire.notify_one();
-                }
+            Some(((sent - 1, 0), m))
+        },
+        |(i, _)| {
+            acked.push(i);
+            if acked.len() == target {
+                fire.notify_one();
             }
-            Ok(None) => {}
-        }
-    }
+        },
+    )
+    .await;
     (p, sent, acked)
 }
 

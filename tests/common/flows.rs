@@ -107,6 +107,32 @@ impl Publisher {
         }
     }
 
+    /// Keeps the window full with what `next` makes (until it returns `None`) and reports each
+    /// acknowledged message to `acked`, until the connection dies (the broker was killed).
+    pub async fn run_until_closed(
+        &mut self,
+        mut next: impl FnMut() -> Option<(Tag, Publish)>,
+        mut acked: impl FnMut(Tag),
+    ) {
+        // Bounded: crash tests kill the broker long before.
+        for _ in 0..100_000_000 {
+            while self.has_room()
+                && let Some((tag, m)) = next()
+            {
+                self.queue(tag, m);
+            }
+            if !self.flush().await {
+                return;
+            }
+            match self.step().await {
+                Err(Closed) => return,
+                Ok(Some(tag)) => acked(tag),
+                Ok(None) => {}
+            }
+        }
+        panic!("the publisher's connection outlived 100,000,000 packets");
+    }
+
     /// Continues the flows on `c`, a connection to the resumed session.
     pub fn resume(&mut self, c: RawClient) {
         self.c = c;
