@@ -76,7 +76,9 @@ impl Drop for SeedOnPanic {
 type Gate = Arc<RwLock<bool>>;
 
 async fn run(mode: &'static str) {
-    let (mut rng, seed) = Rng::from_env("CHECKER_SEED", SEED);
+    let (_, seed) = Rng::from_env("CHECKER_SEED", SEED);
+    // One seed for the run; each mode draws its own moments from it.
+    let mut rng = Rng::new(seed ^ u64::from(mode == "buffered"));
     let _guard = SeedOnPanic(mode, seed);
     let (rounds, secs) = (env_u64("CHECKER_ROUNDS"), env_u64("CHECKER_SECS"));
     let rounds = if secs.is_some() { rounds.unwrap_or(u64::MAX) } else { rounds.unwrap_or(3) };

@@ -157,8 +157,9 @@ pub struct Ledger {
     in_flight: HashMap<Msg, Option<String>>,
     /// Acknowledged since the last check: owed to every session.
     unchecked: Vec<Msg>,
-    /// Per session: how often each message was delivered.
-    received: Vec<HashMap<Msg, u32>>,
+    /// Per session and writer: how often each sequence number was delivered (saturating; dense,
+    /// as a writer's sequence numbers are, so a soak of millions of messages stays small).
+    received: Vec<HashMap<usize, Vec<u8>>>,
     pub figures: Figures,
 }
 
@@ -215,12 +216,22 @@ impl Ledger {
             payload(m)
         );
         self.figures.deliveries += 1;
-        let n = self.received[s].entry(m).or_insert(0);
-        *n += 1;
-        if *n > 1 {
+        let counts = self.received[s].entry(m.0).or_default();
+        let i = usize::try_from(m.1).expect("sequence number fits");
+        if counts.len() <= i {
+            counts.resize(i + 1, 0);
+        }
+        counts[i] = counts[i].saturating_add(1);
+        if counts[i] > 1 {
             self.figures.duplicates += 1;
         }
         false
+    }
+
+    /// Whether session `s` got `m` at least once.
+    fn got(&self, s: usize, m: Msg) -> bool {
+        let i = usize::try_from(m.1).expect("sequence number fits");
+        self.received[s].get(&m.0).and_then(|c| c.get(i)).is_some_and(|n| *n > 0)
     }
 }
 
@@ -404,7 +415,7 @@ pub async fn check(
     l.figures.dropped += dropped_before_kill + dropped_now;
     for (i, s) in l.sessions.iter().enumerate() {
         let mut lost: Vec<String> =
-            l.unchecked.iter().filter(|m| !l.received[i].contains_key(m)).map(|m| payload(*m)).collect();
+            l.unchecked.iter().filter(|m| !l.got(i, **m)).map(|m| payload(*m)).collect();
         l.figures.copies_owed += l.unchecked.len() as u64;
         l.figures.copies_delivered += (l.unchecked.len() - lost.len()) as u64;
         l.figures.lost += lost.len() as u64;
