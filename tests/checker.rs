@@ -1,6 +1,7 @@
 //! The checker run (issue 13): rounds of QoS 1 publishers (retained and not), persistent
 //! sessions online (taken over mid-stream) and offline, each round ended by kill -9 of the real
-//! binary at a seeded moment; after every restart `common/checker.rs` checks that every
+//! binary at a seeded moment (one round in four by SIGTERM, a graceful stop, instead); after
+//! every restart `common/checker.rs` checks that every
 //! acknowledged retained update and every acknowledged copy owed to a persistent session is
 //! still there (its header says exactly what that means). Both durability modes, `fsync` and
 //! `buffered`, promise it.
@@ -110,11 +111,17 @@ async fn run(mode: &'static str) {
             .map(|i| tokio::spawn(online_session(proc.addr, i, rng.next(), ledger.clone(), gate.clone())))
             .collect();
         tokio::time::timeout(WAIT, fire.notified()).await.expect("a first acknowledgement in time");
-        // The fault: kill -9 at a moment drawn from the seed.
+        // The fault: kill -9 (or SIGTERM) at a moment drawn from the seed.
         tokio::time::sleep(delay).await;
         let dropped_before = dropped(proc.http_addr().await).await;
+        // One round in four ends with a graceful stop (SIGTERM) mid-stream instead.
+        let graceful = rng.next().is_multiple_of(4);
         *gate.write().await = false;
-        proc.kill_9().await;
+        if graceful {
+            proc.stop().await;
+        } else {
+            proc.kill_9().await;
+        }
         for t in writers {
             tokio::time::timeout(START, t).await.expect("writer ends").expect("writer");
         }
@@ -127,10 +134,15 @@ async fn run(mode: &'static str) {
         check(proc.addr, proc.http_addr().await, &ledger, round, dropped_before).await;
         let mut l = ledger.lock().expect("ledger");
         l.figures.rounds += 1;
-        l.figures.kills += 1;
+        if graceful {
+            l.figures.stops += 1;
+        } else {
+            l.figures.kills += 1;
+        }
         l.figures.takeovers += takeovers;
+        let how = if graceful { "SIGTERM" } else { "kill -9" };
         eprintln!(
-            "checker {mode} round {round}: kill -9 after {delay:?}, {takeovers} takeovers; so far {}",
+            "checker {mode} round {round}: {how} after {delay:?}, {takeovers} takeovers; so far {}",
             l.figures
         );
         drop(l);
@@ -225,7 +237,7 @@ async fn online_session(
     };
     let mut takeovers = 0;
     loop {
-        let n = rng.range(20, 600);
+        let n = rng.range(50, 2000);
         match receive(&mut c, &ledger, i, Until::Count(n)).await {
             Ok(()) => {}
             Err(Ended::Closed) => return takeovers,

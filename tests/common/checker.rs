@@ -1,5 +1,5 @@
 //! The checker (issue 13): a [`Ledger`] of every acknowledgement the clients got, and [`check`],
-//! which after a fault (kill -9 and restart, session takeovers) proves that everything
+//! which after a fault (kill -9 or SIGTERM and a restart, session takeovers) proves that everything
 //! acknowledged is still there. `tests/checker.rs` drives it; it needs `crate::v5_util`, so a test
 //! includes it with `#[path = "common/checker.rs"] mod checker;` next to `mod common; mod v5_util;`.
 //!
@@ -97,6 +97,8 @@ pub async fn connect_session(addr: SocketAddr, s: SessionSpec) -> (RawClient, bo
 pub struct Figures {
     pub rounds: u64,
     pub kills: u64,
+    /// Rounds ended by SIGTERM (a graceful stop) instead of kill -9.
+    pub stops: u64,
     pub takeovers: u64,
     /// Retained updates acknowledged to their writer.
     pub retained_acked: u64,
@@ -119,11 +121,12 @@ impl std::fmt::Display for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "rounds {}, kills {}, takeovers {}; retained: {} updates acknowledged, {} topic checks \
+            "rounds {}, kills {}, graceful stops {}, takeovers {}; retained: {} updates acknowledged, {} topic checks \
              ({} held a later unacknowledged value); queued: {} copies owed, {} survived, {} \
              deliveries, {} duplicates, {} lost, {} dropped",
             self.rounds,
             self.kills,
+            self.stops,
             self.takeovers,
             self.retained_acked,
             self.retained_checked,

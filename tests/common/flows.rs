@@ -73,7 +73,8 @@ impl Publisher {
     }
 
     /// Handles the next packet: `Some(tag)` when that message was just acknowledged (PUBACK
-    /// or PUBREC with a success code: the broker promised it is on disk).
+    /// or PUBREC with a success code: the broker promised it is on disk); `Closed` when the
+    /// connection closed or the server sent DISCONNECT.
     pub async fn step(&mut self) -> Result<Option<Tag>, Closed> {
         let Some(p) = self.c.recv().await else { return Err(Closed) };
         match p {
@@ -103,6 +104,8 @@ impl Publisher {
                 Some((_, _, Stage::Comp)) => Ok(None),
                 other => panic!("PUBCOMP {} for {other:?}", a.pkid),
             },
+            // A graceful shutdown: v5 DISCONNECT 0x8B, then the close.
+            Packet::Disconnect(_) => Err(Closed),
             other => panic!("publisher got {other:?}"),
         }
     }
