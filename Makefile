@@ -1,5 +1,7 @@
 # dataloom — `make run` starts the broker on its defaults, `make test` installs what the
-# tests need and runs them all. See README.md.
+# tests need and runs them all (the crash checker of tests/checker.rs for a few rounds), `make soak`
+# runs that checker for minutes and prints its figures (not part of `make test` or CI).
+# See README.md.
 
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -49,3 +51,18 @@ certs:
 .PHONY: bench
 bench:
 	CARGO="$(CARGO)" QUICK="$(QUICK)" bash benches/run.sh $(BENCH_ARGS)
+
+# Crash soak (issue 13; not part of `make test`): the checker of tests/checker.rs on a release
+# build for SOAK_SECS seconds per durability mode (fsync and buffered side by side): publishers,
+# persistent sessions and takeovers, kill -9 at seeded moments, restart, check. Prints each mode's
+# figures; the whole log is in target/soak.log. `CHECKER_SEED=N make soak` repeats a run.
+SOAK_SECS ?= 180
+.PHONY: soak
+soak:
+	@mkdir -p target
+	@echo "soak: $(SOAK_SECS) s per durability mode, log in target/soak.log"
+	@CHECKER_SECS=$(SOAK_SECS) $(CARGO) test --release --test checker -- --nocapture >target/soak.log 2>&1; \
+	  status=$$?; \
+	  grep -E '^CHECKER_SEED=|^checker [a-z]+ \(|failed: repeat|^test result' target/soak.log; \
+	  grep -A4 panicked target/soak.log | head -40; \
+	  exit $$status

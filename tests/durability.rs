@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::RawClient;
 use common::binary::{START, Site, Started};
+use common::flows::{Closed, Publisher, Rng};
 use dataloom::codec::{self, Ack, ConnAck, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
@@ -160,157 +161,6 @@ async fn receive_until(c: &mut RawClient, marker: &str, limit: usize) -> (Vec<Go
     panic!("no {marker:?} (and the end of open QoS 2 flows) within {limit} packets")
 }
 
-/// A message the test publishes: a tag it is known by, e.g. (topic index, value).
-type Tag = (usize, u64);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// QoS 1 sent, PUBACK awaited.
-    Ack,
-    /// QoS 2 sent, PUBREC awaited.
-    Rec,
-    /// PUBREL sent, PUBCOMP awaited.
-    Comp,
-}
-
-/// The connection died (the broker was killed).
-#[derive(Debug)]
-struct Closed;
-
-/// The sender side of the QoS 1/2 flows with up to `window` messages in flight, resumable on a
-/// new connection after a restart (DUP PUBLISH for what was not acknowledged, PUBREL for what
-/// was received).
-struct Publisher {
-    c: RawClient,
-    window: usize,
-    inflight: BTreeMap<u16, (Tag, Publish, Stage)>,
-    last_pkid: u16,
-    wbuf: BytesMut,
-}
-
-impl Publisher {
-    fn new(c: RawClient, window: usize) -> Publisher {
-        Publisher { c, window, inflight: BTreeMap::new(), last_pkid: 0, wbuf: BytesMut::new() }
-    }
-
-    fn has_room(&self) -> bool {
-        self.inflight.len() < self.window
-    }
-
-    /// Encodes `p` (QoS 1 or 2) with a free packet id into the send buffer.
-    fn queue(&mut self, tag: Tag, mut p: Publish) {
-        assert!(self.has_room());
-        loop {
-            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
-            if !self.inflight.contains_key(&self.last_pkid) {
-                break;
-            }
-        }
-        p.pkid = self.last_pkid;
-        codec::encode(&Packet::Publish(p.clone()), self.c.version, &mut self.wbuf);
-        let stage = if p.qos == QoS::ExactlyOnce { Stage::Rec } else { Stage::Ack };
-        self.inflight.insert(p.pkid, (tag, p, stage));
-    }
-
-    /// Writes what is buffered; false when the connection is gone.
-    async fn flush(&mut self) -> bool {
-        if self.wbuf.is_empty() {
-            return true;
-        }
-        let ok = self.c.stream.write_all(&self.wbuf).await.is_ok();
-        self.wbuf.clear();
-        ok
-    }
-
-    /// Handles the next packet: `Some(tag)` when that message was just acknowledged (PUBACK
-    /// or PUBREC with a success code: the broker promised it is on disk).
-    async fn step(&mut self) -> Result<Option<Tag>, Closed> {
-        let Some(p) = self.c.recv().await else { return Err(Closed) };
-        match p {
-            Packet::PubAck(a) => match self.inflight.remove(&a.pkid) {
-                Some((tag, _, Stage::Ack)) => {
-                    assert!(a.code < 0x80, "publish {tag:?} refused: {a:?}");
-                    Ok(Some(tag))
-                }
-                other => panic!("PUBACK {} for {other:?}", a.pkid),
-            },
-            Packet::PubRec(a) => {
-                let Some((tag, _, stage)) = self.inflight.get_mut(&a.pkid) else {
-                    panic!("PUBREC for unknown packet id {}", a.pkid)
-                };
-                assert!(a.code < 0x80, "publish {tag:?} refused: {a:?}");
-                let acked = match *stage {
-                    Stage::Rec => Some(*tag),
-                    Stage::Comp => None,
-                    Stage::Ack => panic!("PUBREC for QoS 1 message {tag:?}"),
-                };
-                *stage = Stage::Comp;
-                let rel = Ack { pkid: a.pkid, code: 0, properties: Properties::default() };
-                codec::encode(&Packet::PubRel(rel), self.c.version, &mut self.wbuf);
-                Ok(acked)
-            }
-            Packet::PubComp(a) => match self.inflight.remove(&a.pkid) {
-                Some((_, _, Stage::Comp)) => Ok(None),
-                other => panic!("PUBCOMP {} for {other:?}", a.pkid),
-            },
-            other => panic!("publisher got {other:?}"),
-        }
-    }
-
-    /// Continues the flows on `c`, a connection to the resumed session.
-    fn resume(&mut self, c: RawClient) {
-        self.c = c;
-        self.wbuf.clear();
-        for (&pkid, (_, p, stage)) in &self.inflight {
-            if *stage == Stage::Comp {
-                let rel = Ack { pkid, code: 0, properties: Properties::default() };
-                codec::encode(&Packet::PubRel(rel), self.c.version, &mut self.wbuf);
-            } else {
-                let mut p = p.clone();
-                p.dup = true;
-                codec::encode(&Packet::Publish(p), self.c.version, &mut self.wbuf);
-            }
-        }
-    }
-
-    /// Runs the flows until nothing is in flight; returns what was acknowledged meanwhile.
-    async fn settle(&mut self) -> Vec<Tag> {
-        let mut acked = Vec::new();
-        while !self.inflight.is_empty() {
-            assert!(self.flush().await, "connection lost while settling");
-            if let Some(t) = self.step().await.expect("connection lost while settling") {
-                acked.push(t);
-            }
-        }
-        assert!(self.flush().await, "connection lost while settling");
-        acked
-    }
-}
-
-/// splitmix64: the kill points, reproducible from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env() -> Rng {
-        let seed = std::env::var("DURABILITY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(SEED);
-        eprintln!("durability seed {seed} (set DURABILITY_SEED to repeat)");
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Crash test: retained state.
 
@@ -355,9 +205,8 @@ async fn counter_publisher(
     let mut p = Publisher::new(connect_clean(addr, &id).await, WINDOW);
     let mut sent = HashMap::new();
     let mut k = 0;
-    // Bounded: the broker is killed after `target` acks in all; 1,000,000 is far beyond that.
-    for _ in 0..1_000_000 {
-        while p.has_room() {
+    p.run_until_closed(
+        || {
             let t = topics[k % topics.len()];
             k += 1;
             let v = next.get(&t).copied().unwrap_or(1);
@@ -365,25 +214,19 @@ async fn counter_publisher(
             sent.insert(t, v);
             let mut m = publish(&crash_topic(t), QoS::AtLeastOnce, 0, v.to_string().as_bytes());
             m.retain = true;
-            p.queue((t, v), m);
-        }
-        if !p.flush().await {
-            break;
-        }
-        match p.step().await {
-            Err(Closed) => break,
-            Ok(Some((t, v))) => {
-                let mut a = round.acked.lock().expect("acked");
-                let e = a.entry(t).or_insert(0);
-                *e = (*e).max(v);
-                drop(a);
-                if round.hits.fetch_add(1, Ordering::SeqCst) + 1 == round.target {
-                    round.fire.notify_one();
-                }
+            Some(((t, v), m))
+        },
+        |(t, v)| {
+            let mut a = round.acked.lock().expect("acked");
+            let e = a.entry(t).or_insert(0);
+            *e = (*e).max(v);
+            drop(a);
+            if round.hits.fetch_add(1, Ordering::SeqCst) + 1 == round.target {
+                round.fire.notify_one();
             }
-            Ok(None) => {}
-        }
-    }
+        },
+    )
+    .await;
     sent
 }
 
@@ -430,7 +273,7 @@ async fn buffered_durability_loses_nothing_acknowledged_to_kill_9() {
 /// every restart each topic holds at least its last acknowledged value.
 async fn crash_retained(site: Site, rounds: usize) {
     let started = Instant::now();
-    let mut rng = Rng::from_env();
+    let mut rng = Rng::from_env("DURABILITY_SEED", SEED).0;
     let mut ledger = Ledger::default();
     let mut proc = site.start().await;
     for round in 0..rounds {
@@ -525,7 +368,7 @@ fn session_qos(i: usize) -> QoS {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_keeps_every_message_owed_to_offline_persistent_sessions() {
     let started = Instant::now();
-    let mut rng = Rng::from_env();
+    let mut rng = Rng::from_env("DURABILITY_SEED", SEED).0;
     let mut site = Site::new();
     // Every message must be owed, none dropped for the queue limit (default 1000).
     site.env.push(("DATALOOM_MQTT__MAX_QUEUED_MESSAGES".into(), "100000".into()));
@@ -982,35 +825,27 @@ async fn stream_until_killed(
     make: impl Fn(usize) -> Option<Publish>,
 ) -> (Publisher, usize, Vec<usize>) {
     let mut acked = Vec::new();
-    // Bounded: the broker is killed soon after `target` acks.
-    for _ in 0..1_000_000 {
-        while p.has_room()
-            && let Some(m) = make(sent)
-        {
-            p.queue((sent, 0), m);
+    p.run_until_closed(
+        || {
+            let m = make(sent)?;
             sent += 1;
-        }
-        if !p.flush().await {
-            break;
-        }
-        match p.step().await {
-            Err(Closed) => break,
-            Ok(Some((i, _))) => {
-                acked.push(i);
-                if acked.len() == target {
-                    fire.notify_one();
-                }
+            Some(((sent - 1, 0), m))
+        },
+        |(i, _)| {
+            acked.push(i);
+            if acked.len() == target {
+                fire.notify_one();
             }
-            Ok(None) => {}
-        }
-    }
+        },
+    )
+    .await;
     (p, sent, acked)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_during_a_live_qos2_stream_delivers_each_message_once() {
     let started = Instant::now();
-    let mut rng = Rng::from_env();
+    let mut rng = Rng::from_env("DURABILITY_SEED", SEED).0;
     let site = Site::new();
     let mut proc = site.start().await;
     let sub_id = "dur-live-sub";

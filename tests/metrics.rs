@@ -13,32 +13,16 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{RawClient, TestBroker, WAIT, mosquitto};
+use common::{RawClient, TestBroker, WAIT, http_get, mosquitto};
 use dataloom::codec::{Connect, Packet, Properties, ProtocolVersion};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------- HTTP and the text format
-
-/// GET `path` over HTTP/1.0 (no chunking, the server closes); returns (status, body).
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("http connect");
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("http write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .expect("http answer in time")
-        .expect("http read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("http response has a header");
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("http status");
-    (status, body.to_string())
-}
 
 /// One sample line.
 #[derive(Debug, Clone)]

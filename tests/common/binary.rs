@@ -1,5 +1,5 @@
 //! The real `dataloom` binary for black-box tests: a temporary site (working directory and
-//! data directory), start and wait for the listening line, SIGKILL and SIGTERM, the stderr log.
+//! data directory), start and wait for the listening lines, SIGKILL and SIGTERM, the stderr log.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,6 +72,7 @@ impl Site {
         let mut child = self.command().spawn().expect("spawn the dataloom binary");
         let stdout = child.stdout.take().expect("stdout piped");
         let (addr_tx, addr_rx) = oneshot::channel();
+        let (http_tx, http) = watch::channel(None);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             let mut tx = Some(addr_tx);
@@ -80,13 +81,16 @@ impl Site {
                     && let Some(tx) = tx.take()
                 {
                     let _ = tx.send(a.parse::<SocketAddr>().expect("listening line has an address"));
+                } else if let Some(a) = line.strip_prefix("dataloom listening on http://") {
+                    http_tx
+                        .send_replace(Some(a.parse::<SocketAddr>().expect("listening line has an address")));
                 }
             }
         });
         let stderr = StderrLog::default();
         let done = tokio::spawn(stderr.clone().collect(child.stderr.take().expect("stderr piped")));
         match tokio::time::timeout(START, addr_rx).await {
-            Ok(Ok(addr)) => Started::Up(Box::new(Proc { child, addr, stderr })),
+            Ok(Ok(addr)) => Started::Up(Box::new(Proc { child, addr, http, stderr })),
             Ok(Err(_)) => {
                 let status = tokio::time::timeout(START, child.wait())
                     .await
@@ -152,10 +156,22 @@ impl StderrLog {
 pub struct Proc {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The HTTP listener's address, once its listening line (printed after MQTT's) is read.
+    http: watch::Receiver<Option<SocketAddr>>,
     pub stderr: StderrLog,
 }
 
 impl Proc {
+    /// The address of the HTTP listener (`/metrics`); waits (bounded) for its listening line.
+    pub async fn http_addr(&self) -> SocketAddr {
+        let mut rx = self.http.clone();
+        let got = tokio::time::timeout(START, rx.wait_for(Option::is_some)).await;
+        match got {
+            Ok(Ok(a)) => a.expect("wait_for returned a listening address"),
+            _ => panic!("no `dataloom listening on http://` line within {START:?}"),
+        }
+    }
+
     /// `kill -9`: SIGKILL, then reap it.
     pub async fn kill_9(mut self) {
         self.child.start_kill().expect("SIGKILL");

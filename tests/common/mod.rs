@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod flows;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -115,6 +116,22 @@ impl RawClient {
         }
         got
     }
+}
+
+/// GET `path` over HTTP/1.0 (no chunking, the server closes); returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("http connect");
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("http write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("http answer in time")
+        .expect("http read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("http response has a header");
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("http status");
+    (status, body.to_string())
 }
 
 /// Parses hex with optional whitespace: `"10 0c 00 04"`.
