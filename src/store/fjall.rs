@@ -471,6 +471,13 @@ impl Store for FjallStore {
         self.ks.db.disk_space().unwrap_or(0)
     }
 
+    fn memory_bytes(&self) -> usize {
+        // `write_buffer_size` (active and sealed memtables) is an atomic read; fjall marks it
+        // experimental, see docs/decisions.md.
+        let engine = self.ks.db.write_buffer_size().saturating_add(self.ks.db.cache_capacity());
+        usize::try_from(engine).unwrap_or(usize::MAX).saturating_add(self.shared.backlog.queued())
+    }
+
     fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         let mut out = Vec::new();
         for kv in self.ks.keys.iter() {

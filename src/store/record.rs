@@ -423,8 +423,17 @@ fn read_message_body(r: &mut Reader, clock: &Clock) -> Result<Message, RecordErr
         properties.user_properties.push((k, v));
     }
     let payload = r.bytes("payload")?;
-    let mut message =
-        Message { topic, topic_bytes, payload, qos, retain, properties, expires_at, publisher: None };
+    let mut message = Message {
+        topic,
+        topic_bytes,
+        payload,
+        qos,
+        retain,
+        properties,
+        expires_at,
+        publisher: None,
+        charge: Default::default(),
+    };
     // As if just received: the interval left, which outbound recomputes when forwarding.
     message.properties.message_expiry_interval = message.remaining_expiry(clock.instant);
     Ok(message)
