@@ -334,7 +334,9 @@ impl Store for FjallStore {
         let mut out = Recovered::default();
         let mut cleanup = Vec::new();
 
+        let mut progress = super::progress::Progress::new("retained topics");
         for kv in self.ks.retained.iter() {
+            progress.tick();
             let (k, v) = kv.into_inner().map_err(|e| self.read_error(e))?;
             let m = record::decode_message(Bytes::copy_from_slice(&v), &clock)
                 .map_err(|e| corrupt(&self.path, "retained", &k, &e))?;
@@ -365,7 +367,9 @@ impl Store for FjallStore {
             out.sessions.push(RecoveredSession { record, queue: Vec::new(), incoming_qos2: Vec::new() });
         }
 
+        let mut progress = super::progress::Progress::new("queued messages");
         for kv in self.ks.queue.iter() {
+            progress.tick();
             let (k, v) = kv.into_inner().map_err(|e| self.read_error(e))?;
             let (client, seq) = split_key::<8>(&k)
                 .ok_or_else(|| corrupt(&self.path, "queue", &k, &RecordError::Invalid("key")))?;

@@ -10,6 +10,7 @@ pub(crate) mod backlog;
 pub(crate) mod disk;
 pub(crate) mod fjall;
 pub(crate) mod memory;
+pub(crate) mod progress;
 pub(crate) mod record;
 
 use std::sync::Arc;
