@@ -14,7 +14,8 @@ build:
 run: build
 	./target/release/dataloom serve
 
-# Debian packages the tests use: mosquitto_pub/mosquitto_sub, prometheus/promtool (tests/metrics.rs).
+# Debian packages the tests use: mosquitto_pub/mosquitto_sub, prometheus/promtool (tests/metrics.rs);
+# npm packages of tests/typed (tests/typed_clients.rs), from its package-lock.json.
 test-deps:
 	@command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null || { \
 	  echo "installing mosquitto-clients"; \
@@ -24,6 +25,13 @@ test-deps:
 	  echo "installing prometheus"; \
 	  $(SUDO) apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y --no-install-recommends prometheus; }; }
+	@command -v npm >/dev/null || { \
+	  echo "installing nodejs and npm"; \
+	  $(SUDO) apt-get install -y nodejs npm >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y nodejs npm; }; }
+	@[ -x tests/typed/node_modules/.bin/tsc ] || { \
+	  echo "installing the npm packages of tests/typed (json-schema-to-typescript, typescript, mqtt)"; \
+	  cd tests/typed && npm ci --no-audit --no-fund >/dev/null; }
 
 # The layer rule of docs/architecture.md (scripts/check-layers.py holds the table).
 lint:

@@ -16,6 +16,7 @@ pub use dataloom_codec as codec;
 
 pub mod auth;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;

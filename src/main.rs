@@ -152,6 +152,17 @@ enum SchemaCommand {
         /// A JSON payload to validate.
         payload: Option<PathBuf>,
     },
+    /// Write every schema a stopped broker registered to DIR (one file per filter, laid out like
+    /// `schemas/`, each with a `title` usable as a type name) plus DIR/index.json.
+    Export {
+        /// Where to write the files.
+        dir: PathBuf,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Data directory of the broker (storage.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
@@ -189,6 +200,9 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Schema { command: SchemaCommand::Export { dir, cfg, data_dir } } => {
+            schema_export(&dir, &cfg, data_dir)
+        }
         Command::Key { command } => key_command(command),
         Command::CheckConfig { cfg } => match Config::load(cfg.config.as_deref(), &Overrides::default()) {
             Ok(c) => {
@@ -219,6 +233,40 @@ fn main() -> ExitCode {
                     }
                 }
             }
+        }
+    }
+}
+
+fn schema_export(dir: &std::path::Path, cfg: &ConfigArgs, data_dir: Option<PathBuf>) -> ExitCode {
+    let o = Overrides { data_dir, ..Overrides::default() };
+    let config = match Config::load(cfg.config.as_deref(), &o) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    match dataloom::cli::export::export(&config, dir) {
+        Ok(written) => {
+            let rows: Vec<Vec<String>> = written
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.filter.clone(),
+                        e.version.to_string(),
+                        e.title.clone(),
+                        e.file.display().to_string(),
+                    ]
+                })
+                .collect();
+            print!("{}", dataloom::auth::cli::table(&["FILTER", "VERSION", "TITLE", "FILE"], &rows));
+            eprintln!(
+                "dataloom: {} schemas written to {} (index.json lists them)",
+                written.len(),
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dataloom: schema export: {e}");
+            ExitCode::from(1)
         }
     }
 }
