@@ -7,6 +7,7 @@
 mod common;
 mod v5_util;
 
+use common::binary::Site;
 use common::{RawClient, TestBroker};
 use dataloom::codec::{Packet, ProtocolVersion, QoS};
 use v5_util::*;
@@ -26,6 +27,64 @@ fn levels(n: usize) -> String {
 async fn alive(c: &mut RawClient) {
     let before = until_pingresp(c).await;
     assert!(before.is_empty(), "nothing else was owed: {before:?}");
+}
+
+// ---- Item 7: configured anonymous permissions ----
+
+#[tokio::test]
+async fn configured_anonymous_permissions_apply_on_loopback_while_no_key_exists() {
+    let b = TestBroker::start_with(|c| {
+        c.auth.anonymous.get_or_insert_default().deny_subscribe = vec!["test/nosubscribe".into()];
+    })
+    .await;
+    let mut c = connect(&b, "anon5").await;
+    let ack = subscribe_many(
+        &mut c,
+        1,
+        vec![filter("test/nosubscribe", QoS::ExactlyOnce), filter("test/ok", QoS::ExactlyOnce)],
+        None,
+    )
+    .await;
+    assert_eq!(ack.codes, vec![0x87, 2], "deny_subscribe applies, the default subscribe [\"#\"] too");
+    let ack = subscribe_many(&mut c, 2, vec![filter("$SYS/#", QoS::AtMostOnce)], None).await;
+    assert_eq!(ack.codes, vec![0x87], "an anonymous client is not the unrestricted local user");
+    let mut c = connect_ok(&b, "anon3", v311).await;
+    let ack = subscribe_many(&mut c, 1, vec![filter("test/nosubscribe", QoS::AtLeastOnce)], None).await;
+    assert_eq!(ack.codes, vec![0x80]);
+}
+
+#[tokio::test]
+async fn without_an_anonymous_section_loopback_stays_unrestricted_while_no_key_exists() {
+    let b = TestBroker::start().await;
+    let mut c = connect(&b, "local").await;
+    let ack = subscribe_many(
+        &mut c,
+        1,
+        vec![filter("test/nosubscribe", QoS::ExactlyOnce), filter("$SYS/#", QoS::AtMostOnce)],
+        None,
+    )
+    .await;
+    assert_eq!(ack.codes, vec![2, 0]);
+}
+
+#[tokio::test]
+async fn the_start_up_log_says_which_anonymous_rule_is_in_force() {
+    for (config, expect) in [
+        ("", "loopback clients are unrestricted"),
+        (
+            "[auth.anonymous]\ndeny_subscribe = [\"test/nosubscribe\"]\n",
+            "get the [auth.anonymous] permissions",
+        ),
+    ] {
+        let mut site = Site::new();
+        let file = site.tmp.path().join("dataloom.toml");
+        std::fs::write(&file, config).expect("write the config file");
+        site.args = vec!["--config".into(), file.display().to_string()];
+        let p = site.start().await;
+        let line = p.stderr.wait_for("access:", |l| l.contains("access:")).await;
+        assert!(line.contains(expect), "config {config:?}: {line}");
+        p.stop().await;
+    }
 }
 
 // ---- Item 8: `$SYS/` and `$share/` as topic names ----
