@@ -114,6 +114,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let auth =
         Arc::new(crate::auth::Auth::new(settings, stored, &cfg.auth.keys, Some(broker.store().clone()))?);
     cfg.check_anonymous_exposure(auth.key_count())?;
+    tracing::info!(keys = auth.key_count(), "access: {}", auth.anonymous_rule());
     let data_dir = (cfg.storage.backend == Backend::Fjall).then_some(cfg.storage.data_dir.as_path());
     auth.start_bootstrap(data_dir)
         .map_err(|source| StartError::Bootstrap { dir: cfg.storage.data_dir.clone(), source })?;

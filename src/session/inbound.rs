@@ -19,8 +19,8 @@ use crate::model::SubOptions;
 use crate::store::Commit;
 use dataloom_codec::topic;
 use dataloom_codec::{
-    Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, encode,
-    reason,
+    Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, SubscribeFilter, UnsubAck,
+    Unsubscribe, encode, reason,
 };
 
 /// The properties of a PUBLISH or will that travel with the message to subscribers.
@@ -80,6 +80,10 @@ impl Conn {
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
         let _timer = crate::metrics::get().publish_received(p.qos);
         let topic = self.resolve_alias(&p)?;
+        let topic_str = std::str::from_utf8(&topic).map_err(|_| Close::Protocol(Violation::TopicNotUtf8))?;
+        if let Err(e) = topic::check_publish_name(topic_str, self.ctx.mqtt.max_topic_levels) {
+            return self.refuse_topic_name(p.qos, p.pkid, e);
+        }
         let mut extra = Vec::new();
         // Receive Maximum is a v5 contract: QoS 1 messages whose PUBACK is still held back and
         // QoS 2 ids not yet released count against it [MQTT 5 §3.3.4]. A 3.1.1 client never
@@ -106,7 +110,6 @@ impl Conn {
         if let Some(shed) = self.shed_publish(&p) {
             return shed;
         }
-        let topic_str = std::str::from_utf8(&topic).map_err(|_| Close::Protocol(Violation::TopicNotUtf8))?;
         if !self.perms.may_publish(topic_str) {
             return self.refuse_forbidden(p.qos, p.pkid, topic_str);
         }
@@ -195,31 +198,17 @@ impl Conn {
 
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         self.check_filter_count(s.filters.len())?;
-        let levels = self.ctx.mqtt.max_topic_levels;
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut accepted = Vec::with_capacity(s.filters.len());
         let mut room = SubscriptionRoom::new(self.ctx.mqtt.max_subscriptions_per_client);
         for f in &s.filters {
-            let (group, plain) = topic::parse_subscription(&f.filter, levels).map_err(|e| {
-                debug!(filter = %f.filter, error = %e, "invalid topic filter");
-                Close::Protocol(Violation::InvalidTopicFilter(e))
-            })?;
-            if group.is_some() && f.no_local {
-                return Err(Close::Protocol(Violation::NoLocalOnShared));
+            match self.judge_filter(f, &mut room)? {
+                Ok((group, plain)) => {
+                    codes.push(f.qos as u8);
+                    accepted.push((f, group, plain));
+                }
+                Err(code) => codes.push(code),
             }
-            if !self.perms.may_subscribe(plain) {
-                debug!(filter = %f.filter, "SUBSCRIBE not authorized");
-                crate::auth::count_denial(crate::auth::action::SUBSCRIBE);
-                codes.push(reason::NOT_AUTHORIZED);
-                continue;
-            }
-            if !room.admits(&self.ctx.broker, &self.session, &f.filter) {
-                debug!(filter = %f.filter, "SUBSCRIBE over mqtt.max_subscriptions_per_client");
-                codes.push(reason::QUOTA_EXCEEDED);
-                continue;
-            }
-            codes.push(f.qos as u8);
-            accepted.push((f, group, plain));
         }
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let subs: Vec<NewSubscription<'_>> = accepted
@@ -247,6 +236,42 @@ impl Conn {
         });
         crate::metrics::get().packets_sent[crate::metrics::pt::SUBACK].inc();
         Ok(())
+    }
+
+    /// What one SUBSCRIBE filter gets: `Ok((share group, filter))` to subscribe, or `Err` of
+    /// the SUBACK refusal code: 0x8F over `mqtt.max_topic_levels` (a well-formed filter the
+    /// server does not accept), 0x87 not authorized, 0x97 over
+    /// `mqtt.max_subscriptions_per_client` (3.x: all 0x80). A filter that breaks the filter
+    /// rules of the specification closes the connection.
+    fn judge_filter<'f>(
+        &self,
+        f: &'f SubscribeFilter,
+        room: &mut SubscriptionRoom<'f>,
+    ) -> Result<Judged<'f>, Close> {
+        let (group, plain) = match topic::parse_subscription(&f.filter, self.ctx.mqtt.max_topic_levels) {
+            Ok(parsed) => parsed,
+            Err(e @ topic::TopicError::TooManyLevels { .. }) => {
+                debug!(filter = %f.filter, error = %e, "SUBSCRIBE refused: over mqtt.max_topic_levels");
+                return Ok(Err(reason::TOPIC_FILTER_INVALID));
+            }
+            Err(e) => {
+                debug!(filter = %f.filter, error = %e, "invalid topic filter");
+                return Err(Close::Protocol(Violation::InvalidTopicFilter(e)));
+            }
+        };
+        if group.is_some() && f.no_local {
+            return Err(Close::Protocol(Violation::NoLocalOnShared));
+        }
+        if !self.perms.may_subscribe(plain) {
+            debug!(filter = %f.filter, "SUBSCRIBE not authorized");
+            crate::auth::count_denial(crate::auth::action::SUBSCRIBE);
+            return Ok(Err(reason::NOT_AUTHORIZED));
+        }
+        if !room.admits(&self.ctx.broker, &self.session, &f.filter) {
+            debug!(filter = %f.filter, "SUBSCRIBE over mqtt.max_subscriptions_per_client");
+            return Ok(Err(reason::QUOTA_EXCEEDED));
+        }
+        Ok(Ok((group, plain)))
     }
 
     /// A PUBLISH the connection may not make: v5 QoS 1/2 get PUBACK/PUBREC 0x87; otherwise
@@ -323,6 +348,10 @@ impl Conn {
         Err(Close::ClientDisconnect(d.code))
     }
 }
+
+/// What a SUBSCRIBE filter gets: its share group (if any) and filter to subscribe, or the
+/// SUBACK refusal code.
+type Judged<'f> = Result<(Option<&'f str>, &'f str), u8>;
 
 /// How many new subscriptions one SUBSCRIBE may still add under
 /// `mqtt.max_subscriptions_per_client` (0: no limit).
