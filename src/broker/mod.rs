@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::model::{KillReason, Message, SessionId, SubOptions};
+use crate::model::{Delivery, KillReason, Message, SessionId, SubOptions};
 use crate::store::{Commit, Op, SessionRecord, Store, StoreError};
 use dataloom_codec::RetainHandling;
 use retained_tree::RetainedTree;
@@ -72,6 +72,16 @@ pub struct NewSubscription<'a> {
     pub plain: &'a str,
     /// The options granted.
     pub opts: SubOptions,
+}
+
+/// What [`Broker::subscribe`] did.
+#[derive(Debug)]
+pub struct Subscribed {
+    /// Resolves when the session record is durable; SUBACK waits for it.
+    pub commit: Commit,
+    /// Per subscription, in order: the retained messages queued for it (the v5 SUBACK's
+    /// User Property `retained`).
+    pub retained: Vec<usize>,
 }
 
 /// Limits the broker applies to sessions.
@@ -261,9 +271,16 @@ impl Broker {
 
     /// Adds or replaces the subscriptions of one SUBSCRIBE (`filter` as written, `group` and
     /// `plain` as parsed and validated) under one lock of the trie, queues the retained
-    /// messages they ask for, and stores the session record once: the cost is linear in the
-    /// filters. Returns the commit of the updated session record.
-    pub fn subscribe(&self, session: &Arc<Session>, subs: &[NewSubscription<'_>]) -> Commit {
+    /// messages they ask for (those the session may read, not expired, and that `admit`
+    /// accepts), and stores the session record once: the cost is linear in the filters.
+    /// Returns the commit of the updated session record and how many retained messages were
+    /// queued for each subscription, in order.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        subs: &[NewSubscription<'_>],
+        admit: &mut dyn FnMut(&Delivery) -> bool,
+    ) -> Subscribed {
         let mut existed = Vec::with_capacity(subs.len());
         {
             let mut trie = self.subs.write();
@@ -282,6 +299,7 @@ impl Broker {
                 st.subscriptions.insert(s.filter.to_string(), s.opts);
             }
         }
+        let mut retained = Vec::with_capacity(subs.len());
         for (s, existed) in subs.iter().zip(existed) {
             let send_retained = s.group.is_none()
                 && match s.opts.retain_handling {
@@ -289,12 +307,18 @@ impl Broker {
                     RetainHandling::OnNewSubscribe => !existed,
                     RetainHandling::Never => false,
                 };
-            if send_retained {
-                let found = self.retained_matching(s.plain, s.opts);
+            let found = if send_retained {
+                self.retained_matching(session, s.plain, s.opts, admit)
+            } else {
+                Vec::new()
+            };
+            retained.push(found.len());
+            if !found.is_empty() {
                 session.mailbox.push_all_unbounded(found);
             }
         }
-        if subs.is_empty() { Commit::done() } else { self.persist_session(session) }
+        let commit = if subs.is_empty() { Commit::done() } else { self.persist_session(session) };
+        Subscribed { commit, retained }
     }
 
     /// Removes the subscriptions of one UNSUBSCRIBE; returns, per filter, whether it existed,

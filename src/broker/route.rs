@@ -207,20 +207,33 @@ impl Broker {
         Ok(false)
     }
 
-    /// Retained messages matching `filter`, as deliveries for a new subscription.
-    pub(super) fn retained_matching(&self, filter: &str, opts: SubOptions) -> Vec<Delivery> {
+    /// The retained messages matching `filter` that `session` may read, not expired, and that
+    /// `admit` accepts (the connection's Maximum Packet Size), as deliveries for a new
+    /// subscription: one snapshot under one read lock, so their number is exactly what is sent.
+    pub(super) fn retained_matching(
+        &self,
+        session: &Session,
+        filter: &str,
+        opts: SubOptions,
+        admit: &mut dyn FnMut(&Delivery) -> bool,
+    ) -> Vec<Delivery> {
         let now = Instant::now();
         let mut out = Vec::new();
-        self.retained.read().for_each_match(filter, |_, m| {
-            if !m.is_expired(now) {
-                out.push(Delivery {
-                    msg: m.clone(),
-                    qos: m.qos.min(opts.qos),
-                    retain: true,
-                    sub_ids: opts.sub_id.into_iter().collect(),
-                    seq: None,
-                    share: None,
-                });
+        self.retained.read().for_each_match(filter, |topic, m| {
+            if m.is_expired(now) || !session.may_read(topic) {
+                return;
+            }
+            let d = Delivery {
+                msg: m.clone(),
+                qos: m.qos.min(opts.qos),
+                retain: true,
+                sub_ids: opts.sub_id.into_iter().collect(),
+                seq: None,
+                share: None,
+                snapshot: true,
+            };
+            if admit(&d) {
+                out.push(d);
             }
         });
         out
@@ -255,5 +268,6 @@ pub(super) fn delivery<'a>(
         sub_ids: entries.filter_map(|e| e.opts.sub_id).collect(),
         seq: None,
         share: None,
+        snapshot: false,
     }
 }

@@ -70,6 +70,10 @@ pub struct Delivery {
     /// when this one leaves. Kept in memory only: a delivery restored from the store stays with
     /// its session.
     pub share: Option<Arc<str>>,
+    /// A retained message queued by a SUBSCRIBE and counted in its v5 SUBACK (User Property
+    /// `retained`): it is sent even if it expires after the count, so exactly the announced
+    /// number arrives. Kept in memory only, like `share`.
+    pub snapshot: bool,
 }
 
 /// Options of one subscription, as granted.

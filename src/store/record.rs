@@ -443,7 +443,7 @@ fn read_delivery_body(r: &mut Reader, clock: &Clock) -> Result<Delivery, RecordE
         sub_ids.push(r.varint_u32("subscription identifier")?);
     }
     let msg = Arc::new(read_message_body(r, clock)?);
-    Ok(Delivery { msg, qos, retain, sub_ids, seq: None, share: None })
+    Ok(Delivery { msg, qos, retain, sub_ids, seq: None, share: None, snapshot: false })
 }
 
 /// Decodes a record made by [`encode_message`]. An expired message decodes with an

@@ -37,7 +37,15 @@ fn expiring(topic: &str, payload: &str, in_: Duration) -> Arc<Message> {
 }
 
 fn delivery(m: Arc<Message>) -> Delivery {
-    Delivery { msg: m, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![3], seq: None, share: None }
+    Delivery {
+        msg: m,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        sub_ids: vec![3],
+        seq: None,
+        share: None,
+        snapshot: false,
+    }
 }
 
 fn session(id: &str) -> SessionRecord {

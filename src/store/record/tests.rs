@@ -112,6 +112,7 @@ fn delivery_and_queued_round_trip() {
         sub_ids: vec![1, 268_435_455],
         seq: Some(4),
         share: None,
+        snapshot: false,
     };
     let back = decode_delivery(Bytes::from(encode_delivery(&d, &c)), &c).unwrap();
     assert_same(&d.msg, &back.msg, &c);
@@ -192,6 +193,7 @@ fn every_truncation_and_trailing_garbage_is_an_error() {
         sub_ids: vec![5],
         seq: None,
         share: None,
+        snapshot: false,
     };
     let s = SessionRecord {
         client_id: "c".into(),
