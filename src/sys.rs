@@ -176,6 +176,7 @@ impl Sys {
             properties: Properties::default(),
             expires_at: None,
             publisher: None,
+            stamp: crate::model::Stamp::default(),
         };
         if let Err(e) = self.broker.publish(Arc::new(msg), Vec::new()) {
             debug!(error = %e, %topic, "cannot publish $SYS topic");

@@ -140,6 +140,8 @@ pub struct Broker {
     store: Arc<dyn Store>,
     /// Set while the data directory's file system is below `storage.min_free_bytes`.
     disk_full: std::sync::atomic::AtomicBool,
+    /// The last state revision taken (see `route::set_retained`); restored from the store.
+    revision: AtomicU64,
 }
 
 impl Broker {
@@ -164,6 +166,7 @@ impl Broker {
             timers: Arc::default(),
             store,
             disk_full: std::sync::atomic::AtomicBool::new(false),
+            revision: AtomicU64::new(recovered.revision),
         });
         broker.restore(recovered);
         tokio::spawn(timers::run(Arc::downgrade(&broker), broker.timers.clone()));

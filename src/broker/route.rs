@@ -7,7 +7,7 @@
 //! acknowledgement from a subscriber is always stored after the copy it removes.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::mailbox::{Dropped, Refused};
@@ -16,7 +16,7 @@ use super::subtree::Hit;
 use super::{Broker, SubEntry, share};
 use crate::metrics::reasons::DropReason;
 use crate::model::SubOptions;
-use crate::model::{Delivery, Message, SessionId};
+use crate::model::{Delivery, Message, SessionId, Stamp};
 use crate::store::{Commit, Op, StoreError};
 use dataloom_codec::QoS;
 
@@ -78,10 +78,7 @@ impl Broker {
         // topic in the same order.
         let _order = msg.retain.then(|| self.retained_order(&msg.topic).lock());
         if msg.retain {
-            let op = self.set_retained(&msg);
-            if stores_state {
-                extra.push(op);
-            }
+            extra.extend(self.set_retained(&msg, stores_state));
         }
         let (mut targets, unfit) = self.fan_out(&msg);
         if disk_full && targets.iter().any(|(s, d)| d.qos != QoS::AtMostOnce && s.is_persistent()) {
@@ -129,25 +126,47 @@ impl Broker {
         *blocked = rest;
     }
 
-    /// Updates the in-memory retained index and returns the store op for it.
-    fn set_retained(&self, msg: &Arc<Message>) -> Op {
+    /// Updates the in-memory retained index and returns the store ops for it when `durable`
+    /// (not for `$SYS/`). A durable change takes the next state revision under the index's
+    /// write lock, so a reader holding the read lock sees exactly the changes up to
+    /// [`Broker::revision`]; a deletion stores the revision it took ([`Op::Revision`]).
+    fn set_retained(&self, msg: &Arc<Message>, durable: bool) -> Vec<Op> {
+        let next = |current: &AtomicU64| {
+            if durable { current.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 }
+        };
         if msg.payload.is_empty() {
-            let old = self.retained.write().remove(&msg.topic);
+            let mut tree = self.retained.write();
+            let old = tree.remove(&msg.topic);
+            let revision = old.as_ref().map(|_| next(&self.revision));
+            drop(tree);
             crate::metrics::get().retained_replaced(old.map_or(0, |m| m.payload.len()), 0);
-            Op::DeleteRetained(msg.topic.clone())
+            if !durable {
+                return Vec::new();
+            }
+            let mut ops = vec![Op::DeleteRetained(msg.topic.clone())];
+            ops.extend(revision.map(Op::Revision));
+            ops
         } else {
+            let mut tree = self.retained.write();
             // The retained copy owns its bytes: a slice of the publisher's read buffer would
             // keep the whole buffer (and every other message in it) alive as long as the state.
             let kept = Arc::new(Message {
                 topic_bytes: bytes::Bytes::copy_from_slice(&msg.topic_bytes),
                 payload: bytes::Bytes::copy_from_slice(&msg.payload),
+                stamp: Stamp { revision: next(&self.revision), unix_ms: super::lifecycle::unix_ms() },
                 ..Message::clone(msg)
             });
-            let old = self.retained.write().set(&msg.topic, kept.clone());
+            let old = tree.set(&msg.topic, kept.clone());
+            drop(tree);
             self.expiring.lock().note(&kept);
             crate::metrics::get().retained_replaced(old.map_or(0, |m| m.payload.len()), msg.payload.len());
-            Op::PutRetained(kept)
+            if durable { vec![Op::PutRetained(kept)] } else { Vec::new() }
         }
+    }
+
+    /// The broker-wide state revision: the number of the last retained-state change.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Relaxed)
     }
 
     /// One delivery per matching session (overlaps merged) and one per matching shared group

@@ -207,6 +207,7 @@ mod tests {
             properties: Default::default(),
             expires_at: None,
             publisher: None,
+            stamp: crate::model::Stamp::default(),
         }
     }
 }

@@ -34,6 +34,19 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// The publishing session, for the v5 No Local option; `None` for will and system messages.
     pub publisher: Option<SessionId>,
+    /// When the message became the retained state of its topic; zero for a message that is
+    /// not (yet) state.
+    pub stamp: Stamp,
+}
+
+/// The broker-wide revision of a state change and its wall-clock time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// Broker-wide, durable, strictly increasing per state change (0: not state, or stored
+    /// before revisions existed).
+    pub revision: u64,
+    /// When the state was set, UNIX milliseconds (0: unknown).
+    pub unix_ms: u64,
 }
 
 impl Message {

@@ -11,5 +11,5 @@ mod owner;
 
 pub use access::ReadAccess;
 pub use kill::{Kill, KillReason};
-pub use message::{Delivery, Message, SessionId, SubOptions};
+pub use message::{Delivery, Message, SessionId, Stamp, SubOptions};
 pub use owner::SessionOwner;

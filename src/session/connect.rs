@@ -231,6 +231,7 @@ fn will_message(w: &LastWill, session_expiry: u32) -> WillSpec {
         properties: super::inbound::forwarded_properties(&w.properties),
         expires_at: None,
         publisher: None,
+        stamp: crate::model::Stamp::default(),
     };
     WillSpec {
         msg,

@@ -119,6 +119,7 @@ impl Conn {
                 .message_expiry_interval
                 .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
             publisher: Some(self.session.id),
+            stamp: crate::model::Stamp::default(),
         };
         let schemas = &self.ctx.schemas;
         let who = (&*self.session.client_id, &mut self.schema_memo);

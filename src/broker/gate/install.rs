@@ -93,5 +93,6 @@ fn schema_message(filter: &str, version: u64, payload: Bytes, template: Option<&
         properties,
         expires_at: None,
         publisher: template.and_then(|m| m.publisher),
+        stamp: crate::model::Stamp::default(),
     }
 }

@@ -33,6 +33,7 @@ fn msg(topic: &str, payload: &str, retain: bool) -> Arc<Message> {
         properties: Default::default(),
         expires_at: None,
         publisher: None,
+        stamp: crate::model::Stamp::default(),
     })
 }
 

@@ -24,6 +24,7 @@ fn full_message(clock: &Clock) -> Message {
         },
         expires_at: Some(clock.instant + Duration::from_secs(3600)),
         publisher: Some(7),
+        stamp: crate::model::Stamp::default(),
     }
 }
 
@@ -37,6 +38,7 @@ fn minimal_message() -> Message {
         properties: Properties::default(),
         expires_at: None,
         publisher: None,
+        stamp: crate::model::Stamp::default(),
     }
 }
 
@@ -75,11 +77,36 @@ fn message_round_trips_with_every_property() {
 }
 
 #[test]
+fn retained_record_keeps_its_stamp_and_v1_records_read_with_none() {
+    let c = clock();
+    let mut m = full_message(&c);
+    m.stamp = crate::model::Stamp { revision: 1 << 40, unix_ms: 1_790_000_000_123 };
+    let record = encode_message(&m, &c);
+    assert_eq!(record[0], RETAINED_V2);
+    assert_eq!(decode_message(Bytes::from(record.clone()), &c).unwrap().stamp, m.stamp);
+    // A v1 record is the v2 one without the two numbers (one byte each when zero).
+    let unstamped = encode_message(&Message { stamp: crate::model::Stamp::default(), ..m.clone() }, &c);
+    let mut v1 = vec![RECORD_V1];
+    v1.extend_from_slice(&unstamped[3..]);
+    let old = decode_message(Bytes::from(v1), &c).unwrap();
+    assert_same(&m, &old, &c);
+    assert_eq!(old.stamp, crate::model::Stamp::default());
+    assert_eq!(
+        decode_message(Bytes::from(record[..3].to_vec()), &c).unwrap_err(),
+        RecordError::Truncated("revision")
+    );
+}
+
+#[test]
 fn minimal_message_round_trips_and_is_compact() {
     let c = clock();
     let m = minimal_message();
     let rec = encode_message(&m, &c);
-    assert_eq!(rec.len(), 1 + 1 + 2 + 1 + 1);
+    assert_eq!(
+        rec.len(),
+        1 + 2 + 1 + 2 + 1 + 1,
+        "version, zero stamp, flags, topic, no user properties, payload"
+    );
     let back = decode_message(Bytes::from(rec), &c).unwrap();
     assert_same(&m, &back, &c);
     assert_eq!(back.properties.message_expiry_interval, None);
