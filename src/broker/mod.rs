@@ -1,7 +1,7 @@
 //! The shared broker: sessions by client id, subscriptions, session expiry and delayed wills.
 //! Attaching, detaching and ending sessions live in `lifecycle`, their timers in `timers`,
 //! routing and retained state in `route`, which member of a shared subscription gets a message
-//! in `share`, the QoS 1/2 flows of a session in `flows`, the schema gate in `gate`, restoring
+//! in `share`, reading state in topic order (the HTTP state API) in `state`, the QoS 1/2 flows of a session in `flows`, the schema gate in `gate`, restoring
 //! from the store in `recovery`.
 //!
 //! Every durable effect (persistent session records, subscriptions) is submitted to the
@@ -18,6 +18,7 @@ pub(crate) mod retained_tree;
 mod route;
 pub(crate) mod session;
 mod share;
+mod state;
 pub(crate) mod subtree;
 mod timers;
 
@@ -37,6 +38,7 @@ use subtree::SubscriptionTree;
 pub use flows::{PubRecAnswer, Qos2Arrival};
 pub use lifecycle::{AttachError, AttachRequest};
 pub use route::Published;
+pub use state::StatePage;
 
 /// A subscription as the trie stores it: the session to deliver to and the options.
 #[derive(Debug, Clone)]

@@ -32,6 +32,8 @@ pub struct Published {
     /// Deliveries whose subscriber queue was full while its client drains it: the publisher
     /// waits for room and offers them again ([`Broker::offer_blocked`]) before it reads more.
     pub blocked: Vec<(Arc<Session>, Delivery)>,
+    /// The state revision the message took (a retained change), else 0.
+    pub revision: u64,
 }
 
 impl Broker {
@@ -77,8 +79,11 @@ impl Broker {
         // Held through the submission below: the index and the store see updates of one
         // topic in the same order.
         let _order = msg.retain.then(|| self.retained_order(&msg.topic).lock());
+        let mut revision = 0;
         if msg.retain {
-            extra.extend(self.set_retained(&msg, stores_state));
+            let (ops, taken) = self.set_retained(&msg, stores_state);
+            extra.extend(ops);
+            revision = taken;
         }
         let (mut targets, unfit) = self.fan_out(&msg);
         if disk_full && targets.iter().any(|(s, d)| d.qos != QoS::AtMostOnce && s.is_persistent()) {
@@ -110,7 +115,7 @@ impl Broker {
                 }
             }
         }
-        Ok(Published { matched, routed, commit, blocked })
+        Ok(Published { matched, routed, commit, blocked, revision })
     }
 
     /// Offers blocked deliveries again: those that fit (or are dropped because their client
@@ -130,7 +135,8 @@ impl Broker {
     /// (not for `$SYS/`). A durable change takes the next state revision under the index's
     /// write lock, so a reader holding the read lock sees exactly the changes up to
     /// [`Broker::revision`]; a deletion stores the revision it took ([`Op::Revision`]).
-    fn set_retained(&self, msg: &Arc<Message>, durable: bool) -> Vec<Op> {
+    /// Returns the ops and the revision taken (0 for none).
+    fn set_retained(&self, msg: &Arc<Message>, durable: bool) -> (Vec<Op>, u64) {
         let next = |current: &AtomicU64| {
             if durable { current.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 }
         };
@@ -141,11 +147,11 @@ impl Broker {
             drop(tree);
             crate::metrics::get().retained_replaced(old.map_or(0, |m| m.payload.len()), 0);
             if !durable {
-                return Vec::new();
+                return (Vec::new(), 0);
             }
             let mut ops = vec![Op::DeleteRetained(msg.topic.clone())];
             ops.extend(revision.map(Op::Revision));
-            ops
+            (ops, revision.unwrap_or(0))
         } else {
             let mut tree = self.retained.write();
             // The retained copy owns its bytes: a slice of the publisher's read buffer would
@@ -160,7 +166,8 @@ impl Broker {
             drop(tree);
             self.expiring.lock().note(&kept);
             crate::metrics::get().retained_replaced(old.map_or(0, |m| m.payload.len()), msg.payload.len());
-            if durable { vec![Op::PutRetained(kept)] } else { Vec::new() }
+            let revision = kept.stamp.revision;
+            if durable { (vec![Op::PutRetained(kept)], revision) } else { (Vec::new(), 0) }
         }
     }
 
