@@ -195,6 +195,8 @@ async fn bad_input_gets_a_4xx_json_answer_and_cross_origin_writes_are_refused() 
         ("GET", "/v1/state?cursor=%%%", 400),
         ("GET", "/v1/state?cursor=not-ours!", 400),
         ("GET", "/v1/state/a/%2B", 400),
+        ("GET", "/v1/state/a/%ff", 400),
+        ("GET", "/v1/schemas/a/%ff", 400),
         ("PUT", "/v1/state/a/%23", 400),
         ("GET", "/v1/nothing", 404),
         ("POST", "/v1/state", 405),

@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, Path};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -185,6 +186,14 @@ impl Api {
         })?;
         Ok(Caller { perms: self.api.auth.perms(&principal, cred.client_id) })
     }
+}
+
+/// The `{*topic}` or `{*filter}` of a path, percent-decoded.
+///
+/// # Errors
+/// [`ApiError::BadRequest`] when it is not UTF-8 after decoding.
+pub(super) fn path_param(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(s)| s).map_err(|e| ApiError::BadRequest(format!("path: {e}")))
 }
 
 /// `Bearer <key id>:<secret>`.

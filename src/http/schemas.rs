@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
-use super::api::{Api, ApiError, Json};
+use super::api::{Api, ApiError, Json, path_param};
 use crate::model::Message;
 use crate::schema::filter::{SCHEMA_PREFIX, topic_of_filter};
 
@@ -35,9 +36,10 @@ pub(super) async fn get_one(
     State(s): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(filter): Path<String>,
+    filter: Result<Path<String>, PathRejection>,
 ) -> Result<Json, ApiError> {
     let caller = s.caller(peer, &headers)?;
+    let filter = path_param(filter)?;
     dataloom_codec::topic::validate_filter(&filter, s.api.max_topic_levels)
         .map_err(|e| ApiError::BadRequest(format!("filter {filter:?}: {e}")))?;
     let topic = topic_of_filter(&filter);

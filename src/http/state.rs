@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Uri, header};
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::api::{Api, ApiError, Caller, Json, query_param};
+use super::api::{Api, ApiError, Caller, Json, path_param, query_param};
 use crate::model::{Message, Stamp};
 use crate::schema::Memo;
 use crate::store::StoreError;
@@ -65,9 +66,10 @@ pub(super) async fn get_one(
     State(s): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(topic): Path<String>,
+    topic: Result<Path<String>, PathRejection>,
 ) -> Result<Json, ApiError> {
     let caller = s.caller(peer, &headers)?;
+    let topic = path_param(topic)?;
     valid_topic(&s, &topic)?;
     if !caller.perms.may_read(&topic) {
         return Err(ApiError::Forbidden(format!("this key may not read {topic}")));
@@ -83,10 +85,11 @@ pub(super) async fn put(
     State(s): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(topic): Path<String>,
+    topic: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json, ApiError> {
     let caller = s.caller(peer, &headers)?;
+    let topic = path_param(topic)?;
     let body = body.map_err(|e| match e.status() {
         axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::TooLarge(format!("the body is over mqtt.max_packet_size ({} bytes)", s.api.max_body))
@@ -105,9 +108,10 @@ pub(super) async fn delete(
     State(s): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(topic): Path<String>,
+    topic: Result<Path<String>, PathRejection>,
 ) -> Result<Json, ApiError> {
     let caller = s.caller(peer, &headers)?;
+    let topic = path_param(topic)?;
     write(&s, &caller, &topic, Bytes::new(), None).await
 }
 
