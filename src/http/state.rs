@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::rejection::PathRejection;
@@ -197,16 +197,13 @@ fn item(m: &Message) -> Value {
 
 /// UNIX milliseconds as RFC 3339 (`null` when unknown: state stored before revisions).
 fn rfc3339(unix_ms: u64) -> Value {
+    /// 9999-12-31T23:59:59Z, the last time RFC 3339's four-digit year can write.
+    const LAST: Duration = Duration::from_secs(253_402_300_799);
     if unix_ms == 0 {
         return Value::Null;
     }
-    let t = UNIX_EPOCH + Duration::from_millis(unix_ms);
-    Value::String(
-        humantime::format_rfc3339_millis(
-            t.min(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799)),
-        )
-        .to_string(),
-    )
+    let t = UNIX_EPOCH + Duration::from_millis(unix_ms).min(LAST);
+    Value::String(humantime::format_rfc3339_millis(t).to_string())
 }
 
 /// The cursor after `topic`: its bytes, base64url (opaque to clients).

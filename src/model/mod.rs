@@ -1,4 +1,5 @@
-//! The vocabulary every layer above shares (issue 12): the routed [`Message`], one subscriber's
+//! The vocabulary every layer above shares (issue 12): the routed [`Message`] (and the [`Stamp`]
+//! of the state change it made), one subscriber's
 //! [`Delivery`] of it, the granted [`SubOptions`] of a subscription, the [`SessionId`], the
 //! [`SessionOwner`] that made a session, the [`Kill`] switch that ends a connection from
 //! outside its task, and [`ReadAccess`], what a connection may read. Plain data and no policy: the store encodes these types, the broker routes
