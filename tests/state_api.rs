@@ -7,39 +7,11 @@ mod v5_util;
 
 use std::net::SocketAddr;
 
-use common::{TestBroker, WAIT};
+use common::{TestBroker, http_json as http};
 use dataloom::auth::KeySpec;
 use dataloom::codec::QoS;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use v5_util::*;
-
-/// One HTTP/1.0 request (the server closes after answering): status and JSON body.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("http connect");
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    s.write_all(&bytes).await.expect("http write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.expect("answer in time").expect("http read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header");
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
-    let json = serde_json::from_str(body)
-        .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {body}"));
-    (status, json)
-}
 
 fn http_addr(b: &TestBroker) -> SocketAddr {
     b.running.as_ref().expect("running").http_addr.expect("http listener")
@@ -220,14 +192,16 @@ async fn bad_input_gets_a_4xx_json_answer_and_cross_origin_writes_are_refused() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_revision_is_durable_and_keeps_increasing_after_kill_9() {
+async fn puts_and_the_revision_are_durable_and_it_keeps_increasing_after_kill_9() {
     let site = common::binary::Site::new();
     let p = site.start().await;
     let a = p.http_addr().await;
     let (_, first) = http(a, "PUT", "/v1/state/d/1", &[], b"1").await;
     let (_, deleted) = http(a, "DELETE", "/v1/state/d/1", &[], b"").await;
-    let last = deleted["revision"].as_u64().expect("revision");
-    assert!(last > first["revision"].as_u64().expect("revision"));
+    assert!(deleted["revision"].as_u64() > first["revision"].as_u64());
+    let (code, kept) = http(a, "PUT", "/v1/state/d/kept", &[], b"kept").await;
+    assert_eq!(code, 200, "durable before the answer");
+    let last = kept["revision"].as_u64().expect("revision");
     p.kill_9().await;
 
     let p = site.start().await;
