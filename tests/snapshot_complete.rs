@@ -32,7 +32,8 @@ fn with_rh(f: &str, rh: RetainHandling) -> SubscribeFilter {
     SubscribeFilter { retain_handling: rh, ..filter(f, QoS::AtLeastOnce) }
 }
 
-/// Every PUBLISH before the PINGRESP (acknowledging QoS 1 ones), as (topic, retain).
+/// Every PUBLISH before the PINGRESP, as (topic, retain), sorted; QoS 1 ones are acknowledged
+/// afterwards, so callers expect fewer than the in-flight window (20).
 async fn publishes_until_ping(c: &mut RawClient) -> Vec<(String, bool)> {
     let mut got = Vec::new();
     for p in until_pingresp(c).await {
@@ -197,4 +198,26 @@ async fn rumqttc_reads_the_count_and_then_exactly_that_many_retained_messages() 
         .await;
     assert!(!next.retain);
     assert_eq!(&next.payload[..], b"off");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_sessions_suback_waits_for_the_store_and_the_snapshot_still_follows_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let b = TestBroker::start_with(move |c| {
+        c.storage.backend = dataloom::config::Backend::Fjall;
+        c.storage.data_dir = data;
+    })
+    .await;
+    let mut p = connect(&b, "snap-fj-pub").await;
+    for i in 0..50u16 {
+        retain(&mut p, i + 1, &format!("fj/{i}"), b"v").await;
+    }
+    let mut s = connect_ok(&b, "snap-fj-sub", |c| c.properties.session_expiry_interval = Some(600)).await;
+    // The SUBACK of a persistent session is sent once its record is on disk; the retained
+    // messages queued by the same SUBSCRIBE must not overtake it.
+    let ack = subscribe_many(&mut s, 1, vec![filter("fj/#", QoS::AtMostOnce)], None).await;
+    assert_eq!(retained(&ack), Some("50"));
+    assert_eq!(publishes_until_ping(&mut s).await.len(), 50);
+    b.stop().await;
 }
