@@ -24,6 +24,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 [ -n "$addr" ] || { echo "broker did not start" >&2; exit 1; }
+cd "$tmp"
 "$venv/bin/schemathesis" run "http://$addr/v1/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --max-examples "$examples" --phases examples,coverage,fuzzing --workers 1 --no-color
