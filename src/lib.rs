@@ -21,6 +21,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod notify;
 pub mod schema;
 pub mod server;
 pub mod session;

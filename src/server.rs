@@ -89,7 +89,9 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             Arc::new(store)
         }
     };
+    let max_memory = memory_budget(cfg);
     let limits = BrokerLimits {
+        max_memory,
         max_queued_messages: cfg.mqtt.max_queued_messages,
         max_queued_bytes: cfg.mqtt.max_queued_bytes,
         persistent_session_expiry: cfg
@@ -98,6 +100,10 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX - 1)),
     };
     let broker = Broker::new(limits, store)?;
+    // What the process held before any client: the binary, the runtime, recovered state's
+    // overhead beyond its charged messages. Charged for good, so the budget covers RSS.
+    broker.memory().add(resident_bytes().saturating_sub(broker.memory().used()));
+    tokio::spawn(sample_resident(Arc::downgrade(&broker)));
     let settings = crate::auth::Settings {
         allow_anonymous: cfg.auth.allow_anonymous,
         anonymous: cfg.auth.anonymous.clone(),
@@ -246,4 +252,65 @@ impl Running {
         }
         info!("broker stopped");
     }
+}
+
+/// `limits.max_memory` in bytes, resolved against the memory this process may use; logs it.
+fn memory_budget(cfg: &Config) -> usize {
+    let setting = cfg.limits.max_memory;
+    let available = crate::config::available_memory();
+    let bytes = match (setting, available) {
+        (crate::config::MemorySize::Bytes(b), _) => b,
+        (p, Some(total)) => p.resolve(total),
+        (_, None) => {
+            tracing::warn!(%setting, "limits.max_memory: cannot read this machine's memory size; no memory budget");
+            return 0;
+        }
+    };
+    tracing::info!(
+        %setting,
+        budget_mib = bytes >> 20,
+        available_mib = available.map(|a| a >> 20),
+        "memory budget (limits.max_memory): load is shed above 90 %"
+    );
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
+/// Every 250 ms: the process's resident size as the floor of the memory account. Near the
+/// shedding mark while the account itself is lower, freed memory the allocator kept is handed
+/// back first (`malloc_trim`), so shedding follows what is really in use. Ends with the broker.
+async fn sample_resident(broker: std::sync::Weak<Broker>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let Some(broker) = broker.upgrade() else { return };
+        let budget = broker.memory();
+        if budget.limit() == 0 {
+            return;
+        }
+        let mut resident = resident_bytes();
+        let account = budget.used() + broker.store().memory_bytes();
+        if resident >= budget.limit() / 10 * 8 && account < resident {
+            trim_heap();
+            resident = resident_bytes();
+        }
+        budget.observe_resident(resident);
+    }
+}
+
+/// Hands memory the allocator holds but nobody uses back to the OS (glibc only).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages of glibc's heaps; it touches no live memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Resident memory of this process now, from `/proc/self/statm` (0 where unreadable).
+fn resident_bytes() -> usize {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()))
+        .unwrap_or(0);
+    pages * 4096
 }

@@ -176,6 +176,7 @@ impl Sys {
             properties: Properties::default(),
             expires_at: None,
             publisher: None,
+            charge: Default::default(),
             stamp: crate::model::Stamp::default(),
         };
         if let Err(e) = self.broker.publish(Arc::new(msg), Vec::new()) {

@@ -585,6 +585,7 @@ async fn readyz_follows_listeners_and_store() {
         max_queued_messages: 10,
         max_queued_bytes: 0,
         persistent_session_expiry: None,
+        max_memory: 0,
     };
     let broker = dataloom::broker::Broker::new(limits, store.clone()).expect("broker");
     let ready = Arc::new(AtomicBool::new(false));

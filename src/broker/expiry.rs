@@ -100,6 +100,7 @@ mod tests {
             properties: Default::default(),
             expires_at,
             publisher: None,
+            charge: Default::default(),
             stamp: crate::model::Stamp::default(),
         }
     }

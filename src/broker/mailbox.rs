@@ -7,6 +7,12 @@
 //! subscriber that stopped reading) drops and counts, so it never holds publishers up. QoS 0 is
 //! dropped while the session is offline, as Mosquitto does by default. The connection task is
 //! woken through a `Notify`, whose stored permit means no wake-up is lost.
+//!
+//! Under memory pressure (`limits.max_memory`, see `model::Budget`, from
+//! [`Pressure::ShedQos0`] on) a QoS 0 delivery to a queue that already holds a backlog and
+//! whose client stopped draining it is shed: the slowest sessions lose first, clients that
+//! keep reading keep receiving (a full queue still pushes their publishers back). Each queued
+//! delivery's bookkeeping is charged to the budget (its message is charged once, by itself).
 
 use std::collections::VecDeque;
 use std::sync::OnceLock;
@@ -16,7 +22,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::model::Delivery;
+use crate::model::{Budget, Delivery, Pressure};
 use dataloom_codec::QoS;
 
 /// Why a delivery was not queued.
@@ -26,6 +32,8 @@ pub enum Dropped {
     QueueFull,
     /// QoS 0 for a session whose client is not connected.
     Offline,
+    /// QoS 0 to a backlogged queue while memory is short.
+    Shed,
 }
 
 /// A full queue not drained for this long belongs to a stalled client: it drops instead of
@@ -47,6 +55,9 @@ struct Queue {
     items: VecDeque<Delivery>,
     bytes: usize,
 }
+
+/// Bytes one queued delivery's bookkeeping takes (its message is charged by itself).
+const ITEM_BYTES: usize = std::mem::size_of::<Delivery>() + 16;
 
 /// Bytes a delivery counts against `max_queued_bytes`.
 fn weight(d: &Delivery) -> usize {
@@ -74,6 +85,8 @@ pub struct Mailbox {
     dropped: AtomicU64,
     /// When the queue was last drained, in milliseconds since [`epoch`].
     last_drain_ms: AtomicU64,
+    /// The broker's memory account, charged [`ITEM_BYTES`] per queued delivery.
+    memory: std::sync::Arc<Budget>,
 }
 
 fn epoch() -> Instant {
@@ -87,9 +100,10 @@ fn now_ms() -> u64 {
 
 impl Mailbox {
     /// An empty mailbox holding at most `limit` deliveries (and `byte_limit` payload and topic
-    /// bytes, 0 for no limit) from publishers.
-    pub fn new(limit: usize, byte_limit: usize) -> Mailbox {
+    /// bytes, 0 for no limit) from publishers, charging its bookkeeping to `memory`.
+    pub fn new(limit: usize, byte_limit: usize, memory: std::sync::Arc<Budget>) -> Mailbox {
         Mailbox {
+            memory,
             queue: Mutex::new(Queue::default()),
             byte_limit,
             notify: Notify::new(),
@@ -106,7 +120,7 @@ impl Mailbox {
     /// # Errors
     /// [`Dropped`] says why the delivery was discarded; the caller counts it.
     pub fn push(&self, d: Delivery) -> Result<(), Dropped> {
-        match self.offer(d) {
+        match self.offer(d, Pressure::Normal) {
             Ok(()) => Ok(()),
             Err(Refused::Dropped(why)) => Err(why),
             Err(Refused::Full(_)) => {
@@ -117,11 +131,12 @@ impl Mailbox {
     }
 
     /// Queues a live delivery; a full queue whose client is draining hands it back
-    /// ([`Refused::Full`]) so the publisher can wait for room.
+    /// ([`Refused::Full`]) so the publisher can wait for room. `pressure` is the broker's
+    /// memory pressure, read once per routed message.
     ///
     /// # Errors
     /// [`Refused`]: full (try again after [`Mailbox::space`]) or dropped (counted here).
-    pub fn offer(&self, d: Delivery) -> Result<(), Refused> {
+    pub fn offer(&self, d: Delivery, pressure: Pressure) -> Result<(), Refused> {
         if d.qos == QoS::AtMostOnce && !self.online.load(Ordering::Relaxed) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::Dropped(Dropped::Offline));
@@ -129,6 +144,11 @@ impl Mailbox {
         {
             let mut q = self.queue.lock();
             let w = weight(&d);
+            if d.qos == QoS::AtMostOnce && !q.items.is_empty() && self.sheds(pressure) {
+                drop(q);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Dropped(Dropped::Shed));
+            }
             if q.full(self.limit, self.byte_limit, w) {
                 drop(q);
                 if self.online.load(Ordering::Relaxed) && self.is_draining() {
@@ -140,6 +160,7 @@ impl Mailbox {
             let was_empty = q.items.is_empty();
             q.bytes += w;
             q.items.push_back(d);
+            self.memory.add(ITEM_BYTES);
             if !was_empty {
                 // The connection task was woken for the first one and drains everything
                 // queued before it sleeps again (or wakes on an ack or a write), so one
@@ -149,6 +170,12 @@ impl Mailbox {
         }
         self.notify.notify_one();
         Ok(())
+    }
+
+    /// True when a QoS 0 delivery to this (backlogged) queue is shed at `pressure`: from
+    /// [`Pressure::ShedQos0`] on, if the client stopped draining it.
+    fn sheds(&self, pressure: Pressure) -> bool {
+        pressure >= Pressure::ShedQos0 && !self.is_draining()
     }
 
     /// True while the client took messages within [`STALL_AFTER`].
@@ -170,10 +197,12 @@ impl Mailbox {
     /// client asked for and which must all arrive however many there are.
     pub fn push_all_unbounded(&self, ds: impl IntoIterator<Item = Delivery>) {
         let mut q = self.queue.lock();
+        let before = q.items.len();
         for d in ds {
             q.bytes += weight(&d);
             q.items.push_back(d);
         }
+        self.memory.add((q.items.len() - before) * ITEM_BYTES);
         drop(q);
         self.notify.notify_one();
     }
@@ -184,6 +213,7 @@ impl Mailbox {
             return;
         }
         let mut q = self.queue.lock();
+        self.memory.add(ds.len() * ITEM_BYTES);
         for d in ds.into_iter().rev() {
             q.bytes += weight(&d);
             q.items.push_front(d);
@@ -199,6 +229,7 @@ impl Mailbox {
         out.extend(q.items.drain(..n));
         q.bytes -= out[start..].iter().map(weight).sum::<usize>();
         drop(q);
+        self.memory.release(n * ITEM_BYTES);
         self.last_drain_ms.store(now_ms(), Ordering::Relaxed);
         if was_full && n > 0 {
             self.space.notify_waiters();
@@ -251,11 +282,18 @@ impl Mailbox {
             q.items.drain(..).partition(|d| pick(d));
         q.items = kept;
         q.bytes -= taken.iter().map(weight).sum::<usize>();
+        self.memory.release(taken.len() * ITEM_BYTES);
         taken.into()
     }
 
     /// Deliveries dropped so far.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        self.memory.release(self.queue.get_mut().items.len() * ITEM_BYTES);
     }
 }

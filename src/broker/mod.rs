@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::model::{Delivery, KillReason, Message, SessionId, SubOptions};
+use crate::model::{Budget, Delivery, KillReason, Message, Pressure, SessionId, SubOptions};
 use crate::store::{Commit, Op, SessionRecord, Store, StoreError};
 use dataloom_codec::RetainHandling;
 use retained_tree::RetainedTree;
@@ -95,6 +95,8 @@ pub struct BrokerLimits {
     pub max_queued_bytes: usize,
     /// Longest session expiry, seconds (`mqtt.persistent_session_expiry`; `None`: no cap).
     pub persistent_session_expiry: Option<u32>,
+    /// The memory budget in bytes (`limits.max_memory`; 0: no limit, usage still counted).
+    pub max_memory: usize,
 }
 
 /// Result of connecting a client to its session.
@@ -142,6 +144,8 @@ pub struct Broker {
     store: Arc<dyn Store>,
     /// Set while the data directory's file system is below `storage.min_free_bytes`.
     disk_full: std::sync::atomic::AtomicBool,
+    /// The memory account every message, queue and connection buffer is charged to.
+    memory: Arc<Budget>,
     /// The last state revision taken (see `route::set_retained`); restored from the store.
     revision: AtomicU64,
 }
@@ -154,6 +158,7 @@ impl Broker {
     /// [`StoreError`] when the store cannot be read.
     pub fn new(limits: BrokerLimits, store: Arc<dyn Store>) -> Result<Arc<Broker>, StoreError> {
         let recovered = store.recover()?;
+        let max_memory = limits.max_memory;
         let broker = Arc::new(Broker {
             limits,
             stats: Stats::default(),
@@ -168,6 +173,7 @@ impl Broker {
             timers: Arc::default(),
             store,
             disk_full: std::sync::atomic::AtomicBool::new(false),
+            memory: Budget::new(max_memory),
             revision: AtomicU64::new(recovered.revision),
         });
         broker.restore(recovered);
@@ -215,7 +221,20 @@ impl Broker {
             dropped_offline_qos0: self.stats.dropped_offline_qos0.load(Ordering::Relaxed),
             session_timers: self.timers.len(),
             runtime_tasks: tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks()),
+            memory_budget: self.memory.limit(),
+            memory_used: self.memory.used() + self.store.memory_bytes(),
         }
+    }
+
+    /// The memory account: messages, queued deliveries and connection buffers are charged to
+    /// it (see `model::Budget`).
+    pub fn memory(&self) -> &Arc<Budget> {
+        &self.memory
+    }
+
+    /// How close memory use (the account plus the store's buffers) is to `limits.max_memory`.
+    pub fn pressure(&self) -> Pressure {
+        self.memory.pressure(self.store.memory_bytes())
     }
 
     /// The lock that orders retained updates of `topic` with their store submissions.
@@ -232,7 +251,13 @@ impl Broker {
 
     fn new_session(&self, client_id: Arc<str>) -> Arc<Session> {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Session::new(id, client_id, self.limits.max_queued_messages, self.limits.max_queued_bytes))
+        Arc::new(Session::new(
+            id,
+            client_id,
+            self.limits.max_queued_messages,
+            self.limits.max_queued_bytes,
+            self.memory.clone(),
+        ))
     }
 
     fn drop_subscriptions(&self, session: &Session) {

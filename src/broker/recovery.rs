@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use super::lifecycle::{time_left, unix_ms};
 use super::session::{Inflight, Phase};
 use super::{Broker, SubEntry, session_record};
+use crate::model::Message;
 use crate::store::{Op, Recovered, RecoveredSession};
 use dataloom_codec::QoS;
 
@@ -22,7 +23,8 @@ impl Broker {
         let retained = rec.retained.len();
         {
             let mut tree = self.retained.write();
-            for m in rec.retained {
+            for mut m in rec.retained {
+                self.charge_recovered(&mut m);
                 let topic = m.topic.clone();
                 crate::metrics::get().retained_replaced(0, m.payload.len());
                 self.expiring.lock().note(&m);
@@ -48,6 +50,13 @@ impl Broker {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "state recovered"
             );
+        }
+    }
+
+    /// Charges a message read from the store to the memory account (it is not shared yet).
+    fn charge_recovered(&self, m: &mut Arc<Message>) {
+        if let Some(m) = Arc::get_mut(m) {
+            m.charge = self.memory.charge(m.footprint());
         }
     }
 
@@ -87,7 +96,8 @@ impl Broker {
         let mut queued = Vec::new();
         {
             let mut st = session.state.lock();
-            for m in rs.queue {
+            for mut m in rs.queue {
+                self.charge_recovered(&mut m.delivery.msg);
                 match m.inflight {
                     Some((pkid, released)) => {
                         let phase = match (m.delivery.qos, released) {

@@ -14,9 +14,9 @@ use super::mailbox::{Dropped, Refused};
 use super::session::Session;
 use super::subtree::Hit;
 use super::{Broker, SubEntry, share};
-use crate::metrics::reasons::DropReason;
+use crate::metrics::reasons::{DropReason, ShedAction};
 use crate::model::SubOptions;
-use crate::model::{Delivery, Message, SessionId, Stamp};
+use crate::model::{Delivery, Message, Pressure, SessionId, Stamp};
 use crate::store::{Commit, Op, StoreError};
 use dataloom_codec::QoS;
 
@@ -106,8 +106,9 @@ impl Broker {
         // A group nobody in it may read matched (its drop is counted as not authorized).
         let (matched, mut routed) = (targets.len() + unfit, 0);
         let mut blocked = Vec::new();
+        let pressure = self.pressure();
         for (session, d) in targets {
-            match self.enqueue(&session, d, may_wait) {
+            match self.enqueue(&session, d, may_wait, pressure) {
                 Ok(queued) => routed += usize::from(queued),
                 Err(d) => {
                     routed += 1;
@@ -123,7 +124,7 @@ impl Broker {
     pub fn offer_blocked(&self, blocked: &mut Vec<(Arc<Session>, Delivery)>, give_up: bool) {
         let mut rest = Vec::new();
         for (session, d) in blocked.drain(..) {
-            match self.enqueue(&session, d, !give_up) {
+            match self.enqueue(&session, d, !give_up, self.pressure()) {
                 Ok(_) => {}
                 Err(d) => rest.push((session, d)),
             }
@@ -214,9 +215,15 @@ impl Broker {
 
     /// Queues a delivery: `Ok(true)` queued, `Ok(false)` dropped (a stored copy is removed
     /// from the store again), `Err` handed back because the queue is full and `may_wait`.
-    fn enqueue(&self, session: &Session, d: Delivery, may_wait: bool) -> Result<bool, Delivery> {
+    fn enqueue(
+        &self,
+        session: &Session,
+        d: Delivery,
+        may_wait: bool,
+        pressure: Pressure,
+    ) -> Result<bool, Delivery> {
         let seq = d.seq;
-        let why = match session.mailbox.offer(d) {
+        let why = match session.mailbox.offer(d, pressure) {
             Ok(()) => return Ok(true),
             Err(Refused::Full(d)) if may_wait => return Err(d),
             Err(Refused::Full(_)) => {
@@ -228,6 +235,12 @@ impl Broker {
         match why {
             Dropped::QueueFull => self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed),
             Dropped::Offline => self.stats.dropped_offline_qos0.fetch_add(1, Ordering::Relaxed),
+            Dropped::Shed => {
+                let m = crate::metrics::get();
+                m.dropped(DropReason::LoadShed);
+                m.load_shed(ShedAction::Qos0Delivery);
+                0
+            }
         };
         self.forget(session, seq);
         Ok(false)

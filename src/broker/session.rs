@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use super::mailbox::Mailbox;
-use crate::model::{Delivery, Kill, KillReason, ReadAccess, SessionId, SessionOwner, SubOptions};
+use crate::model::{Budget, Delivery, Kill, KillReason, ReadAccess, SessionId, SessionOwner, SubOptions};
 
 /// Where an outgoing QoS 1/2 message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,11 +159,17 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(id: SessionId, client_id: Arc<str>, queue_limit: usize, queue_bytes: usize) -> Session {
+    pub(crate) fn new(
+        id: SessionId,
+        client_id: Arc<str>,
+        queue_limit: usize,
+        queue_bytes: usize,
+        memory: Arc<Budget>,
+    ) -> Session {
         Session {
             id,
             client_id,
-            mailbox: Mailbox::new(queue_limit, queue_bytes),
+            mailbox: Mailbox::new(queue_limit, queue_bytes, memory),
             state: Mutex::new(SessionState::default()),
             generation: AtomicU64::new(0),
             holder: Mutex::new(Holder::default()),

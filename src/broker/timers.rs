@@ -163,7 +163,7 @@ mod tests {
     use std::time::Duration;
 
     fn session(id: u64) -> Arc<Session> {
-        Arc::new(Session::new(id, Arc::from(format!("c{id}")), 10, 0))
+        Arc::new(Session::new(id, Arc::from(format!("c{id}")), 10, 0, crate::model::Budget::new(0)))
     }
 
     #[test]
@@ -207,6 +207,7 @@ mod tests {
             properties: Default::default(),
             expires_at: None,
             publisher: None,
+            charge: Default::default(),
             stamp: crate::model::Stamp::default(),
         }
     }

@@ -5,6 +5,7 @@
 //! a [`ConfigError`] whose message names the key and what is allowed.
 
 mod keys;
+mod limits;
 mod listeners;
 mod origins;
 mod sections;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use keys::{AnonymousConfig, KeyRecord, OnForbidden, check_filter, check_id, parse_hash, parse_time};
+pub use limits::{Limits, MemorySize, available_memory};
 use listeners::parse_addr;
 pub use listeners::{
     Listeners, TcpListenerConfig, TlsKeys, TlsListenerConfig, WsListenerConfig, WssListenerConfig,
@@ -43,6 +45,8 @@ pub struct Config {
     pub schemas: Schemas,
     /// `[log]`: level and format.
     pub log: Log,
+    /// `[limits]`: the broker-wide memory budget.
+    pub limits: Limits,
 }
 
 /// Why a configuration was refused. Each message names the key and what is allowed.

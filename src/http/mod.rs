@@ -128,5 +128,9 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     if let Some(e) = s.broker.store().poisoned() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response();
     }
+    if s.broker.pressure() >= crate::model::Pressure::RefuseConnections {
+        let msg = "not ready: memory full (limits.max_memory), new connections are refused\n";
+        return (StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
+    }
     "ready\n".into_response()
 }

@@ -16,7 +16,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::api::{Api, ApiError, Caller, Json, path_param, query_param};
-use crate::model::{Message, Stamp};
+use crate::metrics::reasons::ShedAction;
+use crate::model::{Message, Pressure, Stamp};
 use crate::schema::Memo;
 use crate::store::StoreError;
 use dataloom_codec::{Properties, QoS, reason, topic};
@@ -137,16 +138,22 @@ async fn write(
         properties: Properties { content_type, ..Properties::default() },
         expires_at: None,
         publisher: None,
+        charge: Default::default(),
         stamp: Stamp::default(),
     };
-    let routed = s
-        .api
-        .schemas
-        .publish(&s.broker, Arc::new(msg), Vec::new(), ("$http", &mut Memo::default()))
-        .map_err(|r| match r.code {
-            reason::PAYLOAD_FORMAT_INVALID => ApiError::Invalid(r.reason),
-            reason::NOT_AUTHORIZED => ApiError::Forbidden(r.reason),
-            _ => ApiError::BadRequest(r.reason),
+    // As a client PUBLISH: near the memory budget, new state is refused; a delete passes.
+    if !msg.payload.is_empty() && s.broker.pressure() >= Pressure::RefuseStored {
+        crate::metrics::get().load_shed(ShedAction::PublishRefused);
+        return Err(ApiError::Unavailable("memory nearly full (limits.max_memory): try again later".into()));
+    }
+    let msg = Arc::new(msg.charged(s.broker.memory()));
+    let routed =
+        s.api.schemas.publish(&s.broker, msg, Vec::new(), ("$http", &mut Memo::default())).map_err(|r| {
+            match r.code {
+                reason::PAYLOAD_FORMAT_INVALID => ApiError::Invalid(r.reason),
+                reason::NOT_AUTHORIZED => ApiError::Forbidden(r.reason),
+                _ => ApiError::BadRequest(r.reason),
+            }
         })?;
     let published = routed.published.map_err(store_error)?;
     let mut blocked = published.blocked;

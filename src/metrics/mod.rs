@@ -30,7 +30,7 @@ pub use io::Counted;
 pub use reasons::pt;
 use reasons::{
     AUTH_FAILURE_REASONS, AUTHZ_ACTIONS, CLOSE_REASONS, DROP_REASONS, DropReason, FROM_CLIENT, FROM_SERVER,
-    PACKET_TYPES, REJECT_REASONS, SCHEMA_RESULTS, SESSION_PROTOCOL_KINDS,
+    PACKET_TYPES, REJECT_REASONS, SCHEMA_RESULTS, SESSION_PROTOCOL_KINDS, SHED_ACTIONS, ShedAction,
 };
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -216,6 +216,9 @@ pub struct Metrics {
     store_disk_bytes: IntGauge,
     store_backlog_bytes: IntGauge,
     tls_cert_expiry: GaugeVec,
+    load_shed: [IntCounter; SHED_ACTIONS.len()],
+    memory_budget: IntGauge,
+    memory_used: IntGauge,
 }
 
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -452,6 +455,25 @@ impl Metrics {
                 "Bytes of writes waiting for the store writer (bounded by storage.max_write_backlog).",
             )?,
             tls_cert_expiry,
+            load_shed: resolve(
+                &counter_vec(
+                    &r,
+                    "dataloom_load_shed_total",
+                    "Work refused or dropped because memory use neared limits.max_memory, by action.",
+                    &["action"],
+                )?,
+                SHED_ACTIONS,
+            ),
+            memory_budget: gauge(
+                &r,
+                "dataloom_memory_budget_bytes",
+                "The memory budget (limits.max_memory).",
+            )?,
+            memory_used: gauge(
+                &r,
+                "dataloom_memory_used_bytes",
+                "Bytes in the broker's memory account (start-up baseline, store backlog reserve, messages, queues, connection buffers).",
+            )?,
             registry: r,
         })
     }
@@ -495,6 +517,16 @@ impl Metrics {
         self.messages_received[qos as usize].inc();
         let start = sample_this_one().then(Instant::now);
         PublishTimer { start, histogram: &self.publish_latency }
+    }
+
+    /// Counts one thing shed under memory pressure.
+    pub fn load_shed(&self, action: ShedAction) {
+        self.load_shed[action as usize].inc();
+    }
+
+    /// `dataloom_load_shed_total{action}` so far.
+    pub fn load_shed_count(&self, action: ShedAction) -> u64 {
+        self.load_shed[action as usize].get()
     }
 
     /// Counts a message that was not delivered or not accepted.
@@ -582,6 +614,8 @@ impl Metrics {
         self.retained_messages.set(to_i64(s.retained_messages));
         self.store_disk_bytes.set(i64::try_from(s.store_disk_bytes).unwrap_or(i64::MAX));
         self.store_backlog_bytes.set(to_i64(s.store_backlog_bytes));
+        self.memory_budget.set(to_i64(s.memory_budget));
+        self.memory_used.set(to_i64(s.memory_used));
         follow(&self.dropped[DropReason::QueueFull as usize], s.dropped_queue_full);
         follow(&self.dropped[DropReason::OfflineQos0 as usize], s.dropped_offline_qos0);
     }
@@ -610,6 +644,10 @@ pub struct Snapshot {
     pub session_timers: usize,
     /// Tasks alive in the broker's async runtime (connections, listeners, timers, ...).
     pub runtime_tasks: usize,
+    /// `limits.max_memory` in bytes (0: no limit).
+    pub memory_budget: usize,
+    /// Bytes in the memory account.
+    pub memory_used: usize,
 }
 
 /// Brings a counter up to a total kept elsewhere (never down: a counter only grows).

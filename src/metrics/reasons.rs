@@ -171,6 +171,26 @@ labels!(
         /// read it (a stored message queued before it connected is withheld instead, up to
         /// `max_queued_messages`; see docs/decisions.md).
         NotAuthorized = "not_authorized",
+        /// Shed under memory pressure (`limits.max_memory`): QoS 0 to a backlogged session.
+        LoadShed = "load_shed",
+    ]
+);
+
+labels!(
+    /// `action` of `dataloom_load_shed_total`: what the broker refused or dropped because its
+    /// memory account neared `limits.max_memory`, in the order shedding escalates.
+    ShedAction,
+    SHED_ACTIONS,
+    [
+        /// A QoS 0 delivery to a session whose client stopped draining its backlog was dropped
+        /// (90 %).
+        Qos0Delivery = "qos0_delivery",
+        /// A QoS 1/2 PUBLISH was refused (v5 0x97, 3.1.1 connection closed) (95 %).
+        PublishRefused = "publish_refused",
+        /// A retained QoS 0 PUBLISH was dropped (95 %).
+        RetainedDropped = "retained_dropped",
+        /// A CONNECT was refused (v5 0x89 Server busy, 3.1.1 return code 3) (100 %).
+        ConnectRefused = "connect_refused",
     ]
 );
 
@@ -280,7 +300,8 @@ mod tests {
         assert_eq!(CLOSE_REASONS[CloseReason::Rejected as usize], "rejected");
         assert_eq!(REJECT_REASONS[RejectReason::Other as usize], "other");
         assert_eq!(DROP_REASONS[DropReason::OfflineQos0 as usize], "offline_qos0");
-        assert_eq!(DROP_REASONS.len(), 7);
+        assert_eq!(DROP_REASONS.len(), 8);
+        assert_eq!(SHED_ACTIONS[ShedAction::ConnectRefused as usize], "connect_refused");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::memory::{Budget, Charge};
 use dataloom_codec::{Properties, QoS, RetainHandling};
 
 /// Identifies a session inside the broker (never reused while the process runs).
@@ -34,6 +35,9 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// The publishing session, for the v5 No Local option; `None` for will and system messages.
     pub publisher: Option<SessionId>,
+    /// This copy's bytes in the broker's memory account (`Charge::default()`: not counted,
+    /// e.g. a message that only passes through the store). See [`Message::charged`].
+    pub charge: Charge,
     /// When the message became the retained state of its topic; zero for a message that is
     /// not (yet) state.
     pub stamp: Stamp,
@@ -49,7 +53,27 @@ pub struct Stamp {
     pub unix_ms: u64,
 }
 
+/// Bytes a message's struct and bookkeeping take besides its topic, payload and properties.
+const MESSAGE_OVERHEAD: usize = std::mem::size_of::<Message>() + 64;
+
 impl Message {
+    /// The bytes this message holds in memory: topic (both forms), payload, user properties
+    /// and the struct itself.
+    pub fn footprint(&self) -> usize {
+        let props = &self.properties;
+        let user: usize = props.user_properties.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
+        let extra = props.content_type.as_ref().map_or(0, |s| s.len())
+            + props.response_topic.as_ref().map_or(0, |s| s.len())
+            + props.correlation_data.as_ref().map_or(0, |b| b.len());
+        MESSAGE_OVERHEAD + self.topic.len() + self.topic_bytes.len() + self.payload.len() + user + extra
+    }
+
+    /// The message, charged against `budget` for as long as it lives.
+    pub fn charged(mut self, budget: &Arc<Budget>) -> Message {
+        self.charge = budget.charge(self.footprint());
+        self
+    }
+
     /// True once the message's expiry interval has elapsed.
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| t <= now)

@@ -35,6 +35,9 @@ const READ_CHUNK: usize = 8 * 1024;
 const RELEASE_ABOVE: usize = 64 * 1024;
 /// Stop reading from a client while this many responses wait for the store.
 const MAX_PENDING: usize = 1024;
+/// Bytes charged to the memory account per connection besides its buffers: its task, state
+/// and session (an estimate; `dataloom-bench`'s idle scenario measures the real figure).
+const CONN_BYTES: usize = std::mem::size_of::<Conn>() + 3072;
 
 /// A connected client after a successful CONNECT.
 pub struct Conn {
@@ -65,6 +68,8 @@ pub struct Conn {
     pub(super) awaiting_store: bool,
     /// The schema governing this connection's last PUBLISH topic.
     pub(super) schema_memo: crate::schema::Memo,
+    /// This connection's share of the memory account: its state and both buffers.
+    mem: crate::model::Charge,
 }
 
 impl Conn {
@@ -96,7 +101,16 @@ impl Conn {
             blocked: Vec::new(),
             awaiting_store: false,
             schema_memo: crate::schema::Memo::default(),
+            mem: crate::model::Charge::default(),
         }
+    }
+
+    /// Charges this connection's state and current buffer capacities to the memory account.
+    fn charge_buffers(&mut self, rbuf: &BytesMut) {
+        if self.mem.bytes() == 0 {
+            self.mem = self.ctx.broker.memory().charge(CONN_BYTES);
+        }
+        self.mem.set(CONN_BYTES + rbuf.capacity() + self.wbuf.capacity());
     }
 }
 
@@ -306,6 +320,8 @@ impl Conn {
                     &mut self.wbuf,
                 );
             }
+            // After the drain: a stalled client's loop may not turn again for a long time.
+            self.charge_buffers(rbuf);
             let want_mail = self.wbuf.len() < OUT_HIGH_WATER && self.out.has_window(&self.session);
             let want_read = self.wbuf.len() < OUT_HIGH_WATER
                 && self.pending.len() < MAX_PENDING

@@ -175,6 +175,9 @@ fn refuse_will(ctx: &Ctx, c: &Connect, out: &mut BytesMut) -> Option<u8> {
 
 /// The v5 reason code to refuse this CONNECT with, if it must be refused.
 fn refuse_reason(ctx: &Ctx, c: &Connect) -> Option<u8> {
+    if super::shed::refuse_connect(ctx.broker.pressure()) {
+        return Some(reason::SERVER_BUSY);
+    }
     if c.properties.authentication_method.is_some() {
         return Some(reason::BAD_AUTHENTICATION_METHOD);
     }
@@ -231,6 +234,7 @@ fn will_message(w: &LastWill, session_expiry: u32) -> WillSpec {
         properties: super::inbound::forwarded_properties(&w.properties),
         expires_at: None,
         publisher: None,
+        charge: Default::default(),
         stamp: crate::model::Stamp::default(),
     };
     WillSpec {

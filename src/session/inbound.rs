@@ -103,6 +103,9 @@ impl Conn {
                 Qos2Arrival::New(ops) => extra = ops,
             }
         }
+        if let Some(shed) = self.shed_publish(&p) {
+            return shed;
+        }
         let topic_str = std::str::from_utf8(&topic).map_err(|_| Close::Protocol(Violation::TopicNotUtf8))?;
         if !self.perms.may_publish(topic_str) {
             return self.refuse_forbidden(p.qos, p.pkid, topic_str);
@@ -119,11 +122,17 @@ impl Conn {
                 .message_expiry_interval
                 .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
             publisher: Some(self.session.id),
+            charge: Default::default(),
             stamp: crate::model::Stamp::default(),
         };
         let schemas = &self.ctx.schemas;
         let who = (&*self.session.client_id, &mut self.schema_memo);
-        let routed = match schemas.publish(&self.ctx.broker, Arc::new(msg), extra, who) {
+        let routed = match schemas.publish(
+            &self.ctx.broker,
+            Arc::new(msg.charged(self.ctx.broker.memory())),
+            extra,
+            who,
+        ) {
             Ok(routed) => routed,
             Err(refusal) => return self.refuse_publish(p.qos, p.pkid, refusal),
         };

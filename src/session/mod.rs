@@ -14,6 +14,7 @@ mod liveness;
 mod outbound;
 mod pending;
 mod refuse;
+mod shed;
 mod violation;
 
 use std::sync::Arc;

@@ -21,7 +21,7 @@ use dataloom_codec::{
 /// Deliveries taken from the mailbox per lock.
 const BATCH: usize = 64;
 /// Stop encoding once this much output is buffered.
-const OUT_FULL: usize = 256 * 1024;
+const OUT_FULL: usize = 64 * 1024;
 /// Stop draining the mailbox while this many packets wait in [`Pending`].
 const HELD_FULL: usize = 256;
 
@@ -117,7 +117,15 @@ impl Outbound {
             }
             let mut batch = std::mem::take(&mut self.batch);
             let mut rest = batch.drain(..);
+            // Checked per message, not per batch: a batch of large messages encoded at once
+            // would hold many times OUT_FULL per connection (1,000 stalled subscribers of
+            // 64 KiB messages held 4 MiB each).
+            let mut over = None;
             for d in rest.by_ref() {
+                if out.len() >= OUT_FULL {
+                    over = Some(d);
+                    break;
+                }
                 // A snapshot delivery was counted in its SUBACK when it had not expired.
                 if !d.snapshot && d.msg.is_expired(now) {
                     self.dropped_expired += 1;
@@ -162,7 +170,7 @@ impl Outbound {
                     break;
                 }
             }
-            let unsent: Vec<Delivery> = rest.collect();
+            let unsent: Vec<Delivery> = over.into_iter().chain(rest).collect();
             session.mailbox.push_front_all(unsent);
             self.batch = batch;
         }

@@ -350,7 +350,9 @@ impl Store for FjallStore {
         let mut out = Recovered::default();
         let mut cleanup = Vec::new();
 
+        let mut progress = super::progress::Progress::new("retained topics");
         for kv in self.ks.retained.iter() {
+            progress.tick();
             let (k, v) = kv.into_inner().map_err(|e| self.read_error(e))?;
             let m = record::decode_message(Bytes::copy_from_slice(&v), &clock)
                 .map_err(|e| corrupt(&self.path, "retained", &k, &e))?;
@@ -382,7 +384,9 @@ impl Store for FjallStore {
             out.sessions.push(RecoveredSession { record, queue: Vec::new(), incoming_qos2: Vec::new() });
         }
 
+        let mut progress = super::progress::Progress::new("queued messages");
         for kv in self.ks.queue.iter() {
+            progress.tick();
             let (k, v) = kv.into_inner().map_err(|e| self.read_error(e))?;
             let (client, seq) = split_key::<8>(&k)
                 .ok_or_else(|| corrupt(&self.path, "queue", &k, &RecordError::Invalid("key")))?;
@@ -487,6 +491,13 @@ impl Store for FjallStore {
 
     fn disk_bytes(&self) -> u64 {
         self.ks.db.disk_space().unwrap_or(0)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        // `write_buffer_size` (active and sealed memtables) is an atomic read; fjall marks it
+        // experimental, see docs/decisions.md.
+        let engine = self.ks.db.write_buffer_size().saturating_add(self.ks.db.cache_capacity());
+        usize::try_from(engine).unwrap_or(usize::MAX).saturating_add(self.shared.backlog.queued())
     }
 
     fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {

@@ -10,6 +10,7 @@ pub(crate) mod backlog;
 pub(crate) mod disk;
 pub(crate) mod fjall;
 pub(crate) mod memory;
+pub(crate) mod progress;
 pub(crate) mod record;
 
 use std::sync::Arc;
@@ -264,6 +265,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Bytes the store uses on disk (0 for memory).
     fn disk_bytes(&self) -> u64;
+
+    /// Bytes of memory the store holds now: writes waiting for the writer, the engine's
+    /// memtables and its block cache (at its capacity). Read on every routed message, so it is
+    /// a few atomic loads. 0 for the memory store (its state is the broker's own).
+    fn memory_bytes(&self) -> usize {
+        0
+    }
 
     /// The stored API key records (read at start; the memory store has none); `auth` decodes them.
     ///

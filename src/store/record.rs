@@ -439,6 +439,7 @@ fn read_message_body(r: &mut Reader, clock: &Clock) -> Result<Message, RecordErr
         properties,
         expires_at,
         publisher: None,
+        charge: Default::default(),
         stamp: Stamp::default(),
     };
     // As if just received: the interval left, which outbound recomputes when forwarding.

@@ -93,6 +93,7 @@ fn schema_message(filter: &str, version: u64, payload: Bytes, template: Option<&
         properties,
         expires_at: None,
         publisher: template.and_then(|m| m.publisher),
+        charge: Default::default(),
         stamp: crate::model::Stamp::default(),
     }
 }

@@ -153,6 +153,7 @@ impl SchemaGate {
             retain: false,
             properties,
             publisher: None,
+            charge: Default::default(),
             ..msg.clone()
         };
         if let Err(e) = broker.publish(Arc::new(dead), Vec::new()) {

@@ -17,7 +17,12 @@ const TEMP: &str = r#"{"type":"object","properties":{"celsius":{"type":"number"}
 
 fn broker() -> Arc<Broker> {
     Broker::new(
-        BrokerLimits { max_queued_messages: 10, max_queued_bytes: 0, persistent_session_expiry: None },
+        BrokerLimits {
+            max_queued_messages: 10,
+            max_queued_bytes: 0,
+            persistent_session_expiry: None,
+            max_memory: 0,
+        },
         Arc::new(MemoryStore),
     )
     .expect("broker")
@@ -33,6 +38,7 @@ fn msg(topic: &str, payload: &str, retain: bool) -> Arc<Message> {
         properties: Default::default(),
         expires_at: None,
         publisher: None,
+        charge: Default::default(),
         stamp: crate::model::Stamp::default(),
     })
 }

@@ -27,6 +27,7 @@ fn msg(topic: &str, payload: &str) -> Arc<Message> {
         properties: Properties { content_type: Some("text/plain".into()), ..Properties::default() },
         expires_at: None,
         publisher: Some(1),
+        charge: Default::default(),
         stamp: crate::model::Stamp::default(),
     })
 }

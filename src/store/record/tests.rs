@@ -24,6 +24,7 @@ fn full_message(clock: &Clock) -> Message {
         },
         expires_at: Some(clock.instant + Duration::from_secs(3600)),
         publisher: Some(7),
+        charge: Default::default(),
         stamp: crate::model::Stamp::default(),
     }
 }
@@ -38,6 +39,7 @@ fn minimal_message() -> Message {
         properties: Properties::default(),
         expires_at: None,
         publisher: None,
+        charge: Default::default(),
         stamp: crate::model::Stamp::default(),
     }
 }
