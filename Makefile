@@ -6,7 +6,7 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run build test test-deps lint fmt clean certs
+.PHONY: run build test test-deps test-api lint fmt clean certs
 
 build:
 	$(CARGO) build --release
@@ -41,6 +41,13 @@ lint:
 
 test: test-deps lint
 	$(CARGO) test --workspace --all-targets
+	$(MAKE) test-api
+
+# The HTTP state API fuzzed against docs/openapi.json by schemathesis (PyPI, installed once
+# into target/venv), a bounded number of examples per operation (EXAMPLES, default 50).
+test-api:
+	$(CARGO) build
+	sh scripts/schemathesis.sh
 
 fmt:
 	$(CARGO) fmt

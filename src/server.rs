@@ -137,7 +137,13 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
                 allowed_origins: cfg.http.allowed_origins.clone(),
                 allowed_hosts: cfg.http.allowed_hosts.clone(),
             };
-            Some(crate::http::serve_with(bind, state, Some(admin), rx.clone()).await?)
+            let api = crate::http::api::StateApi {
+                auth: auth.clone(),
+                schemas: ctx.schemas.clone(),
+                max_body: cfg.mqtt.max_packet_size as usize,
+                max_topic_levels: cfg.mqtt.max_topic_levels,
+            };
+            Some(crate::http::serve_with(bind, state, Some(admin), Some(api), rx.clone()).await?)
         }
     };
     spawn_retained_purge(broker.clone(), rx.clone());

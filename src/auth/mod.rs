@@ -356,6 +356,30 @@ impl Auth {
     /// not allowed (anonymous where not allowed, expired key, client id not allowed).
     pub fn authenticate(&self, c: &Cred<'_>, kill: &Arc<Kill>) -> Result<Principal, Refused> {
         let keys = self.keys.read();
+        let principal = self.principal(&keys, c)?;
+        if let Principal::Key(key) = &principal {
+            // Registered while the read lock is held: a revocation (write lock) either ran
+            // before (the key is gone) or runs after and finds this connection.
+            let mut live = self.live.lock();
+            let list = live.entry(Arc::from(key.record.id.as_str())).or_default();
+            list.retain(|w| w.strong_count() > 0);
+            list.push(Arc::downgrade(kill));
+        }
+        Ok(principal)
+    }
+
+    /// Authenticates one HTTP request (state API) by the rules of [`Auth::authenticate`]:
+    /// `Authorization: Bearer <key id>:<secret>` as username and password. A request lives
+    /// for one answer, so nothing is registered for revocation: the next request after a
+    /// revocation is refused.
+    ///
+    /// # Errors
+    /// As [`Auth::authenticate`].
+    pub fn authenticate_request(&self, c: &Cred<'_>) -> Result<Principal, Refused> {
+        self.principal(&self.keys.read(), c)
+    }
+
+    fn principal(&self, keys: &HashMap<Arc<str>, Arc<Key>>, c: &Cred<'_>) -> Result<Principal, Refused> {
         let local = !c.browser && c.peer.is_some_and(is_local);
         if keys.is_empty() && local {
             return Ok(match self.settings.anonymous {
@@ -390,13 +414,6 @@ impl Auth {
             count_failure(failure::CLIENT_ID);
             return Err(not_authorized);
         }
-        // Registered while the read lock is held: a revocation (write lock) either ran before
-        // (the key is gone) or runs after and finds this connection.
-        let mut live = self.live.lock();
-        let list = live.entry(Arc::from(id)).or_default();
-        list.retain(|w| w.strong_count() > 0);
-        list.push(Arc::downgrade(kill));
-        drop(live);
         Ok(Principal::Key(key))
     }
 

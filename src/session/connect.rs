@@ -242,6 +242,7 @@ fn will_message(w: &LastWill, session_expiry: u32) -> WillSpec {
         expires_at: None,
         publisher: None,
         charge: Default::default(),
+        stamp: crate::model::Stamp::default(),
     };
     WillSpec {
         msg,

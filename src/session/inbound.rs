@@ -126,6 +126,7 @@ impl Conn {
                 .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
             publisher: Some(self.session.id),
             charge: Default::default(),
+            stamp: crate::model::Stamp::default(),
         };
         let schemas = &self.ctx.schemas;
         let who = (&*self.session.client_id, &mut self.schema_memo);
@@ -205,15 +206,15 @@ impl Conn {
             match self.judge_filter(f, &mut room)? {
                 Ok((group, plain)) => {
                     codes.push(f.qos as u8);
-                    accepted.push((f, group, plain));
+                    accepted.push((codes.len() - 1, f, group, plain));
                 }
                 Err(code) => codes.push(code),
             }
         }
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let subs: Vec<NewSubscription<'_>> = accepted
-            .into_iter()
-            .map(|(f, group, plain)| NewSubscription {
+            .iter()
+            .map(|&(_, f, group, plain)| NewSubscription {
                 filter: &f.filter,
                 group,
                 plain,
@@ -226,13 +227,32 @@ impl Conn {
                 },
             })
             .collect();
-        let commit = self.ctx.broker.subscribe(&self.session, &subs);
         let version = self.version;
-        let fail = version.is_v5().then_some(reason::UNSPECIFIED_ERROR);
-        let pkid = s.pkid;
-        self.pending.respond(commit, &mut self.wbuf, 0, fail, |c, out| {
-            let codes = if c == 0 { codes.clone() } else { vec![c; codes.len()] };
-            encode(&Packet::SubAck(SubAck { pkid, codes, properties: Properties::default() }), version, out);
+        let out = &mut self.out;
+        let done = self.ctx.broker.subscribe(&self.session, &subs, &mut |d| out.fits(d, version));
+        let mut retained = vec![0; codes.len()];
+        for (&(i, ..), n) in accepted.iter().zip(done.retained) {
+            retained[i] = n;
+        }
+        let retained = version.is_v5().then(|| retained_property(&retained));
+        let (fail, pkid, max_packet) =
+            (version.is_v5().then_some(reason::UNSPECIFIED_ERROR), s.pkid, self.out.max_packet());
+        self.pending.respond(done.commit, &mut self.wbuf, 0, fail, |c, out| {
+            let start = out.len();
+            let mut suback = SubAck { pkid, codes: codes.clone(), properties: Properties::default() };
+            if c != 0 {
+                suback.codes = vec![c; codes.len()];
+            } else if let Some(p) = &retained {
+                suback.properties.user_properties.push(p.clone());
+                encode(&Packet::SubAck(suback.clone()), version, out);
+                if out.len() - start <= max_packet {
+                    return;
+                }
+                // Left out rather than exceed the client's Maximum Packet Size.
+                out.truncate(start);
+                suback.properties.user_properties.clear();
+            }
+            encode(&Packet::SubAck(suback), version, out);
         });
         crate::metrics::get().packets_sent[crate::metrics::pt::SUBACK].inc();
         Ok(())
@@ -383,4 +403,11 @@ impl<'a> SubscriptionRoom<'a> {
         self.added.insert(filter);
         true
     }
+}
+
+/// The v5 SUBACK's User Property `retained`: how many retained messages follow for each
+/// filter, comma-separated in the SUBSCRIBE's order (`retained=12,0,3`).
+fn retained_property(counts: &[usize]) -> (String, String) {
+    let value = counts.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    ("retained".to_string(), value)
 }

@@ -43,6 +43,10 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Key of the format version in the `meta` keyspace.
 const FORMAT_KEY: &[u8] = b"format_version";
 
+/// Key of the highest state revision in the `meta` keyspace (u64 big-endian; see
+/// [`Op::Revision`]).
+pub(crate) const REVISION_KEY: &[u8] = b"revision";
+
 /// Largest key fjall stores (its keys carry a 16-bit length).
 const MAX_KEY_LEN: usize = u16::MAX as usize;
 
@@ -216,6 +220,7 @@ fn op_key_len(op: &Op) -> usize {
         | Op::DeleteIncomingQos2 { client_id: c, .. } => c.len() + 9,
         Op::PutKey { id, .. } => id.len(),
         Op::DeleteKey(id) => id.len(),
+        Op::Revision(_) => REVISION_KEY.len(),
     }
 }
 
@@ -280,6 +285,17 @@ impl FjallStore {
     /// Group commits done so far (one write batch each, at most one fsync each).
     pub fn batches_committed(&self) -> u64 {
         self.shared.batches.load(Ordering::Relaxed)
+    }
+
+    /// The revision [`Op::Revision`] last stored (0 when none).
+    fn stored_revision(&self) -> Result<u64, StoreError> {
+        let Some(v) = self.ks.meta.get(REVISION_KEY).map_err(|e| self.read_error(e))? else {
+            return Ok(0);
+        };
+        let bytes: [u8; 8] = (*v).try_into().map_err(|_| {
+            corrupt(&self.path, "meta", REVISION_KEY, &RecordError::Invalid("revision length"))
+        })?;
+        Ok(u64::from_be_bytes(bytes))
     }
 
     fn read_error(&self, e: ::fjall::Error) -> StoreError {
@@ -348,6 +364,7 @@ impl Store for FjallStore {
                     &RecordError::Invalid("topic (differs from key)"),
                 ));
             }
+            out.revision = out.revision.max(m.stamp.revision);
             if m.is_expired(clock.instant) {
                 cleanup.push(Op::DeleteRetained(m.topic));
             } else {
@@ -410,6 +427,7 @@ impl Store for FjallStore {
             }
         }
 
+        out.revision = out.revision.max(self.stored_revision()?);
         if !cleanup.is_empty() {
             drop(self.submit(cleanup, false));
         }
