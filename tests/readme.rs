@@ -9,6 +9,8 @@
 //!   variables carry from one command to the next, and exported ones to the next block;
 //!   blocks share the broker and the directory (a temporary one with a link to `schemas/`).
 //! - A ```` ```text broker-log ```` block lists lines the broker must have logged by then.
+//! - A block whose info string is `from PATH` (the README's "Clients" snippets) must equal the
+//!   lines between PATH's `README: begin` and `README: end` markers: the code tests/clients.rs runs.
 //! - Every other shell block (```` ```sh ````, ```` ```bash ````, ```` ```shell ````, or
 //!   ```` ```console ```` with it) says `not run: REASON` in its info string, e.g.
 //!   ```` ```sh not run: needs TLS certificates (make certs) ````. A shell block that is neither
@@ -254,6 +256,42 @@ async fn every_shell_example_in_the_readme_works_as_written() {
     }
     assert!(ran >= 10, "only {ran} README commands ran; the console blocks went missing");
     broker.stop().await;
+}
+
+/// The lines between a file's `README: begin` and `README: end` marker lines.
+fn marked_snippet(text: &str) -> Option<Vec<String>> {
+    let mut lines = text.lines().skip_while(|l| !l.contains("README: begin")).skip(1);
+    let snippet: Vec<String> =
+        lines.by_ref().take_while(|l| !l.contains("README: end")).map(str::to_owned).collect();
+    (!snippet.is_empty()).then_some(snippet)
+}
+
+#[test]
+fn client_snippets_are_the_code_the_client_tests_run() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
+    let mut shown = Vec::new();
+    for b in blocks(&readme) {
+        let Some(path) = b.info.strip_prefix("from ") else { continue };
+        let text = std::fs::read_to_string(repo().join(path))
+            .unwrap_or_else(|e| panic!("README.md:{}: cannot read {path}: {e}", b.line));
+        let snippet = marked_snippet(&text).unwrap_or_else(|| panic!("{path} has no README markers"));
+        assert_eq!(
+            b.body, snippet,
+            "README.md:{}: the snippet differs from {path} between its README markers",
+            b.line
+        );
+        shown.push(path.to_owned());
+    }
+    for entry in std::fs::read_dir(repo().join("tests/clients")).expect("tests/clients") {
+        let path = entry.expect("entry").path();
+        let marked = std::fs::read_to_string(&path).ok().and_then(|t| marked_snippet(&t)).is_some();
+        let rel = path.strip_prefix(repo()).expect("in the repo").display().to_string();
+        assert!(
+            !marked || shown.contains(&rel),
+            "{rel} has README markers but README.md shows no `from {rel}` block"
+        );
+    }
+    assert_eq!(shown.len(), 2, "the Clients section shows MQTT.js and paho-mqtt: {shown:?}");
 }
 
 #[test]
