@@ -6,7 +6,8 @@
 //! - paho-mqtt 2.x (PyPI) over TCP, MQTT 3.1.1 and 5.0.
 //!
 //! MQTT 5 clients get PUBACK 0x99 with the reason string; MQTT 3.1.1 clients, which have no
-//! negative ack, see the connection closed (`schemas.on_invalid = "disconnect"`, the default).
+//! negative ack, see the connection closed (`schemas.on_invalid = "disconnect"`, the default)
+//! or, with `"drop"`, an ordinary PUBACK for a message that is neither delivered nor stored.
 //! rumqttc (tests/v5.rs, tests/v311.rs, tests/schemas.rs) and mosquitto_pub/sub
 //! (tests/mosquitto_cli.rs, tests/readme.rs) are covered elsewhere.
 //!
@@ -63,12 +64,12 @@ async fn key_block() -> String {
     block
 }
 
-/// A broker with the repository's schemas, the WebSocket listener on, and the key; the
-/// config file lives in the site's directory.
-async fn broker() -> (Site, Proc) {
+/// A broker with the repository's schemas, `schemas.on_invalid`, the WebSocket listener on,
+/// and the key; the config file lives in the site's directory.
+async fn broker(on_invalid: &str) -> (Site, Proc) {
     let schemas = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas");
     let config = format!(
-        "[listeners.ws]\nbind = \"127.0.0.1:0\"\n\n[schemas]\ndir = {:?}\n\n{}",
+        "[listeners.ws]\nbind = \"127.0.0.1:0\"\n\n[schemas]\ndir = {:?}\non_invalid = {on_invalid:?}\n\n{}",
         schemas.display().to_string(),
         key_block().await
     );
@@ -98,15 +99,27 @@ async fn run(what: &str, program: &std::path::Path, args: &[String]) -> Vec<Stri
     stdout.lines().map(str::to_owned).collect()
 }
 
-/// What every client prints for sensor `sensor`, ending with the rejection as seen by `v5` or
-/// a 3.1.1 client.
-fn expected(sensor: &str, v5: bool) -> Vec<String> {
+/// How a client learns that its invalid value was refused.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Refused {
+    /// MQTT 5: PUBACK 0x99 with the reason string.
+    Nack,
+    /// MQTT 3.1.1 with `schemas.on_invalid = "disconnect"`: the connection is closed.
+    Closed,
+    /// MQTT 3.1.1 with `schemas.on_invalid = "drop"`: acknowledged (and dropped).
+    Acknowledged,
+}
+
+/// What every client prints for sensor `sensor`, ending with how it saw the refusal.
+fn expected(sensor: &str, refused: Refused) -> Vec<String> {
     let topic = format!("sensors/{sensor}/temperature");
-    let last = if v5 {
-        r#"rejected 0x99 schema sensors/+/temperature v1: /celsius: "warm" is not of type "number""#
-            .to_owned()
-    } else {
-        "connection closed by the broker".to_owned()
+    let last = match refused {
+        Refused::Nack => {
+            r#"rejected 0x99 schema sensors/+/temperature v1: /celsius: "warm" is not of type "number""#
+                .to_owned()
+        }
+        Refused::Closed => "connection closed by the broker".to_owned(),
+        Refused::Acknowledged => "acknowledged".to_owned(),
     };
     vec![
         "connected".to_owned(),
@@ -146,7 +159,7 @@ async fn mqttjs_over_tcp_and_websocket_with_mqtt_3_1_1_and_5() {
         "MQTT.js is not installed in {}: run `make test-deps`",
         node_modules.display()
     );
-    let (_site, broker) = broker().await;
+    let (_site, broker) = broker("disconnect").await;
     let tcp = format!("mqtt://{}", broker.addr);
     let ws = format!("ws://{}/mqtt", broker.listener_addr("ws").await);
     let mut sensors = Vec::new();
@@ -156,7 +169,11 @@ async fn mqttjs_over_tcp_and_websocket_with_mqtt_3_1_1_and_5() {
             let args = ["mqttjs.js", url, version, KEY, SECRET, &sensor].map(str::to_owned);
             let what = format!("MQTT.js over {transport}, protocol version {version}");
             let got = run(&what, std::path::Path::new("node"), &args).await;
-            assert_eq!(got, expected(&sensor, version == "5"), "{what}");
+            assert_eq!(
+                got,
+                expected(&sensor, if version == "5" { Refused::Nack } else { Refused::Closed }),
+                "{what}"
+            );
             sensors.push(sensor);
         }
     }
@@ -167,7 +184,7 @@ async fn mqttjs_over_tcp_and_websocket_with_mqtt_3_1_1_and_5() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_python_with_mqtt_3_1_1_and_5() {
     assert!(python().exists(), "no virtualenv at {}: run `make test-deps`", python().display());
-    let (_site, broker) = broker().await;
+    let (_site, broker) = broker("disconnect").await;
     let (host, port) = (broker.addr.ip().to_string(), broker.addr.port().to_string());
     let mut sensors = Vec::new();
     for protocol in ["311", "5"] {
@@ -175,9 +192,35 @@ async fn paho_python_with_mqtt_3_1_1_and_5() {
         let args = ["paho_client.py", &host, &port, protocol, KEY, SECRET, &sensor].map(str::to_owned);
         let what = format!("paho-mqtt, MQTT {protocol}");
         let got = run(&what, &python(), &args).await;
-        assert_eq!(got, expected(&sensor, protocol == "5"), "{what}");
+        assert_eq!(
+            got,
+            expected(&sensor, if protocol == "5" { Refused::Nack } else { Refused::Closed }),
+            "{what}"
+        );
         sensors.push(sensor);
     }
     assert_state(&broker, &sensors.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_1_1_clients_see_an_ack_when_invalid_messages_are_dropped() {
+    assert!(
+        clients_dir().join("node_modules/mqtt").exists(),
+        "MQTT.js is not installed: run `make test-deps`"
+    );
+    assert!(python().exists(), "no virtualenv at {}: run `make test-deps`", python().display());
+    let (_site, broker) = broker("drop").await;
+    let (host, port) = (broker.addr.ip().to_string(), broker.addr.port().to_string());
+    let url = format!("mqtt://{}", broker.addr);
+    let js = ["mqttjs.js", &url, "4", KEY, SECRET, "mqttjs-drop"].map(str::to_owned);
+    let got = run("MQTT.js 3.1.1, on_invalid = drop", std::path::Path::new("node"), &js).await;
+    assert_eq!(got, expected("mqttjs-drop", Refused::Acknowledged));
+    let py = ["paho_client.py", &host, &port, "311", KEY, SECRET, "paho-drop"].map(str::to_owned);
+    let got = run("paho-mqtt 3.1.1, on_invalid = drop", &python(), &py).await;
+    assert_eq!(got, expected("paho-drop", Refused::Acknowledged));
+    // Acknowledged, but not stored: the state is still the last valid value. (A delivery to
+    // the clients' own subscriptions that arrived before they ended would have added a line.)
+    assert_state(&broker, &["mqttjs-drop", "paho-drop"]).await;
     broker.stop().await;
 }

@@ -42,11 +42,13 @@ client.on('message', (t, payload, packet) => {
 });
 
 function publishInvalid() {
-  // The schema wants a number: MQTT 5 gets PUBACK 0x99 with the reason string; MQTT 3.1.1 has
-  // no negative ack, so the broker closes the connection (schemas.on_invalid = "disconnect").
+  // The schema wants a number: MQTT 5 gets PUBACK 0x99 with the reason string. MQTT 3.1.1 has
+  // no negative ack: the broker closes the connection (schemas.on_invalid = "disconnect", the
+  // default) or acknowledges and drops the message ("drop").
   client.on('close', () => console.log('connection closed by the broker'));
   client.publish(topic, '{"celsius": "warm", "ts": 1767225720000}', { qos: 1 }, (err, packet) => {
     if (err) console.log(`rejected 0x${err.code.toString(16)} ${packet.properties.reasonString}`);
+    else console.log('acknowledged');
     client.removeAllListeners('close');
     client.end();
   });

@@ -36,15 +36,24 @@ def on_message(client, userdata, msg):
         client.publish(topic, '{"celsius": 22, "ts": 1767225660000}', qos=1, retain=True)
     else:
         print(f"live {msg.topic} {msg.payload.decode()}", flush=True)
-        # The schema wants a number: MQTT 5 gets PUBACK 0x99 with the reason string; MQTT
-        # 3.1.1 has no negative ack, so the broker closes the connection.
+        # The schema wants a number: MQTT 5 gets PUBACK 0x99 with the reason string. MQTT
+        # 3.1.1 has no negative ack: the broker closes the connection (schemas.on_invalid =
+        # "disconnect", the default) or acknowledges and drops the message ("drop").
         client.publish(topic, '{"celsius": "warm", "ts": 1767225720000}', qos=1)
+
+
+acked = []  # the two valid values
 
 
 def on_publish(client, userdata, mid, reason_code, properties):
     if reason_code.is_failure:
         print(f"rejected 0x{reason_code.value:x} {properties.ReasonString}", flush=True)
         client.disconnect()
+    elif len(acked) == 2:
+        print("acknowledged", flush=True)
+        client.disconnect()
+    else:
+        acked.append(mid)
 
 
 def on_disconnect(client, userdata, flags, reason_code, properties):
