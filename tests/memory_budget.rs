@@ -233,7 +233,8 @@ async fn good_subscriber(mut c: RawClient) -> (usize, std::time::Duration) {
 
 /// Issue 14's flood: 10,000 connections, 1,000 of them subscribers that never read, publishers
 /// flooding 64 KiB QoS 0 messages. The broker stays under its budget (RSS sampled from /proc),
-/// the well-behaved subscribers keep receiving to the end, and `/readyz` stays 200.
+/// the well-behaved subscribers keep receiving to the end, `/readyz` stays 200, and a good
+/// client connecting every 100 ms meanwhile gets its CONNACK within 50 ms (p99).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_to_stalled_subscribers_stays_inside_the_budget() {
     let b = site(Some(FLOOD_BUDGET)).start().await;
@@ -273,6 +274,24 @@ async fn a_flood_to_stalled_subscribers_stays_inside_the_budget() {
             (peak, unready, account)
         }
     });
+    // A well-behaved client connecting every 100 ms while the flood runs: CONNECT to CONNACK.
+    let prober = tokio::spawn({
+        let done = done.clone();
+        let addr = b.addr;
+        async move {
+            let mut took = Vec::new();
+            while !*done.borrow() {
+                let t = std::time::Instant::now();
+                let (c, ack) = connect_with(addr, &format!("probe{}", took.len()), |_| {}).await;
+                assert_eq!(ack.code, 0, "a good client's CONNECT during the flood");
+                took.push(t.elapsed());
+                drop(c);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            took.sort();
+            took
+        }
+    });
     let started = std::time::Instant::now();
     let mut pubs = tokio::task::JoinSet::new();
     for i in 0..PUBLISHERS {
@@ -302,11 +321,14 @@ async fn a_flood_to_stalled_subscribers_stays_inside_the_budget() {
     .await;
     done_tx.send_replace(true);
     let (peak, unready, account) = sampler.await.expect("sampler");
+    let connects = prober.await.expect("prober");
+    let p99 = connects[(connects.len() * 99 / 100).min(connects.len() - 1)];
     let shed = metric(http, "dataloom_load_shed_total{action=\"qos0_delivery\"}").await;
     let dropped = metric(http, "dataloom_messages_dropped_total{reason=\"queue_full\"}").await;
     eprintln!(
         "flood: {} connections, {} MiB published in {flood_secs:.1} s; broker RSS {} MiB before, peak {} MiB \
-         (account peak {} MiB, budget {} MiB); good subscribers got {:?}; shed {shed}, queue_full drops {dropped}",
+         (account peak {} MiB, budget {} MiB); good subscribers got {:?}; shed {shed}, queue_full drops {dropped}; \
+         {} good CONNECTs, p99 {p99:?}",
         idle.len() + stalled.len() + GOOD + PUBLISHERS,
         PUBLISHERS * PER_PUBLISHER * PAYLOAD / MIB,
         baseline / MIB,
@@ -314,10 +336,12 @@ async fn a_flood_to_stalled_subscribers_stays_inside_the_budget() {
         account / MIB,
         FLOOD_BUDGET / MIB,
         received,
+        connects.len(),
     );
     assert!(got.is_ok(), "good subscribers stopped receiving: {received:?}");
     assert!(peak < FLOOD_BUDGET, "peak RSS {peak} over the budget {FLOOD_BUDGET}");
     assert_eq!(unready, 0, "/readyz answered other than 200 during the flood");
+    assert!(p99 < std::time::Duration::from_millis(50), "good CONNECT p99 {p99:?} during the flood");
     for (n, gap) in &received {
         assert!(*n >= PUBLISHERS, "a good subscriber got only {n} messages");
         assert!(*gap < std::time::Duration::from_secs(10), "a good subscriber waited {gap:?} for a message");
