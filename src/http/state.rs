@@ -37,7 +37,7 @@ pub(super) async fn list(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json, ApiError> {
-    let caller = s.caller(peer, &headers)?;
+    let caller = s.caller(peer, &headers).await?;
     let query = uri.query();
     let filter = query_param(query, "filter")?.unwrap_or_else(|| "#".into());
     if filter.starts_with("$share/") {
@@ -72,7 +72,7 @@ pub(super) async fn get_one(
     headers: HeaderMap,
     topic: Result<Path<String>, PathRejection>,
 ) -> Result<Json, ApiError> {
-    let caller = s.caller(peer, &headers)?;
+    let caller = s.caller(peer, &headers).await?;
     let topic = path_param(topic)?;
     valid_topic(&s, &topic)?;
     if !caller.perms.may_read(&topic) {
@@ -93,7 +93,7 @@ pub(super) async fn put(
     topic: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json, ApiError> {
-    let caller = s.caller(peer, &headers)?;
+    let caller = s.caller(peer, &headers).await?;
     let topic = path_param(topic)?;
     let body = body.map_err(|e| match e.status() {
         axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
@@ -115,7 +115,7 @@ pub(super) async fn delete(
     headers: HeaderMap,
     topic: Result<Path<String>, PathRejection>,
 ) -> Result<Json, ApiError> {
-    let caller = s.caller(peer, &headers)?;
+    let caller = s.caller(peer, &headers).await?;
     let topic = path_param(topic)?;
     write(&s, &caller, &topic, Bytes::new(), None).await
 }
