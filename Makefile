@@ -33,6 +33,26 @@ test-deps:
 	  echo "installing the npm packages of tests/typed (json-schema-to-typescript, typescript, mqtt)"; \
 	  cd tests/typed && npm ci --no-audit --no-fund >/dev/null; }
 
+# The client libraries of tests/clients.rs: MQTT.js from tests/clients/package-lock.json
+# (npm ci into tests/clients/node_modules) and paho-mqtt from tests/clients/requirements.txt
+# (a virtualenv in target/venv). Node 20, npm, python3-venv and curl come from apt when missing.
+CLIENTS := tests/clients
+VENV := target/venv
+test-deps: test-deps-clients
+.PHONY: test-deps-clients
+test-deps-clients:
+	@command -v npm >/dev/null && command -v curl >/dev/null && python3 -c 'import ensurepip' 2>/dev/null || { \
+	  echo "installing nodejs, npm, python3-venv, curl"; \
+	  $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y --no-install-recommends nodejs npm python3-venv curl >/dev/null; }
+	@cmp -s $(CLIENTS)/package-lock.json $(CLIENTS)/node_modules/.installed-lock.json || { \
+	  echo "installing MQTT.js (npm ci in $(CLIENTS))"; \
+	  (cd $(CLIENTS) && npm ci --no-audit --no-fund --loglevel=error >/dev/null) && \
+	  cp $(CLIENTS)/package-lock.json $(CLIENTS)/node_modules/.installed-lock.json; }
+	@cmp -s $(CLIENTS)/requirements.txt $(VENV)/requirements.txt || { \
+	  echo "installing paho-mqtt ($(VENV))"; \
+	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --disable-pip-version-check -r $(CLIENTS)/requirements.txt && \
+	  cp $(CLIENTS)/requirements.txt $(VENV)/requirements.txt; }
+
 # The layer rule of docs/architecture.md (scripts/check-layers.py holds the table).
 lint:
 	python3 scripts/check-layers.py

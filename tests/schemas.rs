@@ -189,6 +189,24 @@ async fn invalid_publish_leaves_retained_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_retained_payload_deletes_governed_state() {
+    let b = TestBroker::start().await;
+    let mut c = connect(&b, "sch-del").await;
+    pub_ack(&mut c, retained(TEMP_TOPIC, QoS::AtLeastOnce, 1, TEMP)).await;
+    pub_ack(&mut c, retained("sensors/a/temperature", QoS::AtLeastOnce, 2, r#"{"celsius":20}"#)).await;
+    // The delete is not a document: not validated, it removes the state.
+    assert_eq!(
+        pub_ack(&mut c, retained("sensors/a/temperature", QoS::AtLeastOnce, 3, "")).await,
+        (0x10, None)
+    );
+    // A non-retained empty payload is an ordinary message: not JSON, refused.
+    let (code, why) = pub_ack(&mut c, publish("sensors/a/temperature", QoS::AtLeastOnce, 4, b"")).await;
+    assert_eq!(code, reason::PAYLOAD_FORMAT_INVALID, "{why:?}");
+    subscribe(&mut c, 5, "sensors/#", QoS::AtMostOnce).await;
+    expect_silence(&mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn problem_information_zero_hides_reason_strings() {
     let b = TestBroker::start().await;
     let mut c = connect_ok(&b, "sch-rpi", |p| p.properties.request_problem_information = Some(0)).await;

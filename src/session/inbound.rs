@@ -137,7 +137,7 @@ impl Conn {
             who,
         ) {
             Ok(routed) => routed,
-            Err(refusal) => return self.refuse_publish(p.qos, p.pkid, refusal),
+            Err(refusal) => return self.refuse_publish(topic_str, p.qos, p.pkid, refusal),
         };
         // The writes of this message are queued: if the writer is behind, read no more.
         self.awaiting_store = self.ctx.broker.store().backlog().is_some_and(|b| b.is_full());

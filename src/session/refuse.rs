@@ -2,9 +2,11 @@
 //! PUBREC with the refusal's reason code and reason string; MQTT 5 QoS 0 and MQTT 3.x, which
 //! have no negative ack, follow `schemas.on_invalid` (close, with DISCONNECT 0x99 and the
 //! reason in v5; or drop, still acknowledging a 3.x QoS 1/2 message so it is not resent).
+//! A close is logged at warn with the topic, the refusal (schema, version, JSON Pointer of the
+//! field, what failed) and how to change the behaviour (decision 10 in docs/decisions.md).
 //! Also a PUBLISH whose well-formed topic name the server does not accept (0x90).
 
-use tracing::{debug, info};
+use tracing::{debug, warn};
 
 use super::conn::Conn;
 use super::{Close, Violation};
@@ -16,8 +18,14 @@ use dataloom_codec::topic::TopicError;
 use dataloom_codec::{Ack, Packet, Properties, QoS, encode, reason};
 
 impl Conn {
-    /// Answers a refused PUBLISH (`qos`, `pkid`); an `Err` ends the connection.
-    pub(super) fn refuse_publish(&mut self, qos: QoS, pkid: u16, r: Refusal) -> Result<(), Close> {
+    /// Answers a refused PUBLISH to `topic` (`qos`, `pkid`); an `Err` ends the connection.
+    pub(super) fn refuse_publish(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        pkid: u16,
+        r: Refusal,
+    ) -> Result<(), Close> {
         let v5 = self.version.is_v5();
         if v5 && qos != QoS::AtMostOnce {
             debug!(code = r.code, reason = %r.reason, "PUBLISH refused");
@@ -36,7 +44,18 @@ impl Conn {
                 Ok(())
             }
             OnInvalid::Disconnect => {
-                info!(reason = %r.reason, "PUBLISH refused; closing the connection (schemas.on_invalid)");
+                let (no_nack, told) = if v5 {
+                    ("MQTT 5 QoS 0 has no acknowledgement", "the client got DISCONNECT 0x99 with this reason")
+                } else {
+                    ("MQTT 3.1.1 has no negative acknowledgement", "the client sees the connection closed")
+                };
+                warn!(
+                    "PUBLISH to {topic} refused: {}; closing the connection: {no_nack} and \
+                     schemas.on_invalid = \"disconnect\" ({told}). Set schemas.on_invalid = \"drop\" \
+                     (DATALOOM_SCHEMAS__ON_INVALID=drop) to drop such messages and keep the connection, \
+                     or publish with MQTT 5 at QoS 1 to get PUBACK 0x99 with this reason",
+                    r.reason
+                );
                 self.session.qos2_abandon(pkid);
                 self.close_reason = Some(r.reason);
                 Err(Close::Server(r.code, "PUBLISH refused by the topic's JSON Schema"))

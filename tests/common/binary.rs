@@ -40,12 +40,26 @@ impl Site {
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dataloom"));
-        cmd.arg("serve")
-            .args(["--bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0", "--data-dir"])
+        let mut cmd = self.bare_command();
+        cmd.args(["--bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0", "--data-dir"])
             .arg(self.data_dir())
-            .args(&self.args)
-            .current_dir(self.tmp.path());
+            .args(&self.args);
+        cmd
+    }
+
+    /// `dataloom serve` as `make run` starts it: no flags, so the defaults (`./data`,
+    /// `./schemas` of the site's directory) apply; only the two listeners move to free ports
+    /// through the environment (`DATALOOM_LISTENERS__TCP__BIND`, `DATALOOM_HTTP__BIND`).
+    pub fn make_run_command(&self) -> Command {
+        let mut cmd = self.bare_command();
+        cmd.env("DATALOOM_LISTENERS__TCP__BIND", "127.0.0.1:0").env("DATALOOM_HTTP__BIND", "127.0.0.1:0");
+        cmd
+    }
+
+    /// `dataloom serve` in the site's directory with a clean environment plus `env`.
+    fn bare_command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dataloom"));
+        cmd.arg("serve").current_dir(self.tmp.path());
         for (k, _) in std::env::vars() {
             if k.starts_with("DATALOOM_") {
                 cmd.env_remove(k);
@@ -58,7 +72,17 @@ impl Site {
 
     /// Starts the broker and waits for its listening line; panics if it does not come up.
     pub async fn start(&self) -> Proc {
-        match self.try_start().await {
+        Self::up(self.try_start().await)
+    }
+
+    /// Starts the broker as `make run` does ([`Site::make_run_command`]); panics if it does
+    /// not come up.
+    pub async fn start_as_make_run(&self) -> Proc {
+        Self::up(Self::spawn(self.make_run_command()).await)
+    }
+
+    fn up(started: Started) -> Proc {
+        match started {
             Started::Up(p) => *p,
             Started::Exited { status, stderr } => {
                 panic!("dataloom exited at start with {status}; stderr:\n{}", stderr.join("\n"))
@@ -69,10 +93,14 @@ impl Site {
     /// Starts the broker: up once it prints `dataloom listening on mqtt://ADDR`, or its exit
     /// status and complete stderr if it exits first.
     pub async fn try_start(&self) -> Started {
-        let mut child = self.command().spawn().expect("spawn the dataloom binary");
+        Self::spawn(self.command()).await
+    }
+
+    async fn spawn(mut cmd: Command) -> Started {
+        let mut child = cmd.spawn().expect("spawn the dataloom binary");
         let stdout = child.stdout.take().expect("stdout piped");
         let (addr_tx, addr_rx) = oneshot::channel();
-        let (http_tx, http) = watch::channel(None);
+        let (listening_tx, listening) = watch::channel(Vec::new());
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             let mut tx = Some(addr_tx);
@@ -81,16 +109,18 @@ impl Site {
                     && let Some(tx) = tx.take()
                 {
                     let _ = tx.send(a.parse::<SocketAddr>().expect("listening line has an address"));
-                } else if let Some(a) = line.strip_prefix("dataloom listening on http://") {
-                    http_tx
-                        .send_replace(Some(a.parse::<SocketAddr>().expect("listening line has an address")));
+                } else if let Some((scheme, a)) =
+                    line.strip_prefix("dataloom listening on ").and_then(|l| l.split_once("://"))
+                {
+                    let a = a.parse::<SocketAddr>().expect("listening line has an address");
+                    listening_tx.send_modify(|all| all.push((scheme.to_owned(), a)));
                 }
             }
         });
         let stderr = StderrLog::default();
         let done = tokio::spawn(stderr.clone().collect(child.stderr.take().expect("stderr piped")));
         match tokio::time::timeout(START, addr_rx).await {
-            Ok(Ok(addr)) => Started::Up(Box::new(Proc { child, addr, http, stderr })),
+            Ok(Ok(addr)) => Started::Up(Box::new(Proc { child, addr, listening, stderr })),
             Ok(Err(_)) => {
                 let status = tokio::time::timeout(START, child.wait())
                     .await
@@ -156,19 +186,27 @@ impl StderrLog {
 pub struct Proc {
     pub child: Child,
     pub addr: SocketAddr,
-    /// The HTTP listener's address, once its listening line (printed after MQTT's) is read.
-    http: watch::Receiver<Option<SocketAddr>>,
+    /// The other listeners' schemes (`http`, `ws`, `mqtts`, `wss`) and addresses, as their
+    /// listening lines (printed after MQTT's) are read.
+    listening: watch::Receiver<Vec<(String, SocketAddr)>>,
     pub stderr: StderrLog,
 }
 
 impl Proc {
     /// The address of the HTTP listener (`/metrics`); waits (bounded) for its listening line.
     pub async fn http_addr(&self) -> SocketAddr {
-        let mut rx = self.http.clone();
-        let got = tokio::time::timeout(START, rx.wait_for(Option::is_some)).await;
+        self.listener_addr("http").await
+    }
+
+    /// The address of the listener printed as `dataloom listening on SCHEME://ADDR` (`http`,
+    /// `ws`, `mqtts`, `wss`); waits (bounded) for that line.
+    pub async fn listener_addr(&self, scheme: &str) -> SocketAddr {
+        let mut rx = self.listening.clone();
+        let found = |all: &Vec<(String, SocketAddr)>| all.iter().find(|(s, _)| s == scheme).map(|(_, a)| *a);
+        let got = tokio::time::timeout(START, rx.wait_for(|all| found(all).is_some())).await;
         match got {
-            Ok(Ok(a)) => a.expect("wait_for returned a listening address"),
-            _ => panic!("no `dataloom listening on http://` line within {START:?}"),
+            Ok(Ok(all)) => found(&all).expect("wait_for returned a listening address"),
+            _ => panic!("no `dataloom listening on {scheme}://` line within {START:?}"),
         }
     }
 

@@ -96,7 +96,10 @@ impl SchemaGate {
         if let Some(filter) = filter::filter_of_topic(&msg.topic) {
             return self.register(broker, &msg, filter, extra, client_id);
         }
-        if let Err(r) = self.check_memo(&msg.topic, &msg.payload, memo) {
+        // An empty retained payload deletes the topic's state: it carries no document, so
+        // there is nothing to validate (else governed state could never be deleted).
+        let deletes = msg.retain && msg.payload.is_empty();
+        if let Err(r) = if deletes { Ok(()) } else { self.check_memo(&msg.topic, &msg.payload, memo) } {
             self.refused(broker, &msg, &r, client_id);
             return Err(Refusal { code: reason::PAYLOAD_FORMAT_INVALID, reason: r.to_string() });
         }
