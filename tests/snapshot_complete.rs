@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{RawClient, TestBroker};
 use dataloom::auth::KeySpec;
-use dataloom::codec::{Packet, Publish, QoS, RetainHandling, SubAck, SubscribeFilter};
+use dataloom::codec::{Packet, QoS, RetainHandling, SubAck, SubscribeFilter};
 use v5_util::*;
 
 /// Stores `payload` as the retained state of `topic` (QoS 1, waits for the PUBACK).
@@ -32,21 +32,26 @@ fn with_rh(f: &str, rh: RetainHandling) -> SubscribeFilter {
     SubscribeFilter { retain_handling: rh, ..filter(f, QoS::AtLeastOnce) }
 }
 
-/// Every PUBLISH before the PINGRESP, as (topic, retain), sorted; QoS 1 ones are acknowledged
-/// afterwards, so callers expect fewer than the in-flight window (20).
-async fn publishes_until_ping(c: &mut RawClient) -> Vec<(String, bool)> {
+/// The snapshot a SUBACK announced: the next `n` PUBLISHes (QoS 1 ones acknowledged as they
+/// come), as (topic, retain), sorted. Then the client publishes a live marker to `marker`
+/// (QoS 0, a topic its subscription matches): it must be the very next PUBLISH, so nothing
+/// beyond the `n` was queued before it.
+async fn snapshot(c: &mut RawClient, n: usize, marker: &str) -> Vec<(String, bool)> {
     let mut got = Vec::new();
-    for p in until_pingresp(c).await {
-        match p {
-            Packet::Publish(Publish { topic, retain, qos, pkid, .. }) => {
-                if qos == QoS::AtLeastOnce {
-                    send_ack(c, Packet::PubAck, pkid).await;
-                }
-                got.push((String::from_utf8_lossy(&topic).into_owned(), retain));
-            }
-            other => panic!("expected PUBLISH, got {other:?}"),
+    while got.len() < n {
+        let p = recv_publish(c).await;
+        if p.qos == QoS::AtLeastOnce {
+            send_ack(c, Packet::PubAck, p.pkid).await;
         }
+        got.push((String::from_utf8_lossy(&p.topic).into_owned(), p.retain));
     }
+    send_publish(c, publish(marker, QoS::AtMostOnce, 0, b"marker")).await;
+    let next = recv_publish(c).await;
+    assert_eq!(
+        (&next.topic[..], next.retain),
+        (marker.as_bytes(), false),
+        "more than {n} followed: {next:?}"
+    );
     got.sort();
     got
 }
@@ -70,7 +75,7 @@ async fn suback_counts_the_retained_messages_of_each_filter_in_order() {
     let ack = subscribe_many(&mut s, 1, filters, None).await;
     assert_eq!(ack.codes, vec![1, 0, 0]);
     assert_eq!(retained(&ack), Some("2,0,1"));
-    let got = publishes_until_ping(&mut s).await;
+    let got = snapshot(&mut s, 3, "a/marker").await;
     let want = [("a/1", true), ("a/2", true), ("b/1", true)].map(|(t, r)| (t.to_string(), r));
     assert_eq!(got, want, "exactly the announced messages, all RETAIN=1");
 }
@@ -95,13 +100,13 @@ async fn refused_shared_and_retain_handling_filters_count_zero_and_unreadable_to
     let filters = vec![
         with_rh("s/#", RetainHandling::OnSubscribe),
         with_rh("x/#", RetainHandling::OnSubscribe),
-        with_rh("$share/g/s/#", RetainHandling::OnSubscribe),
+        with_rh("$share/g/s/+", RetainHandling::OnSubscribe),
         with_rh("s/+", RetainHandling::Never),
     ];
     let ack = subscribe_many(&mut s, 1, filters, None).await;
     assert_eq!(ack.codes, vec![1, 0x87, 1, 1]);
     assert_eq!(retained(&ack), Some("2,0,0,0"), "s/secret/* may not be read, so is not counted");
-    let got = publishes_until_ping(&mut s).await;
+    let got = snapshot(&mut s, 2, "s/m/x").await;
     assert_eq!(got, [("s/1".to_string(), true), ("s/2".to_string(), true)]);
 
     // Retain Handling 1: only a subscription that did not exist yet gets the state.
@@ -109,7 +114,7 @@ async fn refused_shared_and_retain_handling_filters_count_zero_and_unreadable_to
         vec![with_rh("s/#", RetainHandling::OnNewSubscribe), with_rh("s/1", RetainHandling::OnNewSubscribe)];
     let ack = subscribe_many(&mut s, 2, filters, None).await;
     assert_eq!(retained(&ack), Some("0,1"));
-    assert_eq!(publishes_until_ping(&mut s).await, [("s/1".to_string(), true)]);
+    assert_eq!(snapshot(&mut s, 1, "s/m/x").await, [("s/1".to_string(), true)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,14 +129,14 @@ async fn expired_retained_messages_are_neither_counted_nor_sent() {
     let mut s = connect(&b, "snap-exp-sub").await;
     let ack = subscribe_many(&mut s, 1, vec![filter("e/#", QoS::AtLeastOnce)], None).await;
     assert_eq!(retained(&ack), Some("2"), "both live before the expiry");
-    assert_eq!(publishes_until_ping(&mut s).await.len(), 2);
+    assert_eq!(snapshot(&mut s, 2, "e/marker").await.len(), 2);
 
     // The expiry is a time, not an event: wait it out.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut late = connect(&b, "snap-exp-late").await;
     let ack = subscribe_many(&mut late, 1, vec![filter("e/#", QoS::AtLeastOnce)], None).await;
     assert_eq!(retained(&ack), Some("1"));
-    assert_eq!(publishes_until_ping(&mut late).await, [("e/kept".to_string(), true)]);
+    assert_eq!(snapshot(&mut late, 1, "e/marker").await, [("e/kept".to_string(), true)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +149,7 @@ async fn the_clients_maximum_packet_size_bounds_both_the_count_and_the_property(
     let mut s = connect_ok(&b, "snap-max-sub", |c| c.properties.maximum_packet_size = Some(100)).await;
     let ack = subscribe_many(&mut s, 1, vec![filter("m/#", QoS::AtMostOnce)], None).await;
     assert_eq!(retained(&ack), Some("1"), "a message the client cannot take is not announced");
-    assert_eq!(publishes_until_ping(&mut s).await, [("m/small".to_string(), true)]);
+    assert_eq!(snapshot(&mut s, 1, "m/marker").await, [("m/small".to_string(), true)]);
 
     // 20 filters: the SUBACK with `retained=0,0,...` (77 bytes) would exceed 60 bytes.
     let mut tight = connect_ok(&b, "snap-max-tight", |c| c.properties.maximum_packet_size = Some(60)).await;
@@ -216,8 +221,8 @@ async fn a_persistent_sessions_suback_waits_for_the_store_and_the_snapshot_still
     let mut s = connect_ok(&b, "snap-fj-sub", |c| c.properties.session_expiry_interval = Some(600)).await;
     // The SUBACK of a persistent session is sent once its record is on disk; the retained
     // messages queued by the same SUBSCRIBE must not overtake it.
-    let ack = subscribe_many(&mut s, 1, vec![filter("fj/#", QoS::AtMostOnce)], None).await;
+    let ack = subscribe_many(&mut s, 1, vec![filter("fj/#", QoS::AtLeastOnce)], None).await;
     assert_eq!(retained(&ack), Some("50"));
-    assert_eq!(publishes_until_ping(&mut s).await.len(), 50);
+    assert_eq!(snapshot(&mut s, 50, "fj/marker").await.len(), 50);
     b.stop().await;
 }

@@ -162,11 +162,12 @@ pub(super) struct Caller {
 }
 
 impl Api {
-    /// The caller of a request from `peer` with `headers`.
+    /// The caller of a request from `peer` with `headers`. Refused credentials are answered
+    /// after the brute-force throttle's delay for `peer`, as a CONNECT is.
     ///
     /// # Errors
     /// [`ApiError::Unauthorized`] for a malformed `Authorization` or refused credentials.
-    pub fn caller(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    pub async fn caller(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let bearer = match headers.get(header::AUTHORIZATION) {
             None => None,
             Some(v) => Some(parse_bearer(v.to_str().unwrap_or(""))?),
@@ -181,9 +182,14 @@ impl Api {
             peer: Some(peer.ip()),
             browser: headers.contains_key(header::ORIGIN),
         };
-        let principal = self.api.auth.authenticate_request(&cred).map_err(|_| {
-            ApiError::Unauthorized("unknown key, wrong secret, or anonymous access not allowed".into())
-        })?;
+        let principal = match self.api.auth.authenticate_request(&cred) {
+            Ok(p) => p,
+            Err(refused) => {
+                tokio::time::sleep(refused.delay).await;
+                let detail = "unknown key, wrong secret, or anonymous access not allowed";
+                return Err(ApiError::Unauthorized(detail.into()));
+            }
+        };
         Ok(Caller { perms: self.api.auth.perms(&principal, cred.client_id) })
     }
 }

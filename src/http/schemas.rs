@@ -23,7 +23,7 @@ pub(super) async fn list(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json, ApiError> {
-    let caller = s.caller(peer, &headers)?;
+    let caller = s.caller(peer, &headers).await?;
     let mut found = s.broker.retained_under(&format!("{SCHEMA_PREFIX}#"));
     found.retain(|m| caller.perms.may_read(&m.topic));
     found.sort_by(|a, b| a.topic.cmp(&b.topic));
@@ -38,7 +38,7 @@ pub(super) async fn get_one(
     headers: HeaderMap,
     filter: Result<Path<String>, PathRejection>,
 ) -> Result<Json, ApiError> {
-    let caller = s.caller(peer, &headers)?;
+    let caller = s.caller(peer, &headers).await?;
     let filter = path_param(filter)?;
     dataloom_codec::topic::validate_filter(&filter, s.api.max_topic_levels)
         .map_err(|e| ApiError::BadRequest(format!("filter {filter:?}: {e}")))?;

@@ -16,8 +16,10 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::api::{Api, ApiError, Caller, Json, path_param, query_param};
+use crate::broker::Broker;
+use crate::broker::session::Session;
 use crate::metrics::reasons::ShedAction;
-use crate::model::{Message, Pressure, Stamp};
+use crate::model::{Delivery, Message, Pressure, Stamp};
 use crate::schema::Memo;
 use crate::store::StoreError;
 use dataloom_codec::{Properties, QoS, reason, topic};
@@ -35,7 +37,7 @@ pub(super) async fn list(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json, ApiError> {
-    let caller = s.caller(peer, &headers)?;
+    let caller = s.caller(peer, &headers).await?;
     let query = uri.query();
     let filter = query_param(query, "filter")?.unwrap_or_else(|| "#".into());
     if filter.starts_with("$share/") {
@@ -44,6 +46,7 @@ pub(super) async fn list(
     topic::validate_filter(&filter, s.api.max_topic_levels)
         .map_err(|e| ApiError::BadRequest(format!("filter {filter:?}: {e}")))?;
     if !caller.perms.may_subscribe(&filter) {
+        crate::auth::count_denial(crate::auth::action::SUBSCRIBE);
         return Err(ApiError::Forbidden(format!("this key may not subscribe to {filter}")));
     }
     let limit = match query_param(query, "limit")? {
@@ -69,10 +72,11 @@ pub(super) async fn get_one(
     headers: HeaderMap,
     topic: Result<Path<String>, PathRejection>,
 ) -> Result<Json, ApiError> {
-    let caller = s.caller(peer, &headers)?;
+    let caller = s.caller(peer, &headers).await?;
     let topic = path_param(topic)?;
     valid_topic(&s, &topic)?;
     if !caller.perms.may_read(&topic) {
+        crate::auth::count_denial(crate::auth::action::SUBSCRIBE);
         return Err(ApiError::Forbidden(format!("this key may not read {topic}")));
     }
     match s.broker.state_of(&topic) {
@@ -89,7 +93,7 @@ pub(super) async fn put(
     topic: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json, ApiError> {
-    let caller = s.caller(peer, &headers)?;
+    let caller = s.caller(peer, &headers).await?;
     let topic = path_param(topic)?;
     let body = body.map_err(|e| match e.status() {
         axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
@@ -111,7 +115,7 @@ pub(super) async fn delete(
     headers: HeaderMap,
     topic: Result<Path<String>, PathRejection>,
 ) -> Result<Json, ApiError> {
-    let caller = s.caller(peer, &headers)?;
+    let caller = s.caller(peer, &headers).await?;
     let topic = path_param(topic)?;
     write(&s, &caller, &topic, Bytes::new(), None).await
 }
@@ -156,18 +160,24 @@ async fn write(
             }
         })?;
     let published = routed.published.map_err(store_error)?;
-    let mut blocked = published.blocked;
+    offer_until_room(&s.broker, published.blocked).await;
+    published.commit.wait().await.map_err(store_error)?;
+    let revision = if published.revision == 0 { s.broker.revision() } else { published.revision };
+    Ok(Json(json!({ "topic": topic, "revision": revision, "note": routed.note })))
+}
+
+/// Offers the deliveries that met full subscriber queues again as room appears, for up to
+/// [`BLOCKED_PATIENCE`]; what still does not fit is then dropped and counted, as for a
+/// stalled subscriber.
+async fn offer_until_room(broker: &Broker, mut blocked: Vec<(Arc<Session>, Delivery)>) {
     let deadline = tokio::time::Instant::now() + BLOCKED_PATIENCE;
     while let Some((session, _)) = blocked.first() {
         let give_up = tokio::time::Instant::now() >= deadline;
         if !give_up {
             session.mailbox.space(Duration::from_millis(50)).await;
         }
-        s.broker.offer_blocked(&mut blocked, give_up);
+        broker.offer_blocked(&mut blocked, give_up);
     }
-    published.commit.wait().await.map_err(store_error)?;
-    let revision = if published.revision == 0 { s.broker.revision() } else { published.revision };
-    Ok(Json(json!({ "topic": topic, "revision": revision, "note": routed.note })))
 }
 
 fn store_error(e: StoreError) -> ApiError {
