@@ -6,7 +6,7 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run build test test-deps lint fmt clean certs
+.PHONY: run build test test-deps test-api lint fmt clean certs
 
 build:
 	$(CARGO) build --release
@@ -14,7 +14,8 @@ build:
 run: build
 	./target/release/dataloom serve
 
-# Debian packages the tests use: mosquitto_pub/mosquitto_sub, prometheus/promtool (tests/metrics.rs).
+# Debian packages the tests use: mosquitto_pub/mosquitto_sub, prometheus/promtool (tests/metrics.rs);
+# npm packages of tests/typed (tests/typed_clients.rs), from its package-lock.json.
 test-deps:
 	@command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null || { \
 	  echo "installing mosquitto-clients"; \
@@ -24,6 +25,13 @@ test-deps:
 	  echo "installing prometheus"; \
 	  $(SUDO) apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y --no-install-recommends prometheus; }; }
+	@command -v npm >/dev/null || { \
+	  echo "installing nodejs and npm"; \
+	  $(SUDO) apt-get install -y nodejs npm >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y nodejs npm; }; }
+	@[ -x tests/typed/node_modules/.bin/tsc ] || { \
+	  echo "installing the npm packages of tests/typed (json-schema-to-typescript, typescript, mqtt)"; \
+	  cd tests/typed && npm ci --no-audit --no-fund >/dev/null; }
 
 # The client libraries of tests/clients.rs: MQTT.js from tests/clients/package-lock.json
 # (npm ci into tests/clients/node_modules) and paho-mqtt from tests/clients/requirements.txt
@@ -53,6 +61,13 @@ lint:
 
 test: test-deps lint
 	$(CARGO) test --workspace --all-targets
+	$(MAKE) test-api
+
+# The HTTP state API fuzzed against docs/openapi.json by schemathesis (PyPI, installed once
+# into target/venv), a bounded number of examples per operation (EXAMPLES, default 50).
+test-api:
+	$(CARGO) build
+	sh scripts/schemathesis.sh
 
 fmt:
 	$(CARGO) fmt

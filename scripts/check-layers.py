@@ -19,7 +19,7 @@ LAYERS = {
     4: ["broker", "auth"],
     5: ["session"],
     6: ["net", "http", "sys"],
-    7: ["server", "cli"],
+    7: ["server", "cli", "notify"],
 }
 EXEMPT = {"lib.rs", "main.rs"}
 

@@ -16,11 +16,13 @@ pub use dataloom_codec as codec;
 
 pub mod auth;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod notify;
 pub mod schema;
 pub mod server;
 pub mod session;

@@ -89,10 +89,13 @@ struct KeyTarget {
 enum KeyCommand {
     /// Create a key; prints its secret once (stdout).
     Create(CreateArgs),
-    /// List keys (never secrets).
+    /// List keys (never secrets) as an aligned table.
     List {
         #[command(flatten)]
         target: KeyTarget,
+        /// Print one JSON array instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke a key: its live connections close now, later CONNECTs are refused.
     Revoke {
@@ -149,6 +152,17 @@ enum SchemaCommand {
         /// A JSON payload to validate.
         payload: Option<PathBuf>,
     },
+    /// Write every schema a stopped broker registered to DIR (one file per filter, laid out like
+    /// `schemas/`, each with a `title` usable as a type name) plus DIR/index.json.
+    Export {
+        /// Where to write the files.
+        dir: PathBuf,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Data directory of the broker (storage.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
@@ -186,6 +200,9 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Schema { command: SchemaCommand::Export { dir, cfg, data_dir } } => {
+            schema_export(&dir, &cfg, data_dir)
+        }
         Command::Key { command } => key_command(command),
         Command::CheckConfig { cfg } => match Config::load(cfg.config.as_deref(), &Overrides::default()) {
             Ok(c) => {
@@ -220,10 +237,44 @@ fn main() -> ExitCode {
     }
 }
 
+fn schema_export(dir: &std::path::Path, cfg: &ConfigArgs, data_dir: Option<PathBuf>) -> ExitCode {
+    let o = Overrides { data_dir, ..Overrides::default() };
+    let config = match Config::load(cfg.config.as_deref(), &o) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    match dataloom::cli::export::export(&config, dir) {
+        Ok(written) => {
+            let rows: Vec<Vec<String>> = written
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.filter.clone(),
+                        e.version.to_string(),
+                        e.title.clone(),
+                        e.file.display().to_string(),
+                    ]
+                })
+                .collect();
+            print!("{}", dataloom::auth::cli::table(&["FILTER", "VERSION", "TITLE", "FILE"], &rows));
+            eprintln!(
+                "dataloom: {} schemas written to {} (index.json lists them)",
+                written.len(),
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dataloom: schema export: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn key_command(command: KeyCommand) -> ExitCode {
     use dataloom::auth::cli::{self, Action, CliError};
     let (target, action, print_config) = match command {
-        KeyCommand::List { target } => (target, Action::List, false),
+        KeyCommand::List { target, json } => (target, Action::List { json }, false),
         KeyCommand::Revoke { target, name } => (target, Action::Revoke(name), false),
         KeyCommand::Create(a) => {
             let mut secret = String::new();
@@ -324,6 +375,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     rt.block_on(async move {
         // Handlers first: a supervisor may send SIGTERM as soon as it reads the listening line.
         let mut signals = Signals::install()?;
+        let notifier = dataloom::notify::Notifier::from_env();
         let running = dataloom::server::start(&config).await?;
         println!("dataloom listening on mqtt://{}", running.mqtt_addr);
         if let Some(a) = running.tls_addr {
@@ -338,10 +390,29 @@ fn serve(config: Config) -> anyhow::Result<()> {
         if let Some(a) = running.http_addr {
             println!("dataloom listening on http://{a}");
         }
-        let stop = signals.wait(&running).await;
+        notifier.ready(&format!("serving MQTT on {}", running.mqtt_addr));
+        let watchdog = notifier.watchdog().map(spawn_watchdog);
+        let stop = signals.wait(&running, &notifier).await;
         tracing::info!("shutting down");
+        notifier.stopping("shutting down: closing connections");
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         running.shutdown(Duration::from_secs(5)).await;
         stop
+    })
+}
+
+/// Sends `WATCHDOG=1` at half the unit's `WatchdogSec=` while the runtime turns: a stuck
+/// runtime stops the keep-alives and systemd restarts the broker.
+fn spawn_watchdog(every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let notifier = dataloom::notify::Notifier::from_env();
+        let mut tick = tokio::time::interval(every / 2);
+        loop {
+            tick.tick().await;
+            notifier.send("WATCHDOG=1");
+        }
     })
 }
 
@@ -368,7 +439,11 @@ impl Signals {
 
     /// Waits for SIGINT or SIGTERM (or a store failure); SIGHUP meanwhile reloads the TLS
     /// certificates.
-    async fn wait(&mut self, running: &dataloom::server::Running) -> anyhow::Result<()> {
+    async fn wait(
+        &mut self,
+        running: &dataloom::server::Running,
+        notifier: &dataloom::notify::Notifier,
+    ) -> anyhow::Result<()> {
         loop {
             tokio::select! {
                 _ = self.int.recv() => return Ok(()),
@@ -378,8 +453,10 @@ impl Signals {
                     return Err(anyhow::Error::new(e).context("stopping: the store can no longer write"));
                 }
                 _ = self.hup.recv() => {
+                    notifier.reloading();
                     // reload_certs logs each failure; the old certificates stay in force.
                     let _ = running.reload_certs();
+                    notifier.ready("serving (certificates reloaded)");
                 }
             }
         }

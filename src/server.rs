@@ -114,6 +114,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let auth =
         Arc::new(crate::auth::Auth::new(settings, stored, &cfg.auth.keys, Some(broker.store().clone()))?);
     cfg.check_anonymous_exposure(auth.key_count())?;
+    tracing::info!(keys = auth.key_count(), "access: {}", auth.anonymous_rule());
     let data_dir = (cfg.storage.backend == Backend::Fjall).then_some(cfg.storage.data_dir.as_path());
     auth.start_bootstrap(data_dir)
         .map_err(|source| StartError::Bootstrap { dir: cfg.storage.data_dir.clone(), source })?;
@@ -136,7 +137,13 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
                 allowed_origins: cfg.http.allowed_origins.clone(),
                 allowed_hosts: cfg.http.allowed_hosts.clone(),
             };
-            Some(crate::http::serve_with(bind, state, Some(admin), rx.clone()).await?)
+            let api = crate::http::api::StateApi {
+                auth: auth.clone(),
+                schemas: ctx.schemas.clone(),
+                max_body: cfg.mqtt.max_packet_size as usize,
+                max_topic_levels: cfg.mqtt.max_topic_levels,
+            };
+            Some(crate::http::serve_with(bind, state, Some(admin), Some(api), rx.clone()).await?)
         }
     };
     spawn_retained_purge(broker.clone(), rx.clone());

@@ -177,6 +177,7 @@ impl Sys {
             expires_at: None,
             publisher: None,
             charge: Default::default(),
+            stamp: crate::model::Stamp::default(),
         };
         if let Err(e) = self.broker.publish(Arc::new(msg), Vec::new()) {
             debug!(error = %e, %topic, "cannot publish $SYS topic");

@@ -103,8 +103,8 @@ async fn connack_codes_on_both_versions() {
 async fn anonymous_allowed_by_config_gets_its_own_permissions() {
     let b = TestBroker::start_with(|c| {
         c.auth.allow_anonymous = true;
-        c.auth.anonymous.publish = vec!["public/#".into()];
-        c.auth.anonymous.subscribe = vec!["public/#".into()];
+        c.auth.anonymous.get_or_insert_default().publish = vec!["public/#".into()];
+        c.auth.anonymous.get_or_insert_default().subscribe = vec!["public/#".into()];
     })
     .await;
     key(&b, spec("someone", &["#"], &["#"])).await;

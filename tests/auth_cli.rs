@@ -138,7 +138,16 @@ async fn keys_via_the_running_broker_and_the_stopped_store() {
 
     let (ok, list, err) = key(&["list", "--url", &url], Some(&admin), None).await;
     assert!(ok, "{err}");
-    assert!(list.contains("dev ") && list.contains("root admin") && list.contains("imported"), "{list}");
+    let rows: Vec<Vec<&str>> = list.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0][..2], ["ID", "ROLE"], "a table with a header: {list}");
+    let row = |id: &str| rows.iter().find(|r| r[0] == id).cloned().unwrap_or_default();
+    assert_eq!(row("root").get(1), Some(&"admin"), "{list}");
+    assert_eq!(row("dev").get(1), Some(&"-"), "{list}");
+    assert!(!row("imported").is_empty(), "{list}");
+    let (ok, json, err) = key(&["list", "--json", "--url", &url], Some(&admin), None).await;
+    assert!(ok, "{err}");
+    let keys: serde_json::Value = serde_json::from_str(&json).expect("key list --json is JSON");
+    assert_eq!(keys.as_array().map(Vec::len), Some(rows.len() - 1), "{json}");
     assert!(!list.contains(&dev_secret) && !list.contains(&admin_secret), "no secrets in list");
 
     assert!(mqtt_pub(&b.mqtt_port, "dev", &dev_secret).await, "key works at once");
@@ -162,7 +171,8 @@ async fn keys_via_the_running_broker_and_the_stopped_store() {
     assert!(ok, "{err}");
     let off_secret = off_secret.trim().to_string();
     let (ok, list, _) = key(&["list", "--data-dir", &data], None, None).await;
-    assert!(ok && list.contains("offline") && list.contains("root") && !list.contains("dev "), "{list}");
+    let ids: Vec<&str> = list.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    assert!(ok && ids.contains(&"offline") && ids.contains(&"root") && !ids.contains(&"dev"), "{list}");
 
     std::fs::write(&token_file, "stale\n").expect("write");
     let b = serve(dir.path(), &[]).await;

@@ -573,12 +573,20 @@ static ROWS: &[Row] = &[
         "30 14 00 11 61 2f 62 2f 63 2f 64 2f 65 2f 66 2f 67 2f 68 2f 69 00",
         Disconnect(0x90),
     ),
+    // Over the limit is not malformed: the SUBACK refuses that filter and the connection stays.
     row(
         "3.1.1 too many levels in a SUBSCRIBE filter",
         V311,
         Connect,
         "82 16 00 01 00 11 61 2f 62 2f 63 2f 64 2f 65 2f 66 2f 67 2f 68 2f 69 00",
-        Closed,
+        SubAck(&[0x80]),
+    ),
+    row(
+        "v5 too many levels in a SUBSCRIBE filter",
+        V5,
+        Connect,
+        "82 17 00 01 00 00 11 61 2f 62 2f 63 2f 64 2f 65 2f 66 2f 67 2f 68 2f 69 00",
+        SubAck(&[0x8f]),
     ),
     // ---- Server-to-client packets sent by a client ----
     row("v5 [3.2] CONNACK sent by a client", V5, Connect, "20 03 00 00 00", Disconnect(0x82)),

@@ -90,3 +90,19 @@ async fn a_data_directory_written_before_the_layering_opens_unchanged() {
     assert!(ok && out.contains("\"celsius\""), "admin reads the stored schema: {out:?}");
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_retained_values_read_as_revision_zero_and_new_changes_number_from_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let broker = open_fixture(tmp.path()).await;
+    let http = broker.running.as_ref().and_then(|r| r.http_addr).expect("http listener");
+    let bearer = format!("Bearer fx-reader:{READER}");
+    let me = [("Authorization", bearer.as_str())];
+    let (code, old) = common::http_json(http, "GET", "/v1/state/fx/plain", &me, b"").await;
+    assert_eq!(code, 200, "{old}");
+    assert_eq!((old["value"].as_str(), old["revision"].as_u64()), (Some("hello"), Some(0)));
+    assert!(old["updated_at"].is_null(), "a v1 record has no update time: {old}");
+    let (code, new) = common::http_json(http, "PUT", "/v1/state/fx/plain", &me, b"again").await;
+    assert_eq!((code, new["revision"].as_u64()), (200, Some(1)), "{new}");
+    broker.stop().await;
+}

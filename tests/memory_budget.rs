@@ -194,7 +194,7 @@ const STALLED: usize = 1_000;
 const GOOD: usize = 10;
 const PUBLISHERS: usize = 4;
 const PER_PUBLISHER: usize = 300;
-const FLOOD_BUDGET: usize = 256 * MIB;
+const FLOOD_BUDGET: usize = 320 * MIB;
 
 /// Opens `n` connections (CONNECT answered) from `first`, 100 at a time.
 async fn idle_clients(addr: SocketAddr, first: usize, n: usize) -> Vec<RawClient> {

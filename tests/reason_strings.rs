@@ -18,7 +18,7 @@ async fn deny_all() -> TestBroker {
             ..Default::default()
         }];
         c.auth.allow_anonymous = true;
-        c.auth.anonymous.deny_publish = vec!["#".into()];
+        c.auth.anonymous.get_or_insert_default().deny_publish = vec!["#".into()];
     })
     .await
 }

@@ -23,8 +23,11 @@ use crate::store::{FjallStore, Store, StoreError};
 pub enum Action {
     /// Create a key from this spec (prints its secret once).
     Create(KeySpec),
-    /// List the keys (never secrets).
-    List,
+    /// List the keys (never secrets): an aligned table, or JSON when `json`.
+    List {
+        /// One JSON array instead of the table.
+        json: bool,
+    },
     /// Revoke the key with this id.
     Revoke(String),
 }
@@ -162,7 +165,7 @@ async fn apply(auth: &Auth, action: Action) -> Result<Output, CliError> {
             let (info, secret) = auth.create(spec).await?;
             created(&info, &secret)
         }
-        Action::List => Output { stdout: format_list(&auth.list()), stderr: String::new() },
+        Action::List { json } => Output { stdout: format_list(&auth.list(), json), stderr: String::new() },
         Action::Revoke(name) => {
             let closed = auth.revoke(&name).await?;
             Output {
@@ -184,33 +187,65 @@ fn created(info: &KeyInfo, secret: &str) -> Output {
     }
 }
 
-/// One line per key: name, roles, lists (never a secret or hash).
-pub fn format_list(keys: &[KeyInfo]) -> String {
-    let mut s = String::new();
-    for k in keys {
-        let mut line = k.id.clone();
-        if k.admin {
-            line.push_str(" admin");
-        }
-        for (name, v) in [
-            ("publish", &k.publish),
-            ("subscribe", &k.subscribe),
-            ("deny_publish", &k.deny_publish),
-            ("deny_subscribe", &k.deny_subscribe),
-        ] {
-            if !v.is_empty() {
-                line.push_str(&format!(" {name}={}", v.join(",")));
-            }
-        }
-        for (name, v) in [("client_id", &k.client_id), ("expires", &k.expires), ("created", &k.created)] {
-            if !v.is_empty() {
-                line.push_str(&format!(" {name}={v}"));
-            }
-        }
-        line.push_str(&format!(" source={}\n", k.source));
-        s.push_str(&line);
+/// `key list` output: an aligned table with a header (empty lists and values shown as `-`),
+/// or the keys as one JSON array (`--json`, the same fields as the admin API).
+pub fn format_list(keys: &[KeyInfo], json: bool) -> String {
+    if json {
+        return serde_json::to_string_pretty(keys).map(|j| j + "\n").unwrap_or_default();
     }
-    s
+    let dash = |v: String| if v.is_empty() { "-".to_string() } else { v };
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.id.clone(),
+                if k.admin { "admin".into() } else { "-".into() },
+                dash(k.publish.join(",")),
+                dash(k.subscribe.join(",")),
+                dash(k.deny_publish.join(",")),
+                dash(k.deny_subscribe.join(",")),
+                dash(k.client_id.clone()),
+                dash(k.expires.clone()),
+                dash(k.created.clone()),
+                k.source.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "ROLE",
+        "PUBLISH",
+        "SUBSCRIBE",
+        "DENY_PUBLISH",
+        "DENY_SUBSCRIBE",
+        "CLIENT_ID",
+        "EXPIRES",
+        "CREATED",
+        "SOURCE",
+    ];
+    table(&header, &rows)
+}
+
+/// Left-aligned columns, two spaces apart, trailing spaces trimmed.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (cell, w) in cells.iter().zip(&width) {
+            l.push_str(&format!("{cell:<w$}  "));
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
 }
 
 fn online(url: &str, cred: Option<&Credential>, action: Action) -> Result<Output, CliError> {
@@ -218,7 +253,7 @@ fn online(url: &str, cred: Option<&Credential>, action: Action) -> Result<Output
         Action::Create(spec) => {
             ("POST", "/admin/keys".to_string(), serde_json::to_string(spec).unwrap_or_default())
         }
-        Action::List => ("GET", "/admin/keys".to_string(), String::new()),
+        Action::List { .. } => ("GET", "/admin/keys".to_string(), String::new()),
         Action::Revoke(name) => ("DELETE", format!("/admin/keys/{name}"), String::new()),
     };
     let (status, text) = request(url, method, &path, cred, &body)?;
@@ -235,9 +270,9 @@ fn online(url: &str, cred: Option<&Credential>, action: Action) -> Result<Output
                 serde_json::from_value(v.get("key").cloned().ok_or_else(bad)?).map_err(|_| bad())?;
             created(&info, secret)
         }
-        Action::List => {
+        Action::List { json } => {
             let keys: Vec<KeyInfo> = serde_json::from_value(v).map_err(|_| bad())?;
-            Output { stdout: format_list(&keys), stderr: String::new() }
+            Output { stdout: format_list(&keys, json), stderr: String::new() }
         }
         Action::Revoke(name) => {
             let closed = v.get("closed").and_then(serde_json::Value::as_u64).unwrap_or(0);

@@ -3,10 +3,11 @@
 //!
 //! Modes, decided at each CONNECT:
 //! - **No key exists** (development, the secure default): loopback clients are unrestricted
-//!   whatever credentials they send; others need `auth.allow_anonymous` and get
-//!   `[auth.anonymous]`. A WebSocket client whose upgrade carried an `Origin` header (a web
-//!   page, even of a listed origin) never counts as loopback: a page the operator opens must
-//!   not inherit the host's trust.
+//!   whatever credentials they send, unless `[auth.anonymous]` is configured: then they get
+//!   those permissions (what an operator wrote down always applies). Others need
+//!   `auth.allow_anonymous` and get `[auth.anonymous]`. A WebSocket client whose upgrade
+//!   carried an `Origin` header (a web page, even of a listed origin) never counts as loopback:
+//!   a page the operator opens must not inherit the host's trust.
 //! - **Keys exist**: a username must name a key and the password must be its secret (or the
 //!   TLS client certificate named it, `use_identity_as_username`); clients without a username
 //!   are anonymous, allowed only with `auth.allow_anonymous`, with `[auth.anonymous]`.
@@ -62,8 +63,10 @@ pub enum AuthError {
 pub struct Settings {
     /// `auth.allow_anonymous`: anonymous clients on non-loopback listeners too.
     pub allow_anonymous: bool,
-    /// `[auth.anonymous]`: what anonymous clients may do.
-    pub anonymous: AnonymousConfig,
+    /// `[auth.anonymous]`: what anonymous clients may do; `None` when not configured (then
+    /// loopback clients are unrestricted while no key exists, and other anonymous clients get
+    /// [`AnonymousConfig::default`]).
+    pub anonymous: Option<AnonymousConfig>,
     /// `auth.on_forbidden_publish`.
     pub on_forbidden_publish: OnForbidden,
     /// `auth.session_takeover`: may another identity use an existing session's client id.
@@ -73,7 +76,8 @@ pub struct Settings {
 /// Who a connection is.
 #[derive(Debug, Clone)]
 pub enum Principal {
-    /// No key exists and the client is local: everything allowed.
+    /// No key exists, `[auth.anonymous]` is not configured and the client is local:
+    /// everything allowed.
     Unrestricted,
     /// No credentials; `[auth.anonymous]` applies.
     Anonymous,
@@ -283,6 +287,31 @@ impl Auth {
         self.keys.read().len()
     }
 
+    /// The rule clients without a key are under now, in one sentence for the start-up log.
+    pub fn anonymous_rule(&self) -> &'static str {
+        let s = &self.settings;
+        match (self.key_count() > 0, s.anonymous.is_some(), s.allow_anonymous) {
+            (false, false, _) => {
+                "no API key and no [auth.anonymous]: loopback clients are unrestricted until the \
+                 first key is created; others need auth.allow_anonymous"
+            }
+            (false, true, _) => {
+                "no API key: clients without a key, loopback ones included, get the \
+                 [auth.anonymous] permissions; others need auth.allow_anonymous"
+            }
+            (true, _, false) => {
+                "API keys exist: clients without a key are refused (auth.allow_anonymous = false)"
+            }
+            (true, true, true) => {
+                "API keys exist: clients without a key get the [auth.anonymous] permissions"
+            }
+            (true, false, true) => {
+                "API keys exist: clients without a key get the default anonymous permissions \
+                 (publish and subscribe #; [auth.anonymous] is not configured)"
+            }
+        }
+    }
+
     /// True when some key has the admin role.
     pub fn has_admin_key(&self) -> bool {
         self.keys.read().values().any(|k| k.record.admin)
@@ -327,9 +356,36 @@ impl Auth {
     /// not allowed (anonymous where not allowed, expired key, client id not allowed).
     pub fn authenticate(&self, c: &Cred<'_>, kill: &Arc<Kill>) -> Result<Principal, Refused> {
         let keys = self.keys.read();
+        let principal = self.principal(&keys, c)?;
+        if let Principal::Key(key) = &principal {
+            // Registered while the read lock is held: a revocation (write lock) either ran
+            // before (the key is gone) or runs after and finds this connection.
+            let mut live = self.live.lock();
+            let list = live.entry(Arc::from(key.record.id.as_str())).or_default();
+            list.retain(|w| w.strong_count() > 0);
+            list.push(Arc::downgrade(kill));
+        }
+        Ok(principal)
+    }
+
+    /// Authenticates one HTTP request (state API) by the rules of [`Auth::authenticate`]:
+    /// `Authorization: Bearer <key id>:<secret>` as username and password. A request lives
+    /// for one answer, so nothing is registered for revocation: the next request after a
+    /// revocation is refused.
+    ///
+    /// # Errors
+    /// As [`Auth::authenticate`].
+    pub fn authenticate_request(&self, c: &Cred<'_>) -> Result<Principal, Refused> {
+        self.principal(&self.keys.read(), c)
+    }
+
+    fn principal(&self, keys: &HashMap<Arc<str>, Arc<Key>>, c: &Cred<'_>) -> Result<Principal, Refused> {
         let local = !c.browser && c.peer.is_some_and(is_local);
         if keys.is_empty() && local {
-            return Ok(Principal::Unrestricted);
+            return Ok(match self.settings.anonymous {
+                None => Principal::Unrestricted,
+                Some(_) => Principal::Anonymous,
+            });
         }
         let not_authorized = Refused { code: reason::NOT_AUTHORIZED, delay: Duration::ZERO };
         let Some(id) = c.username.filter(|_| !keys.is_empty()) else {
@@ -358,13 +414,6 @@ impl Auth {
             count_failure(failure::CLIENT_ID);
             return Err(not_authorized);
         }
-        // Registered while the read lock is held: a revocation (write lock) either ran before
-        // (the key is gone) or runs after and finds this connection.
-        let mut live = self.live.lock();
-        let list = live.entry(Arc::from(id)).or_default();
-        list.retain(|w| w.strong_count() > 0);
-        list.push(Arc::downgrade(kill));
-        drop(live);
         Ok(Principal::Key(key))
     }
 
@@ -379,7 +428,14 @@ impl Auth {
         match principal {
             Principal::Unrestricted => Perms::unrestricted(),
             Principal::Anonymous => {
-                let a = &self.settings.anonymous;
+                let default;
+                let a = match &self.settings.anonymous {
+                    Some(a) => a,
+                    None => {
+                        default = AnonymousConfig::default();
+                        &default
+                    }
+                };
                 let lists = Lists {
                     publish: &a.publish,
                     subscribe: &a.subscribe,

@@ -2,8 +2,10 @@
 //! `%c` and `%u` replaced, split into levels, so that every check on the publish and delivery
 //! path is a walk over a few small level lists with no allocation.
 //!
-//! Rules: deny wins. `$SYS/` and `$dead/` are readable only by admins; `$schema/` is writable
-//! only by admins (and readable by them). As in MQTT, a wildcard in the first level of a
+//! Rules: deny wins. `$SYS/` and `$dead/` are readable only by admins; `$SYS/` is written by
+//! the broker alone, never by a client, unrestricted or admin (MQTT 5 §4.7.2: the server
+//! SHOULD prevent clients from using such topic names); `$schema/` is writable only by admins
+//! (and readable by them). As in MQTT, a wildcard in the first level of a
 //! permission never matches a topic starting with `$` (so `#` does not grant `$schema/`).
 //! A placeholder value is always one literal level: a client id containing `/`, `+` or `#`
 //! cannot widen a permission.
@@ -158,7 +160,9 @@ pub struct Perms {
 /// The reserved tree a topic or filter is in, by its first level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tree {
-    /// `$SYS` and `$dead`: admins read; writes follow the lists, admins only.
+    /// `$SYS`: admins read; nobody writes.
+    Sys,
+    /// `$dead`: admins read; writes follow the lists, admins only.
     AdminRead,
     /// `$schema`: admins write and read; others read by their lists.
     Schema,
@@ -170,7 +174,8 @@ fn tree(topic: &str) -> Tree {
         return Tree::Other;
     }
     match topic.split('/').next() {
-        Some("$SYS" | "$dead") => Tree::AdminRead,
+        Some("$SYS") => Tree::Sys,
+        Some("$dead") => Tree::AdminRead,
         Some("$schema") => Tree::Schema,
         _ => Tree::Other,
     }
@@ -205,15 +210,16 @@ impl Perms {
         self.admin
     }
 
-    /// May publish to topic name `topic` (also a will topic).
+    /// May publish to topic name `topic` (also a will topic). Never `$SYS/`.
     pub fn may_publish(&self, topic: &str) -> bool {
         if self.unrestricted {
-            return true;
+            return tree(topic) != Tree::Sys;
         }
         if self.deny_publish.iter().any(|f| f.matches(topic)) {
             return false;
         }
         match tree(topic) {
+            Tree::Sys => false,
             Tree::Schema => self.admin,
             Tree::AdminRead => self.admin && self.publish.iter().any(|f| f.matches(topic)),
             Tree::Other => self.publish.iter().any(|f| f.matches(topic)),
@@ -243,7 +249,7 @@ impl Perms {
             return false;
         }
         match tree(s) {
-            Tree::AdminRead => self.admin,
+            Tree::Sys | Tree::AdminRead => self.admin,
             Tree::Schema => self.admin || self.subscribe.iter().any(|f| hits(f, s)),
             Tree::Other => self.subscribe.iter().any(|f| hits(f, s)),
         }
@@ -318,6 +324,22 @@ mod tests {
         assert!(admin.may_publish("$schema/a"));
         assert!(admin.may_subscribe("$SYS/#"));
         assert!(admin.may_read("$dead/x"));
+    }
+
+    #[test]
+    fn nobody_writes_sys() {
+        let all = ["#".to_string(), "$SYS/#".to_string(), "$dead/#".to_string()];
+        let lists =
+            Lists { publish: &all, subscribe: &all, deny_publish: &[], deny_subscribe: &[], admin: true };
+        let admin = Perms::compile(lists, "c", Some("k"));
+        for p in [&admin, &Perms::unrestricted()] {
+            assert!(!p.may_publish("$SYS/broker/uptime"));
+            assert!(!p.may_publish("$SYS"));
+            assert!(p.may_read("$SYS/broker/uptime"), "admins read it");
+            assert!(p.may_publish("a/$SYS/x"), "only the $SYS tree");
+        }
+        assert!(Perms::unrestricted().may_publish("$SYSTEM/x"));
+        assert!(admin.may_publish("$dead/x"), "$dead follows the lists");
     }
 
     #[test]

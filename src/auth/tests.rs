@@ -36,6 +36,21 @@ fn no_keys_local_is_unrestricted_remote_needs_opt_in() {
 }
 
 #[test]
+fn configured_anonymous_permissions_apply_on_loopback_while_no_key_exists() {
+    let deny =
+        AnonymousConfig { deny_subscribe: vec!["test/nosubscribe".into()], ..AnonymousConfig::default() };
+    let auth = Auth::new(Settings { anonymous: Some(deny), ..Settings::default() }, vec![], &[], None)
+        .expect("auth");
+    let p = auth.authenticate(&cred(None, None, LOCAL), &kill()).expect("local is let in");
+    assert!(matches!(p, Principal::Anonymous));
+    let perms = auth.perms(&p, "c1");
+    assert!(!perms.may_subscribe("test/nosubscribe"));
+    assert!(perms.may_subscribe("test/other"));
+    assert!(auth.anonymous_rule().contains("[auth.anonymous] permissions"), "{}", auth.anonymous_rule());
+    assert!(Auth::default().anonymous_rule().contains("loopback clients are unrestricted"));
+}
+
+#[test]
 fn a_web_page_on_loopback_is_not_trusted_as_local() {
     let page = Cred { browser: true, ..cred(None, None, LOCAL) };
     let e = Auth::default().authenticate(&page, &kill()).expect_err("a page is not the host");

@@ -101,6 +101,7 @@ mod tests {
             expires_at,
             publisher: None,
             charge: Default::default(),
+            stamp: crate::model::Stamp::default(),
         }
     }
 

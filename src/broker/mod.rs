@@ -1,7 +1,7 @@
 //! The shared broker: sessions by client id, subscriptions, session expiry and delayed wills.
 //! Attaching, detaching and ending sessions live in `lifecycle`, their timers in `timers`,
 //! routing and retained state in `route`, which member of a shared subscription gets a message
-//! in `share`, the QoS 1/2 flows of a session in `flows`, the schema gate in `gate`, restoring
+//! in `share`, reading state in topic order (the HTTP state API) in `state`, the QoS 1/2 flows of a session in `flows`, the schema gate in `gate`, restoring
 //! from the store in `recovery`.
 //!
 //! Every durable effect (persistent session records, subscriptions) is submitted to the
@@ -18,6 +18,7 @@ pub(crate) mod retained_tree;
 mod route;
 pub(crate) mod session;
 mod share;
+mod state;
 pub(crate) mod subtree;
 mod timers;
 
@@ -27,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::model::{Budget, KillReason, Message, Pressure, SessionId, SubOptions};
+use crate::model::{Budget, Delivery, KillReason, Message, Pressure, SessionId, SubOptions};
 use crate::store::{Commit, Op, SessionRecord, Store, StoreError};
 use dataloom_codec::RetainHandling;
 use retained_tree::RetainedTree;
@@ -37,6 +38,7 @@ use subtree::SubscriptionTree;
 pub use flows::{PubRecAnswer, Qos2Arrival};
 pub use lifecycle::{AttachError, AttachRequest};
 pub use route::Published;
+pub use state::StatePage;
 
 /// A subscription as the trie stores it: the session to deliver to and the options.
 #[derive(Debug, Clone)]
@@ -72,6 +74,16 @@ pub struct NewSubscription<'a> {
     pub plain: &'a str,
     /// The options granted.
     pub opts: SubOptions,
+}
+
+/// What [`Broker::subscribe`] did.
+#[derive(Debug)]
+pub struct Subscribed {
+    /// Resolves when the session record is durable; SUBACK waits for it.
+    pub commit: Commit,
+    /// Per subscription, in order: the retained messages queued for it (the v5 SUBACK's
+    /// User Property `retained`).
+    pub retained: Vec<usize>,
 }
 
 /// Limits the broker applies to sessions.
@@ -134,6 +146,8 @@ pub struct Broker {
     disk_full: std::sync::atomic::AtomicBool,
     /// The memory account every message, queue and connection buffer is charged to.
     memory: Arc<Budget>,
+    /// The last state revision taken (see `route::set_retained`); restored from the store.
+    revision: AtomicU64,
 }
 
 impl Broker {
@@ -160,6 +174,7 @@ impl Broker {
             store,
             disk_full: std::sync::atomic::AtomicBool::new(false),
             memory: Budget::new(max_memory),
+            revision: AtomicU64::new(recovered.revision),
         });
         broker.restore(recovered);
         tokio::spawn(timers::run(Arc::downgrade(&broker), broker.timers.clone()));
@@ -286,9 +301,16 @@ impl Broker {
 
     /// Adds or replaces the subscriptions of one SUBSCRIBE (`filter` as written, `group` and
     /// `plain` as parsed and validated) under one lock of the trie, queues the retained
-    /// messages they ask for, and stores the session record once: the cost is linear in the
-    /// filters. Returns the commit of the updated session record.
-    pub fn subscribe(&self, session: &Arc<Session>, subs: &[NewSubscription<'_>]) -> Commit {
+    /// messages they ask for (those the session may read, not expired, and that `admit`
+    /// accepts), and stores the session record once: the cost is linear in the filters.
+    /// Returns the commit of the updated session record and how many retained messages were
+    /// queued for each subscription, in order.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        subs: &[NewSubscription<'_>],
+        admit: &mut dyn FnMut(&Delivery) -> bool,
+    ) -> Subscribed {
         let mut existed = Vec::with_capacity(subs.len());
         {
             let mut trie = self.subs.write();
@@ -307,6 +329,7 @@ impl Broker {
                 st.subscriptions.insert(s.filter.to_string(), s.opts);
             }
         }
+        let mut retained = Vec::with_capacity(subs.len());
         for (s, existed) in subs.iter().zip(existed) {
             let send_retained = s.group.is_none()
                 && match s.opts.retain_handling {
@@ -314,12 +337,18 @@ impl Broker {
                     RetainHandling::OnNewSubscribe => !existed,
                     RetainHandling::Never => false,
                 };
-            if send_retained {
-                let found = self.retained_matching(s.plain, s.opts);
+            let found = if send_retained {
+                self.retained_matching(session, s.plain, s.opts, admit)
+            } else {
+                Vec::new()
+            };
+            retained.push(found.len());
+            if !found.is_empty() {
                 session.mailbox.push_all_unbounded(found);
             }
         }
-        if subs.is_empty() { Commit::done() } else { self.persist_session(session) }
+        let commit = if subs.is_empty() { Commit::done() } else { self.persist_session(session) };
+        Subscribed { commit, retained }
     }
 
     /// Removes the subscriptions of one UNSUBSCRIBE; returns, per filter, whether it existed,

@@ -7,7 +7,7 @@
 //! acknowledgement from a subscriber is always stored after the copy it removes.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::mailbox::{Dropped, Refused};
@@ -16,7 +16,7 @@ use super::subtree::Hit;
 use super::{Broker, SubEntry, share};
 use crate::metrics::reasons::{DropReason, ShedAction};
 use crate::model::SubOptions;
-use crate::model::{Delivery, Message, Pressure, SessionId};
+use crate::model::{Delivery, Message, Pressure, SessionId, Stamp};
 use crate::store::{Commit, Op, StoreError};
 use dataloom_codec::QoS;
 
@@ -32,6 +32,8 @@ pub struct Published {
     /// Deliveries whose subscriber queue was full while its client drains it: the publisher
     /// waits for room and offers them again ([`Broker::offer_blocked`]) before it reads more.
     pub blocked: Vec<(Arc<Session>, Delivery)>,
+    /// The state revision the message took (a retained change), else 0.
+    pub revision: u64,
 }
 
 impl Broker {
@@ -77,11 +79,11 @@ impl Broker {
         // Held through the submission below: the index and the store see updates of one
         // topic in the same order.
         let _order = msg.retain.then(|| self.retained_order(&msg.topic).lock());
+        let mut revision = 0;
         if msg.retain {
-            let op = self.set_retained(&msg);
-            if stores_state {
-                extra.push(op);
-            }
+            let (ops, taken) = self.set_retained(&msg, stores_state);
+            extra.extend(ops);
+            revision = taken;
         }
         let (mut targets, unfit) = self.fan_out(&msg);
         if disk_full && targets.iter().any(|(s, d)| d.qos != QoS::AtMostOnce && s.is_persistent()) {
@@ -114,7 +116,7 @@ impl Broker {
                 }
             }
         }
-        Ok(Published { matched, routed, commit, blocked })
+        Ok(Published { matched, routed, commit, blocked, revision })
     }
 
     /// Offers blocked deliveries again: those that fit (or are dropped because their client
@@ -130,25 +132,49 @@ impl Broker {
         *blocked = rest;
     }
 
-    /// Updates the in-memory retained index and returns the store op for it.
-    fn set_retained(&self, msg: &Arc<Message>) -> Op {
+    /// Updates the in-memory retained index and returns the store ops for it when `durable`
+    /// (not for `$SYS/`). A durable change takes the next state revision under the index's
+    /// write lock, so a reader holding the read lock sees exactly the changes up to
+    /// [`Broker::revision`]; a deletion stores the revision it took ([`Op::Revision`]).
+    /// Returns the ops and the revision taken (0 for none).
+    fn set_retained(&self, msg: &Arc<Message>, durable: bool) -> (Vec<Op>, u64) {
+        let next = |current: &AtomicU64| {
+            if durable { current.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 }
+        };
         if msg.payload.is_empty() {
-            let old = self.retained.write().remove(&msg.topic);
+            let mut tree = self.retained.write();
+            let old = tree.remove(&msg.topic);
+            let revision = old.as_ref().map(|_| next(&self.revision));
+            drop(tree);
             crate::metrics::get().retained_replaced(old.map_or(0, |m| m.payload.len()), 0);
-            Op::DeleteRetained(msg.topic.clone())
+            if !durable {
+                return (Vec::new(), 0);
+            }
+            let mut ops = vec![Op::DeleteRetained(msg.topic.clone())];
+            ops.extend(revision.map(Op::Revision));
+            (ops, revision.unwrap_or(0))
         } else {
+            let mut tree = self.retained.write();
             // The retained copy owns its bytes: a slice of the publisher's read buffer would
             // keep the whole buffer (and every other message in it) alive as long as the state.
             let kept = Arc::new(Message {
                 topic_bytes: bytes::Bytes::copy_from_slice(&msg.topic_bytes),
                 payload: bytes::Bytes::copy_from_slice(&msg.payload),
+                stamp: Stamp { revision: next(&self.revision), unix_ms: super::lifecycle::unix_ms() },
                 ..Message::clone(msg)
             });
-            let old = self.retained.write().set(&msg.topic, kept.clone());
+            let old = tree.set(&msg.topic, kept.clone());
+            drop(tree);
             self.expiring.lock().note(&kept);
             crate::metrics::get().retained_replaced(old.map_or(0, |m| m.payload.len()), msg.payload.len());
-            Op::PutRetained(kept)
+            let revision = kept.stamp.revision;
+            if durable { (vec![Op::PutRetained(kept)], revision) } else { (Vec::new(), 0) }
         }
+    }
+
+    /// The broker-wide state revision: the number of the last retained-state change.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Relaxed)
     }
 
     /// One delivery per matching session (overlaps merged) and one per matching shared group
@@ -220,20 +246,33 @@ impl Broker {
         Ok(false)
     }
 
-    /// Retained messages matching `filter`, as deliveries for a new subscription.
-    pub(super) fn retained_matching(&self, filter: &str, opts: SubOptions) -> Vec<Delivery> {
+    /// The retained messages matching `filter` that `session` may read, not expired, and that
+    /// `admit` accepts (the connection's Maximum Packet Size), as deliveries for a new
+    /// subscription: one snapshot under one read lock, so their number is exactly what is sent.
+    pub(super) fn retained_matching(
+        &self,
+        session: &Session,
+        filter: &str,
+        opts: SubOptions,
+        admit: &mut dyn FnMut(&Delivery) -> bool,
+    ) -> Vec<Delivery> {
         let now = Instant::now();
         let mut out = Vec::new();
-        self.retained.read().for_each_match(filter, |_, m| {
-            if !m.is_expired(now) {
-                out.push(Delivery {
-                    msg: m.clone(),
-                    qos: m.qos.min(opts.qos),
-                    retain: true,
-                    sub_ids: opts.sub_id.into_iter().collect(),
-                    seq: None,
-                    share: None,
-                });
+        self.retained.read().for_each_match(filter, |topic, m| {
+            if m.is_expired(now) || !session.may_read(topic) {
+                return;
+            }
+            let d = Delivery {
+                msg: m.clone(),
+                qos: m.qos.min(opts.qos),
+                retain: true,
+                sub_ids: opts.sub_id.into_iter().collect(),
+                seq: None,
+                share: None,
+                snapshot: true,
+            };
+            if admit(&d) {
+                out.push(d);
             }
         });
         out
@@ -268,5 +307,6 @@ pub(super) fn delivery<'a>(
         sub_ids: entries.filter_map(|e| e.opts.sub_id).collect(),
         seq: None,
         share: None,
+        snapshot: false,
     }
 }

@@ -208,6 +208,7 @@ mod tests {
             expires_at: None,
             publisher: None,
             charge: Default::default(),
+            stamp: crate::model::Stamp::default(),
         }
     }
 }

@@ -123,8 +123,12 @@ pub struct Mqtt {
 pub struct Auth {
     /// Accept clients without credentials on non-loopback listeners too.
     pub allow_anonymous: bool,
-    /// What anonymous clients may do where they are allowed (see `src/auth/`).
-    pub anonymous: super::AnonymousConfig,
+    /// `[auth.anonymous]`: what anonymous clients may do where they are allowed (see
+    /// `src/auth/`). When set, it applies to every client without a key, loopback ones
+    /// included, even while no key exists; unset, loopback clients are unrestricted while no
+    /// key exists and other anonymous clients get [`super::AnonymousConfig::default`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<super::AnonymousConfig>,
     /// A forbidden PUBLISH without a negative ack (3.x, v5 QoS 0): `"drop"` or `"disconnect"`.
     pub on_forbidden_publish: super::OnForbidden,
     /// Keys seeded from config (`[[auth.keys]]`: id, secret_sha256, permissions; hashes only).

@@ -11,6 +11,9 @@
 //!   body) must be `Content-Type: application/json`: forms and `text/plain` are what a page
 //!   can send without a CORS preflight. → 415
 //!
+//! The state API (`/v1`, [`protect_api`]) takes the Host rule on every request and the Origin
+//! rule on writes, and no Content-Type rule (a value is stored with its own).
+//!
 //! `/metrics`, `/healthz` and `/readyz` are not guarded: they change nothing, and scrapers and
 //! probes reach them under whatever name the network gives the broker.
 
@@ -53,23 +56,8 @@ async fn check(State(rules): State<Arc<Rules>>, req: Request, next: Next) -> Res
 
 /// Why the request is refused, or `None` when it may go on.
 fn refusal(rules: &Rules, method: &Method, headers: &HeaderMap) -> Option<(StatusCode, String)> {
-    let forbidden = |m: String| Some((StatusCode::FORBIDDEN, m));
-    let host = headers.get(header::HOST).map(|h| h.to_str().unwrap_or(""));
-    match host {
-        None => return forbidden("a Host header is required".into()),
-        Some(h) if !host_allowed(&rules.allowed_hosts, rules.bound, h) => {
-            return forbidden(format!(
-                "Host {h:?} is not this broker ({}) nor in http.allowed_hosts",
-                rules.bound
-            ));
-        }
-        Some(_) => {}
-    }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or("");
-        if !origin_allowed(&rules.allowed_origins, origin) {
-            return forbidden(format!("Origin {origin:?} is not in http.allowed_origins"));
-        }
+    if let Some(r) = host_refusal(rules, headers).or_else(|| origin_refusal(rules, headers)) {
+        return Some(r);
     }
     if has_body(method, headers) && !is_json(headers) {
         return Some((
@@ -78,6 +66,46 @@ fn refusal(rules: &Rules, method: &Method, headers: &HeaderMap) -> Option<(Statu
         ));
     }
     None
+}
+
+/// `routes` (the state API, `/v1`) with the Host rule on every request and the Origin rule on
+/// every write (any method but GET, HEAD and OPTIONS). Bodies keep their own content type: a
+/// state value is whatever the client stores. Refusals are `{"error", "detail"}`.
+pub fn protect_api(routes: Router, rules: Rules) -> Router {
+    routes.layer(middleware::from_fn_with_state(Arc::new(rules), check_api))
+}
+
+async fn check_api(State(rules): State<Arc<Rules>>, req: Request, next: Next) -> Response {
+    let safe = [Method::GET, Method::HEAD, Method::OPTIONS].contains(req.method());
+    let refused = host_refusal(&rules, req.headers())
+        .or_else(|| if safe { None } else { origin_refusal(&rules, req.headers()) });
+    match refused {
+        Some((status, detail)) => {
+            tracing::debug!(%status, detail, path = %req.uri().path(), "state API request refused");
+            let body = serde_json::json!({ "error": "forbidden", "detail": detail });
+            (status, [(header::CONTENT_TYPE, "application/json")], format!("{body}\n")).into_response()
+        }
+        None => next.run(req).await,
+    }
+}
+
+/// The Host rule: the bound address or a name of `http.allowed_hosts`.
+fn host_refusal(rules: &Rules, headers: &HeaderMap) -> Option<(StatusCode, String)> {
+    let forbidden = |m: String| Some((StatusCode::FORBIDDEN, m));
+    match headers.get(header::HOST).map(|h| h.to_str().unwrap_or("")) {
+        None => forbidden("a Host header is required".into()),
+        Some(h) if !host_allowed(&rules.allowed_hosts, rules.bound, h) => {
+            forbidden(format!("Host {h:?} is not this broker ({}) nor in http.allowed_hosts", rules.bound))
+        }
+        Some(_) => None,
+    }
+}
+
+/// The Origin rule: absent, or listed in `http.allowed_origins`.
+fn origin_refusal(rules: &Rules, headers: &HeaderMap) -> Option<(StatusCode, String)> {
+    let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("");
+    (!origin_allowed(&rules.allowed_origins, origin))
+        .then(|| (StatusCode::FORBIDDEN, format!("Origin {origin:?} is not in http.allowed_origins")))
 }
 
 fn has_body(method: &Method, headers: &HeaderMap) -> bool {

@@ -1,9 +1,12 @@
 //! The HTTP listener (`http.bind`): `/metrics` (Prometheus text format), `/healthz` (the
 //! process answers) and `/readyz` (listeners bound and the store accepting writes), and the
-//! key-management routes `/admin/*` behind [`guard`] (Host, Origin and Content-Type rules).
-//! Later the state API joins it.
+//! key-management routes `/admin/*` behind [`guard`] (Host, Origin and Content-Type rules),
+//! and the HTTP/JSON state API under `/v1` ([`api`]: `state`, `schemas`, `/v1/openapi.json`).
 
+pub mod api;
 pub mod guard;
+mod schemas;
+mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,7 +50,7 @@ pub async fn serve(
     state: HttpState,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
-    serve_with(addr, state, None, shutdown).await
+    serve_with(addr, state, None, None, shutdown).await
 }
 
 /// The key-management routes to serve and who may reach them.
@@ -61,8 +64,8 @@ pub struct Admin {
     pub allowed_hosts: Vec<String>,
 }
 
-/// [`serve`], plus the key-management routes (`/admin/keys`, see `auth::admin`) behind
-/// [`guard`], which checks `Host` against the bound address.
+/// [`serve`], plus the key-management routes (`/admin/keys`, see `auth::admin`) and the state
+/// API (`/v1`, see [`api`]) behind [`guard`], which checks `Host` against the bound address.
 ///
 /// # Errors
 /// The I/O error of `bind`, naming the address.
@@ -70,12 +73,14 @@ pub async fn serve_with(
     addr: &str,
     state: HttpState,
     admin: Option<Admin>,
+    api: Option<api::StateApi>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} (http.bind): {e}")))?;
     let local = listener.local_addr()?;
+    let broker = state.broker.clone();
     let mut app = router(state);
     if let Some(admin) = admin {
         let rules = guard::Rules {
@@ -83,7 +88,10 @@ pub async fn serve_with(
             allowed_origins: admin.allowed_origins,
             allowed_hosts: admin.allowed_hosts,
         };
-        app = app.merge(guard::protect(crate::auth::admin::routes(admin.auth), rules));
+        app = app.merge(guard::protect(crate::auth::admin::routes(admin.auth), rules.clone()));
+        if let Some(api) = api {
+            app = app.merge(api::routes(broker, api, rules));
+        }
     }
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
@@ -98,7 +106,7 @@ pub async fn serve_with(
             warn!(error = %e, "HTTP listener failed");
         }
     });
-    info!(addr = %local, "HTTP listener ready (/metrics, /healthz, /readyz)");
+    info!(addr = %local, "HTTP listener ready (/metrics, /healthz, /readyz, /v1 state API)");
     Ok(local)
 }
 

@@ -171,6 +171,8 @@ labels!(
         /// read it (a stored message queued before it connected is withheld instead, up to
         /// `max_queued_messages`; see docs/decisions.md).
         NotAuthorized = "not_authorized",
+        /// The topic name was refused (v5 0x90): over `mqtt.max_topic_levels`, or in `$share/`.
+        TopicInvalid = "topic_invalid",
         /// Shed under memory pressure (`limits.max_memory`): QoS 0 to a backlogged session.
         LoadShed = "load_shed",
     ]
@@ -245,7 +247,6 @@ pub fn decode_error_kinds() -> Vec<&'static str> {
         TopicContainsNull,
         EmptyTopic,
         EmptyTopicFilter,
-        TooManyTopicLevels,
         InvalidUtf8,
         NullCharacter,
         SubscribeNoFilters,
@@ -300,7 +301,7 @@ mod tests {
         assert_eq!(CLOSE_REASONS[CloseReason::Rejected as usize], "rejected");
         assert_eq!(REJECT_REASONS[RejectReason::Other as usize], "other");
         assert_eq!(DROP_REASONS[DropReason::OfflineQos0 as usize], "offline_qos0");
-        assert_eq!(DROP_REASONS.len(), 8);
+        assert_eq!(DROP_REASONS.len(), 9);
         assert_eq!(SHED_ACTIONS[ShedAction::ConnectRefused as usize], "connect_refused");
     }
 

@@ -38,6 +38,19 @@ pub struct Message {
     /// This copy's bytes in the broker's memory account (`Charge::default()`: not counted,
     /// e.g. a message that only passes through the store). See [`Message::charged`].
     pub charge: Charge,
+    /// When the message became the retained state of its topic; zero for a message that is
+    /// not (yet) state.
+    pub stamp: Stamp,
+}
+
+/// The broker-wide revision of a state change and its wall-clock time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// Broker-wide, durable, strictly increasing per state change (0: not state, or stored
+    /// before revisions existed).
+    pub revision: u64,
+    /// When the state was set, UNIX milliseconds (0: unknown).
+    pub unix_ms: u64,
 }
 
 /// Bytes a message's struct and bookkeeping take besides its topic, payload and properties.
@@ -94,6 +107,10 @@ pub struct Delivery {
     /// when this one leaves. Kept in memory only: a delivery restored from the store stays with
     /// its session.
     pub share: Option<Arc<str>>,
+    /// A retained message queued by a SUBSCRIBE and counted in its v5 SUBACK (User Property
+    /// `retained`): it is sent even if it expires after the count, so exactly the announced
+    /// number arrives. Kept in memory only, like `share`.
+    pub snapshot: bool,
 }
 
 /// Options of one subscription, as granted.

@@ -1,4 +1,5 @@
-//! The vocabulary every layer above shares (issue 12): the routed [`Message`], one subscriber's
+//! The vocabulary every layer above shares (issue 12): the routed [`Message`] (and the [`Stamp`]
+//! of the state change it made), one subscriber's
 //! [`Delivery`] of it, the granted [`SubOptions`] of a subscription, the [`SessionId`], the
 //! [`SessionOwner`] that made a session, the [`Kill`] switch that ends a connection from
 //! outside its task, [`ReadAccess`], what a connection may read, and the memory [`Budget`] with
@@ -14,5 +15,5 @@ mod owner;
 pub use access::ReadAccess;
 pub use kill::{Kill, KillReason};
 pub use memory::{Budget, Charge, Pressure};
-pub use message::{Delivery, Message, SessionId, SubOptions};
+pub use message::{Delivery, Message, SessionId, Stamp, SubOptions};
 pub use owner::SessionOwner;

@@ -311,7 +311,14 @@ impl Conn {
         let mail = session.mailbox.notified();
         tokio::pin!(mail);
         loop {
-            if self.wbuf.len() < OUT_HIGH_WATER {
+            // Under memory pressure each connection buffers less output: 1,000 subscribers that
+            // stopped reading would otherwise hold 256 KiB each.
+            let high = if self.ctx.broker.pressure() >= crate::model::Pressure::ShedQos0 {
+                OUT_HIGH_WATER / 8
+            } else {
+                OUT_HIGH_WATER
+            };
+            if self.wbuf.len() < high {
                 self.out.drain_mailbox(
                     &self.ctx.broker,
                     &self.session,
@@ -322,8 +329,8 @@ impl Conn {
             }
             // After the drain: a stalled client's loop may not turn again for a long time.
             self.charge_buffers(rbuf);
-            let want_mail = self.wbuf.len() < OUT_HIGH_WATER && self.out.has_window(&self.session);
-            let want_read = self.wbuf.len() < OUT_HIGH_WATER
+            let want_mail = self.wbuf.len() < high && self.out.has_window(&self.session);
+            let want_read = self.wbuf.len() < high
                 && self.pending.len() < MAX_PENDING
                 && self.blocked.is_empty()
                 && !self.awaiting_store;

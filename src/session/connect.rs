@@ -13,8 +13,8 @@ use crate::broker::{AttachError, AttachRequest};
 use crate::model::Kill;
 use crate::model::Message;
 use crate::store::Commit;
-use dataloom_codec::reason;
 use dataloom_codec::{ConnAck, Connect, DecodeError, LastWill, Packet, Properties, ProtocolVersion, encode};
+use dataloom_codec::{reason, topic};
 
 /// The outcome of a CONNECT: a connection ready to run, or the code it was refused with.
 pub enum Accepted {
@@ -184,6 +184,13 @@ fn refuse_reason(ctx: &Ctx, c: &Connect) -> Option<u8> {
     if c.client_id.is_empty() && c.protocol == ProtocolVersion::V3_1 {
         return Some(reason::CLIENT_IDENTIFIER_NOT_VALID);
     }
+    // A will topic the server would refuse in a PUBLISH (over mqtt.max_topic_levels, $share/):
+    // v5 0x90, 3.x return code 5 (as for a will topic not allowed).
+    let will_topic = c.will.as_ref().map(|w| String::from_utf8_lossy(&w.topic));
+    if let Some(Err(e)) = will_topic.map(|t| topic::check_publish_name(&t, ctx.mqtt.max_topic_levels)) {
+        tracing::info!(error = %e, "CONNECT refused: will topic not accepted");
+        return Some(if c.protocol.is_v5() { reason::TOPIC_NAME_INVALID } else { reason::NOT_AUTHORIZED });
+    }
     if !c.protocol.is_v5() && c.keep_alive > ctx.mqtt.max_keepalive {
         // 3.x has no Server Keep Alive: refuse (return code 2, as Mosquitto does) rather
         // than cut the client off later.
@@ -235,6 +242,7 @@ fn will_message(w: &LastWill, session_expiry: u32) -> WillSpec {
         expires_at: None,
         publisher: None,
         charge: Default::default(),
+        stamp: crate::model::Stamp::default(),
     };
     WillSpec {
         msg,

@@ -19,8 +19,8 @@ use crate::model::SubOptions;
 use crate::store::Commit;
 use dataloom_codec::topic;
 use dataloom_codec::{
-    Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, encode,
-    reason,
+    Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, SubscribeFilter, UnsubAck,
+    Unsubscribe, encode, reason,
 };
 
 /// The properties of a PUBLISH or will that travel with the message to subscribers.
@@ -80,6 +80,10 @@ impl Conn {
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
         let _timer = crate::metrics::get().publish_received(p.qos);
         let topic = self.resolve_alias(&p)?;
+        let topic_str = std::str::from_utf8(&topic).map_err(|_| Close::Protocol(Violation::TopicNotUtf8))?;
+        if let Err(e) = topic::check_publish_name(topic_str, self.ctx.mqtt.max_topic_levels) {
+            return self.refuse_topic_name(p.qos, p.pkid, e);
+        }
         let mut extra = Vec::new();
         // Receive Maximum is a v5 contract: QoS 1 messages whose PUBACK is still held back and
         // QoS 2 ids not yet released count against it [MQTT 5 §3.3.4]. A 3.1.1 client never
@@ -106,7 +110,6 @@ impl Conn {
         if let Some(shed) = self.shed_publish(&p) {
             return shed;
         }
-        let topic_str = std::str::from_utf8(&topic).map_err(|_| Close::Protocol(Violation::TopicNotUtf8))?;
         if !self.perms.may_publish(topic_str) {
             return self.refuse_forbidden(p.qos, p.pkid, topic_str);
         }
@@ -123,6 +126,7 @@ impl Conn {
                 .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
             publisher: Some(self.session.id),
             charge: Default::default(),
+            stamp: crate::model::Stamp::default(),
         };
         let schemas = &self.ctx.schemas;
         let who = (&*self.session.client_id, &mut self.schema_memo);
@@ -195,36 +199,22 @@ impl Conn {
 
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         self.check_filter_count(s.filters.len())?;
-        let levels = self.ctx.mqtt.max_topic_levels;
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut accepted = Vec::with_capacity(s.filters.len());
         let mut room = SubscriptionRoom::new(self.ctx.mqtt.max_subscriptions_per_client);
         for f in &s.filters {
-            let (group, plain) = topic::parse_subscription(&f.filter, levels).map_err(|e| {
-                debug!(filter = %f.filter, error = %e, "invalid topic filter");
-                Close::Protocol(Violation::InvalidTopicFilter(e))
-            })?;
-            if group.is_some() && f.no_local {
-                return Err(Close::Protocol(Violation::NoLocalOnShared));
+            match self.judge_filter(f, &mut room)? {
+                Ok((group, plain)) => {
+                    codes.push(f.qos as u8);
+                    accepted.push((codes.len() - 1, f, group, plain));
+                }
+                Err(code) => codes.push(code),
             }
-            if !self.perms.may_subscribe(plain) {
-                debug!(filter = %f.filter, "SUBSCRIBE not authorized");
-                crate::auth::count_denial(crate::auth::action::SUBSCRIBE);
-                codes.push(reason::NOT_AUTHORIZED);
-                continue;
-            }
-            if !room.admits(&self.ctx.broker, &self.session, &f.filter) {
-                debug!(filter = %f.filter, "SUBSCRIBE over mqtt.max_subscriptions_per_client");
-                codes.push(reason::QUOTA_EXCEEDED);
-                continue;
-            }
-            codes.push(f.qos as u8);
-            accepted.push((f, group, plain));
         }
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let subs: Vec<NewSubscription<'_>> = accepted
-            .into_iter()
-            .map(|(f, group, plain)| NewSubscription {
+            .iter()
+            .map(|&(_, f, group, plain)| NewSubscription {
                 filter: &f.filter,
                 group,
                 plain,
@@ -237,16 +227,71 @@ impl Conn {
                 },
             })
             .collect();
-        let commit = self.ctx.broker.subscribe(&self.session, &subs);
         let version = self.version;
-        let fail = version.is_v5().then_some(reason::UNSPECIFIED_ERROR);
-        let pkid = s.pkid;
-        self.pending.respond(commit, &mut self.wbuf, 0, fail, |c, out| {
-            let codes = if c == 0 { codes.clone() } else { vec![c; codes.len()] };
-            encode(&Packet::SubAck(SubAck { pkid, codes, properties: Properties::default() }), version, out);
+        let out = &mut self.out;
+        let done = self.ctx.broker.subscribe(&self.session, &subs, &mut |d| out.fits(d, version));
+        let mut retained = vec![0; codes.len()];
+        for (&(i, ..), n) in accepted.iter().zip(done.retained) {
+            retained[i] = n;
+        }
+        let retained = version.is_v5().then(|| retained_property(&retained));
+        let (fail, pkid, max_packet) =
+            (version.is_v5().then_some(reason::UNSPECIFIED_ERROR), s.pkid, self.out.max_packet());
+        self.pending.respond(done.commit, &mut self.wbuf, 0, fail, |c, out| {
+            let start = out.len();
+            let mut suback = SubAck { pkid, codes: codes.clone(), properties: Properties::default() };
+            if c != 0 {
+                suback.codes = vec![c; codes.len()];
+            } else if let Some(p) = &retained {
+                suback.properties.user_properties.push(p.clone());
+                encode(&Packet::SubAck(suback.clone()), version, out);
+                if out.len() - start <= max_packet {
+                    return;
+                }
+                // Left out rather than exceed the client's Maximum Packet Size.
+                out.truncate(start);
+                suback.properties.user_properties.clear();
+            }
+            encode(&Packet::SubAck(suback), version, out);
         });
         crate::metrics::get().packets_sent[crate::metrics::pt::SUBACK].inc();
         Ok(())
+    }
+
+    /// What one SUBSCRIBE filter gets: `Ok((share group, filter))` to subscribe, or `Err` of
+    /// the SUBACK refusal code: 0x8F over `mqtt.max_topic_levels` (a well-formed filter the
+    /// server does not accept), 0x87 not authorized, 0x97 over
+    /// `mqtt.max_subscriptions_per_client` (3.x: all 0x80). A filter that breaks the filter
+    /// rules of the specification closes the connection.
+    fn judge_filter<'f>(
+        &self,
+        f: &'f SubscribeFilter,
+        room: &mut SubscriptionRoom<'f>,
+    ) -> Result<Judged<'f>, Close> {
+        let (group, plain) = match topic::parse_subscription(&f.filter, self.ctx.mqtt.max_topic_levels) {
+            Ok(parsed) => parsed,
+            Err(e @ topic::TopicError::TooManyLevels { .. }) => {
+                debug!(filter = %f.filter, error = %e, "SUBSCRIBE refused: over mqtt.max_topic_levels");
+                return Ok(Err(reason::TOPIC_FILTER_INVALID));
+            }
+            Err(e) => {
+                debug!(filter = %f.filter, error = %e, "invalid topic filter");
+                return Err(Close::Protocol(Violation::InvalidTopicFilter(e)));
+            }
+        };
+        if group.is_some() && f.no_local {
+            return Err(Close::Protocol(Violation::NoLocalOnShared));
+        }
+        if !self.perms.may_subscribe(plain) {
+            debug!(filter = %f.filter, "SUBSCRIBE not authorized");
+            crate::auth::count_denial(crate::auth::action::SUBSCRIBE);
+            return Ok(Err(reason::NOT_AUTHORIZED));
+        }
+        if !room.admits(&self.ctx.broker, &self.session, &f.filter) {
+            debug!(filter = %f.filter, "SUBSCRIBE over mqtt.max_subscriptions_per_client");
+            return Ok(Err(reason::QUOTA_EXCEEDED));
+        }
+        Ok(Ok((group, plain)))
     }
 
     /// A PUBLISH the connection may not make: v5 QoS 1/2 get PUBACK/PUBREC 0x87; otherwise
@@ -324,6 +369,10 @@ impl Conn {
     }
 }
 
+/// What a SUBSCRIBE filter gets: its share group (if any) and filter to subscribe, or the
+/// SUBACK refusal code.
+type Judged<'f> = Result<(Option<&'f str>, &'f str), u8>;
+
 /// How many new subscriptions one SUBSCRIBE may still add under
 /// `mqtt.max_subscriptions_per_client` (0: no limit).
 struct SubscriptionRoom<'a> {
@@ -354,4 +403,11 @@ impl<'a> SubscriptionRoom<'a> {
         self.added.insert(filter);
         true
     }
+}
+
+/// The v5 SUBACK's User Property `retained`: how many retained messages follow for each
+/// filter, comma-separated in the SUBSCRIBE's order (`retained=12,0,3`).
+fn retained_property(counts: &[usize]) -> (String, String) {
+    let value = counts.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    ("retained".to_string(), value)
 }

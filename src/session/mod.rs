@@ -46,11 +46,8 @@ pub struct Ctx {
 impl Ctx {
     /// A context for connections of `broker` under the `[mqtt]` limits.
     pub fn new(broker: Arc<Broker>, mqtt: Mqtt) -> Ctx {
-        let decode_limits = Limits {
-            max_packet_size: mqtt.max_packet_size,
-            max_user_properties: mqtt.max_user_properties,
-            max_topic_levels: mqtt.max_topic_levels,
-        };
+        let decode_limits =
+            Limits { max_packet_size: mqtt.max_packet_size, max_user_properties: mqtt.max_user_properties };
         let schemas = Arc::new(SchemaGate::new(&crate::config::Schemas::default()));
         let auth = Arc::new(crate::auth::Auth::default());
         Ctx { broker, mqtt, decode_limits, schemas, auth }

@@ -53,6 +53,8 @@ pub struct Outbound {
     limits: OutboundLimits,
     aliases: HashMap<Arc<str>, u16>,
     batch: Vec<Delivery>,
+    /// Where [`Outbound::fits`] measures a PUBLISH.
+    scratch: BytesMut,
     /// Messages not sent because they exceeded the client's Maximum Packet Size.
     pub dropped_too_large: u64,
     /// Messages that expired while queued.
@@ -74,6 +76,7 @@ impl Outbound {
             limits,
             aliases: HashMap::new(),
             batch: Vec::new(),
+            scratch: BytesMut::new(),
             dropped_too_large: 0,
             dropped_expired: 0,
             read: None,
@@ -123,7 +126,8 @@ impl Outbound {
                     over = Some(d);
                     break;
                 }
-                if d.msg.is_expired(now) {
+                // A snapshot delivery was counted in its SUBACK when it had not expired.
+                if !d.snapshot && d.msg.is_expired(now) {
                     self.dropped_expired += 1;
                     crate::metrics::get().dropped(crate::metrics::reasons::DropReason::Expired);
                     broker.forget(session, d.seq);
@@ -216,6 +220,19 @@ impl Outbound {
         }
     }
 
+    /// True when `d` fits the client's Maximum Packet Size even without a topic alias, so it
+    /// is sure to be sent: a SUBACK counts only such retained messages. (An alias only makes
+    /// a PUBLISH shorter, and the remaining expiry is a fixed-size property.)
+    pub fn fits(&mut self, d: &Delivery, version: ProtocolVersion) -> bool {
+        if self.limits.max_packet == usize::MAX {
+            return true;
+        }
+        let p = publish_of(d, d.msg.topic_bytes.clone(), 1, false, version, Instant::now(), None);
+        self.scratch.clear();
+        encode_publish(&p, version, &mut self.scratch);
+        self.scratch.len() <= self.limits.max_packet
+    }
+
     /// Encodes one PUBLISH; returns false (and writes nothing) when it exceeds the client's
     /// Maximum Packet Size, in which case the message is dropped as the spec says.
     fn encode(
@@ -227,31 +244,20 @@ impl Outbound {
         now: Instant,
         out: &mut BytesMut,
     ) -> bool {
-        let mut properties = Properties::default();
         let mut topic = d.msg.topic_bytes.clone();
+        let mut alias = None;
         let mut new_alias = None;
         if version.is_v5() {
-            properties = d.msg.properties.clone();
-            properties.subscription_identifiers.clone_from(&d.sub_ids);
-            properties.message_expiry_interval = d.msg.remaining_expiry(now);
             if let Some(&a) = self.aliases.get(&d.msg.topic) {
-                properties.topic_alias = Some(a);
+                alias = Some(a);
                 topic = Bytes::new();
             } else if self.aliases.len() < usize::from(self.limits.alias_max) {
                 let a = u16::try_from(self.aliases.len() + 1).unwrap_or(u16::MAX);
-                properties.topic_alias = Some(a);
+                alias = Some(a);
                 new_alias = Some(a);
             }
         }
-        let p = Publish {
-            dup,
-            qos: d.qos,
-            retain: d.retain,
-            topic,
-            pkid,
-            properties,
-            payload: d.msg.payload.clone(),
-        };
+        let p = publish_of(d, topic, pkid, dup, version, now, alias);
         let start = out.len();
         encode_publish(&p, version, out);
         if out.len() - start > self.limits.max_packet {
@@ -266,6 +272,26 @@ impl Outbound {
         crate::metrics::get().publish_sent(d.qos);
         true
     }
+}
+
+/// The PUBLISH of delivery `d` with `topic` (empty when `alias` names it).
+fn publish_of(
+    d: &Delivery,
+    topic: Bytes,
+    pkid: u16,
+    dup: bool,
+    version: ProtocolVersion,
+    now: Instant,
+    alias: Option<u16>,
+) -> Publish {
+    let mut properties = Properties::default();
+    if version.is_v5() {
+        properties = d.msg.properties.clone();
+        properties.subscription_identifiers.clone_from(&d.sub_ids);
+        properties.message_expiry_interval = d.msg.remaining_expiry(now);
+        properties.topic_alias = alias;
+    }
+    Publish { dup, qos: d.qos, retain: d.retain, topic, pkid, properties, payload: d.msg.payload.clone() }
 }
 
 /// Writes PUBACK/PUBREC/PUBREL/PUBCOMP with `code` (codes are dropped for 3.x by the encoder).

@@ -3,15 +3,18 @@
 //! have no negative ack, follow `schemas.on_invalid` (close, with DISCONNECT 0x99 and the
 //! reason in v5; or drop, still acknowledging a 3.x QoS 1/2 message so it is not resent).
 //! A close is logged at warn with the topic, the refusal (schema, version, JSON Pointer of the
-//! field, what failed) and how to change the behaviour (decision 9 in docs/decisions.md).
+//! field, what failed) and how to change the behaviour (decision 10 in docs/decisions.md).
+//! Also a PUBLISH whose well-formed topic name the server does not accept (0x90).
 
 use tracing::{debug, warn};
 
-use super::Close;
 use super::conn::Conn;
+use super::{Close, Violation};
 use crate::broker::gate::Refusal;
 use crate::config::OnInvalid;
+use crate::metrics::reasons::DropReason;
 use crate::store::Commit;
+use dataloom_codec::topic::TopicError;
 use dataloom_codec::{Ack, Packet, Properties, QoS, encode, reason};
 
 impl Conn {
@@ -58,6 +61,22 @@ impl Conn {
                 Err(Close::Server(r.code, "PUBLISH refused by the topic's JSON Schema"))
             }
         }
+    }
+
+    /// Answers a PUBLISH whose topic name the server does not accept (over
+    /// `mqtt.max_topic_levels`, or in `$share/`): v5 QoS 1/2 get PUBACK/PUBREC 0x90 Topic Name
+    /// invalid with the reason and the connection stays; a PUBLISH no ack can refuse (v5 QoS 0,
+    /// 3.x) closes it (v5: DISCONNECT 0x90), as the name was not malformed but cannot be taken.
+    /// Called before anything of the message (its QoS 2 id included) is recorded.
+    pub(super) fn refuse_topic_name(&mut self, qos: QoS, pkid: u16, e: TopicError) -> Result<(), Close> {
+        crate::metrics::get().dropped(DropReason::TopicInvalid);
+        debug!(error = %e, "PUBLISH refused: topic name not accepted");
+        if self.version.is_v5() && qos != QoS::AtMostOnce {
+            let note = Some(e.to_string());
+            self.ack_noted(ack_kind(qos), pkid, Commit::done(), reason::TOPIC_NAME_INVALID, note);
+            return Ok(());
+        }
+        Err(Close::Protocol(Violation::TopicNameNotAccepted(e)))
     }
 
     /// Sends an ack with `code` once `commit` is durable, with `note` as its v5 reason string

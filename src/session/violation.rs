@@ -31,6 +31,10 @@ pub enum Violation {
     /// An empty topic with a Topic Alias the client never mapped (MQTT 5 §3.3.2.3.4).
     #[error("unknown topic alias [MQTT 5 §3.3.2.3.4]")]
     UnknownTopicAlias,
+    /// A well-formed topic name the server does not accept (over `mqtt.max_topic_levels`, or
+    /// in `$share/`) in a PUBLISH no ack can refuse: v5 QoS 0, or MQTT 3.x.
+    #[error("topic name not accepted [MQTT 5 §3.3.2.1, 0x90]: {0}")]
+    TopicNameNotAccepted(TopicError),
     /// A SUBSCRIBE filter that breaks the topic filter rules (the error cites the rule).
     #[error("invalid topic filter: {0}")]
     InvalidTopicFilter(TopicError),
@@ -62,7 +66,7 @@ impl Violation {
             | Violation::NoLocalOnShared
             | Violation::SessionExpiryAfterZero => reason::PROTOCOL_ERROR,
             Violation::ReceiveMaximumExceeded => reason::RECEIVE_MAXIMUM_EXCEEDED,
-            Violation::TopicNotUtf8 => reason::TOPIC_NAME_INVALID,
+            Violation::TopicNotUtf8 | Violation::TopicNameNotAccepted(_) => reason::TOPIC_NAME_INVALID,
             Violation::TopicAliasOutOfRange => reason::TOPIC_ALIAS_INVALID,
             Violation::InvalidTopicFilter(_) => reason::MALFORMED_PACKET,
         }
@@ -81,6 +85,7 @@ impl Violation {
             Violation::PacketNotFromClient => "packet not allowed from a client",
             Violation::ReceiveMaximumExceeded => "too many unreleased QoS 2 messages",
             Violation::TopicNotUtf8 => "topic is not UTF-8",
+            Violation::TopicNameNotAccepted(_) => "topic name not accepted",
             Violation::TopicAliasOutOfRange => "topic alias out of range",
             Violation::UnknownTopicAlias => "unknown topic alias",
             Violation::InvalidTopicFilter(_) => "invalid topic filter",
@@ -101,6 +106,7 @@ mod tests {
             Violation::PacketNotFromClient,
             Violation::ReceiveMaximumExceeded,
             Violation::TopicNotUtf8,
+            Violation::TopicNameNotAccepted(TopicError::SharedName),
             Violation::TopicAliasOutOfRange,
             Violation::UnknownTopicAlias,
             Violation::InvalidTopicFilter(TopicError::Empty),

@@ -43,6 +43,10 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Key of the format version in the `meta` keyspace.
 const FORMAT_KEY: &[u8] = b"format_version";
 
+/// Key of the highest state revision in the `meta` keyspace (u64 big-endian; see
+/// [`Op::Revision`]).
+pub(crate) const REVISION_KEY: &[u8] = b"revision";
+
 /// Largest key fjall stores (its keys carry a 16-bit length).
 const MAX_KEY_LEN: usize = u16::MAX as usize;
 
@@ -216,6 +220,7 @@ fn op_key_len(op: &Op) -> usize {
         | Op::DeleteIncomingQos2 { client_id: c, .. } => c.len() + 9,
         Op::PutKey { id, .. } => id.len(),
         Op::DeleteKey(id) => id.len(),
+        Op::Revision(_) => REVISION_KEY.len(),
     }
 }
 
@@ -282,6 +287,17 @@ impl FjallStore {
         self.shared.batches.load(Ordering::Relaxed)
     }
 
+    /// The revision [`Op::Revision`] last stored (0 when none).
+    fn stored_revision(&self) -> Result<u64, StoreError> {
+        let Some(v) = self.ks.meta.get(REVISION_KEY).map_err(|e| self.read_error(e))? else {
+            return Ok(0);
+        };
+        let bytes: [u8; 8] = (*v).try_into().map_err(|_| {
+            corrupt(&self.path, "meta", REVISION_KEY, &RecordError::Invalid("revision length"))
+        })?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+
     fn read_error(&self, e: ::fjall::Error) -> StoreError {
         fjall_error(e, &self.path)
     }
@@ -334,7 +350,9 @@ impl Store for FjallStore {
         let mut out = Recovered::default();
         let mut cleanup = Vec::new();
 
+        let mut progress = super::progress::Progress::new("retained topics");
         for kv in self.ks.retained.iter() {
+            progress.tick();
             let (k, v) = kv.into_inner().map_err(|e| self.read_error(e))?;
             let m = record::decode_message(Bytes::copy_from_slice(&v), &clock)
                 .map_err(|e| corrupt(&self.path, "retained", &k, &e))?;
@@ -346,6 +364,7 @@ impl Store for FjallStore {
                     &RecordError::Invalid("topic (differs from key)"),
                 ));
             }
+            out.revision = out.revision.max(m.stamp.revision);
             if m.is_expired(clock.instant) {
                 cleanup.push(Op::DeleteRetained(m.topic));
             } else {
@@ -365,7 +384,9 @@ impl Store for FjallStore {
             out.sessions.push(RecoveredSession { record, queue: Vec::new(), incoming_qos2: Vec::new() });
         }
 
+        let mut progress = super::progress::Progress::new("queued messages");
         for kv in self.ks.queue.iter() {
+            progress.tick();
             let (k, v) = kv.into_inner().map_err(|e| self.read_error(e))?;
             let (client, seq) = split_key::<8>(&k)
                 .ok_or_else(|| corrupt(&self.path, "queue", &k, &RecordError::Invalid("key")))?;
@@ -406,6 +427,7 @@ impl Store for FjallStore {
             }
         }
 
+        out.revision = out.revision.max(self.stored_revision()?);
         if !cleanup.is_empty() {
             drop(self.submit(cleanup, false));
         }

@@ -10,6 +10,7 @@ pub(crate) mod backlog;
 pub(crate) mod disk;
 pub(crate) mod fjall;
 pub(crate) mod memory;
+pub(crate) mod progress;
 pub(crate) mod record;
 
 use std::sync::Arc;
@@ -127,6 +128,9 @@ pub enum Op {
     },
     /// Deletes an API key (revocation).
     DeleteKey(Arc<str>),
+    /// The broker-wide state revision reached this value (stored with a deleted state, which
+    /// leaves no record to carry it); [`Recovered::revision`] reads it back.
+    Revision(u64),
 }
 
 /// An API key record read back: its id (the store's key) and the bytes `auth` encoded.
@@ -167,6 +171,8 @@ pub struct Recovered {
     pub retained: Vec<Arc<Message>>,
     /// Sessions with their queues.
     pub sessions: Vec<RecoveredSession>,
+    /// The highest state revision stored (0 when none): the next change gets a higher one.
+    pub revision: u64,
 }
 
 /// Resolves when submitted ops are durable (or at once when nobody needs to wait).

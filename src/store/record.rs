@@ -12,7 +12,9 @@
 //!   6 response topic, 7 correlation data), `[expiry u64]`, `[payload format u8]`, topic,
 //!   `[content type]`, `[response topic]`, `[correlation data]`, user property count + pairs,
 //!   payload. Strings and byte strings are varint length + bytes.
-//! - retained record: `v1`, message body.
+//! - retained record: `v2`, revision varint, update time varint (UNIX milliseconds), message body.
+//!   A `v1` retained record (written before issue 17) is the message body alone and still
+//!   reads, with revision and time 0.
 //! - delivery body: `qos | retain << 2`, sub id count + varints, message body.
 //! - delivery record: `v1`, delivery body. A delivery's `seq` is not encoded: it is the
 //!   queue key, and decoders leave it `None` for the caller to fill in.
@@ -32,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BufMut, Bytes};
 
 use super::SessionRecord;
-use crate::model::{Delivery, Message};
+use crate::model::{Delivery, Message, Stamp};
 use crate::model::{SessionOwner, SubOptions};
 use dataloom_codec::{Properties, QoS, RetainHandling};
 
@@ -40,6 +42,8 @@ use dataloom_codec::{Properties, QoS, RetainHandling};
 pub const RECORD_V1: u8 = 1;
 /// The second session record version: adds the offline time and the owner.
 pub const SESSION_V2: u8 = 2;
+/// The second retained record version: adds the state's revision and time.
+pub const RETAINED_V2: u8 = 2;
 
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -189,9 +193,12 @@ pub fn encode_message(m: &Message, clock: &Clock) -> Vec<u8> {
 }
 
 /// [`encode_message`] into `out` (cleared first), for a caller that reuses one buffer.
+/// Written as [`RETAINED_V2`]: the message's [`Stamp`] comes first.
 pub fn encode_message_into(m: &Message, clock: &Clock, out: &mut Vec<u8>) {
     out.clear();
-    out.put_u8(RECORD_V1);
+    out.put_u8(RETAINED_V2);
+    put_varint(out, m.stamp.revision);
+    put_varint(out, m.stamp.unix_ms);
     put_message_body(out, m, clock);
 }
 
@@ -433,6 +440,7 @@ fn read_message_body(r: &mut Reader, clock: &Clock) -> Result<Message, RecordErr
         expires_at,
         publisher: None,
         charge: Default::default(),
+        stamp: Stamp::default(),
     };
     // As if just received: the interval left, which outbound recomputes when forwarding.
     message.properties.message_expiry_interval = message.remaining_expiry(clock.instant);
@@ -452,18 +460,27 @@ fn read_delivery_body(r: &mut Reader, clock: &Clock) -> Result<Delivery, RecordE
         sub_ids.push(r.varint_u32("subscription identifier")?);
     }
     let msg = Arc::new(read_message_body(r, clock)?);
-    Ok(Delivery { msg, qos, retain, sub_ids, seq: None, share: None })
+    Ok(Delivery { msg, qos, retain, sub_ids, seq: None, share: None, snapshot: false })
 }
 
 /// Decodes a record made by [`encode_message`]. An expired message decodes with an
 /// `expires_at` not after `clock.instant`.
 ///
+/// A [`RECORD_V1`] record (written before revisions existed) has a zero [`Stamp`].
+///
 /// # Errors
-/// [`RecordError`] when the record is not a v1 message record.
+/// [`RecordError`] when the record is not a v1 or v2 retained record.
 pub fn decode_message(record: Bytes, clock: &Clock) -> Result<Message, RecordError> {
-    let mut r = open(record)?;
-    let m = read_message_body(&mut r, clock)?;
+    let v2 = record.first() == Some(&RETAINED_V2);
+    let mut r = if v2 { Reader { buf: record.slice(1..) } } else { open(record)? };
+    let stamp = if v2 {
+        Stamp { revision: r.varint("revision")?, unix_ms: r.varint("update time")? }
+    } else {
+        Stamp::default()
+    };
+    let mut m = read_message_body(&mut r, clock)?;
     r.finish()?;
+    m.stamp = stamp;
     Ok(m)
 }
 

@@ -153,3 +153,31 @@ pub async fn mosquitto(program: &str, args: &[&str]) -> (bool, String) {
         .unwrap_or_else(|e| panic!("{program} runs (apt-get install mosquitto-clients): {e}"));
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// One HTTP/1.0 request (the server closes after answering) with `headers` and `body`; returns
+/// the status and the body parsed as JSON (panics when it is not JSON).
+pub async fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).await.expect("http connect");
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).await.expect("http write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.expect("answer in time").expect("http read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP header");
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("HTTP status");
+    let json =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"));
+    (status, json)
+}

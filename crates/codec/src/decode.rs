@@ -21,13 +21,11 @@ pub struct Limits {
     pub max_packet_size: u32,
     /// Most user properties in one property block.
     pub max_user_properties: usize,
-    /// Most levels in a topic name (PUBLISH and will topic).
-    pub max_topic_levels: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_packet_size: 1024 * 1024, max_user_properties: 64, max_topic_levels: 128 }
+        Limits { max_packet_size: 1024 * 1024, max_user_properties: 64 }
     }
 }
 
@@ -184,29 +182,23 @@ fn decode_body(
     Ok(packet)
 }
 
-/// Checks a topic name (PUBLISH, will): no wildcards [MQTT-3.3.2-2], no U+0000, level limit.
-/// UTF-8 validity was checked when it was read. Emptiness is checked by the caller.
-pub(crate) fn check_topic_name(topic: &[u8], limits: &Limits) -> Result<(), DecodeError> {
-    let mut levels = 1usize;
-    for &b in topic {
-        match b {
-            b'+' | b'#' => return Err(DecodeError::TopicNameWildcard),
-            b'/' => levels += 1,
-            _ => {}
-        }
-    }
-    if levels > limits.max_topic_levels {
-        return Err(DecodeError::TooManyTopicLevels);
+/// Checks a topic name (PUBLISH, will): no wildcards [MQTT-3.3.2-2]. UTF-8 validity and U+0000
+/// were checked when it was read, emptiness is checked by the caller. Limits that a well-formed
+/// name may exceed (levels, the `$share/` namespace) are the server's to judge, with a reason
+/// code: see [`crate::topic::check_publish_name`].
+pub(crate) fn check_topic_name(topic: &[u8]) -> Result<(), DecodeError> {
+    if topic.iter().any(|&b| b == b'+' || b == b'#') {
+        return Err(DecodeError::TopicNameWildcard);
     }
     Ok(())
 }
 
 /// Reads a topic name string; maps U+0000 to `TopicContainsNull`.
-pub(crate) fn read_topic(r: &mut Reader, limits: &Limits) -> Result<Bytes, DecodeError> {
+pub(crate) fn read_topic(r: &mut Reader) -> Result<Bytes, DecodeError> {
     let topic = r.utf8_bytes().map_err(|e| match e {
         DecodeError::NullCharacter => DecodeError::TopicContainsNull,
         e => e,
     })?;
-    check_topic_name(&topic, limits)?;
+    check_topic_name(&topic)?;
     Ok(topic)
 }

@@ -42,8 +42,6 @@ pub enum DecodeError {
     EmptyTopic,
     #[error("topic filter is empty [MQTT-4.7.3-1]")]
     EmptyTopicFilter,
-    #[error("topic name has more levels than the server allows")]
-    TooManyTopicLevels,
     #[error("string is not well-formed UTF-8 [MQTT-1.5.4-1]")]
     InvalidUtf8,
     #[error("string contains U+0000 [MQTT-1.5.4-2]")]
@@ -103,7 +101,7 @@ impl DecodeError {
             InvalidProtocolName | UnsupportedProtocolLevel { .. } => reason::UNSUPPORTED_PROTOCOL_VERSION,
             EmptyClientIdWithoutCleanSession => reason::CLIENT_IDENTIFIER_NOT_VALID,
             TopicAliasZero => reason::TOPIC_ALIAS_INVALID,
-            TopicNameWildcard | TooManyTopicLevels => reason::TOPIC_NAME_INVALID,
+            TopicNameWildcard => reason::TOPIC_NAME_INVALID,
             EmptyTopicFilter => reason::TOPIC_FILTER_INVALID,
             TooManyUserProperties => reason::IMPLEMENTATION_SPECIFIC_ERROR,
             FirstPacketNotConnect
@@ -163,7 +161,6 @@ impl DecodeError {
             TopicContainsNull => "topic_contains_null",
             EmptyTopic => "empty_topic",
             EmptyTopicFilter => "empty_topic_filter",
-            TooManyTopicLevels => "too_many_topic_levels",
             InvalidUtf8 => "invalid_utf8",
             NullCharacter => "null_character",
             SubscribeNoFilters => "subscribe_no_filters",

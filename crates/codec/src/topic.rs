@@ -16,7 +16,9 @@
 //!
 //! Empty levels are real levels: `a//b` has three levels and `/a` has two.
 //! A `max_levels` of 0 disables the level-count limit (a broker policy, not an
-//! MQTT rule).
+//! MQTT rule). A name or filter over that limit is well-formed: the decoder
+//! accepts it and the server refuses it with a reason code (a SUBACK or PUBACK
+//! refusal), so a client learns why and keeps its connection.
 
 /// Maximum encoded length of a topic name or filter [MQTT-4.7.3-3].
 pub const MAX_TOPIC_LEN: usize = 65_535;
@@ -43,7 +45,7 @@ pub enum TopicError {
     #[error("wildcards must occupy an entire filter level [MQTT-4.7.1-2], [MQTT-4.7.1-3]")]
     WildcardNotWholeLevel,
     /// More levels than the broker allows.
-    #[error("topic has more than {max} levels (broker limit)")]
+    #[error("topic has more than {max} levels (broker limit mqtt.max_topic_levels)")]
     TooManyLevels {
         /// The configured maximum number of levels.
         max: usize,
@@ -57,6 +59,10 @@ pub enum TopicError {
     /// More than 65535 bytes.
     #[error("topic must not exceed 65535 bytes [MQTT-4.7.3-3]")]
     TooLong,
+    /// A topic name in the `$share/` namespace, which names shared subscriptions: no
+    /// subscription can match it, and `$` topics are the server's [MQTT 5 §4.7.2, §4.8.2].
+    #[error("'$share/' is reserved for shared subscriptions and is not a topic name [MQTT 5 §4.7.2, §4.8.2]")]
+    SharedName,
 }
 
 /// A parsed `$share/{group}/{filter}` subscription.
@@ -79,10 +85,7 @@ fn check_common(s: &str, max_levels: usize) -> Result<(), TopicError> {
     if s.contains('\0') {
         return Err(TopicError::NullChar);
     }
-    if max_levels != 0 && s.bytes().filter(|&b| b == b'/').count() >= max_levels {
-        return Err(TopicError::TooManyLevels { max: max_levels });
-    }
-    Ok(())
+    check_levels(s, max_levels)
 }
 
 /// Validates a topic name as used in PUBLISH (and in the will topic).
@@ -93,6 +96,24 @@ pub fn validate_topic_name(name: &str, max_levels: usize) -> Result<(), TopicErr
     check_common(name, max_levels)?;
     if name.contains(['+', '#']) {
         return Err(TopicError::WildcardInName);
+    }
+    Ok(())
+}
+
+/// The server's rules for the topic name of a client PUBLISH (and will) beyond what the
+/// decoder enforces (UTF-8, no U+0000, no wildcard): at most `max_levels` levels (0 =
+/// unlimited) and not in the `$share/` namespace. The name is well-formed either way, so the
+/// answer to a failure is MQTT 5 reason code 0x90 Topic Name invalid, not a closed connection.
+pub fn check_publish_name(name: &str, max_levels: usize) -> Result<(), TopicError> {
+    if name.starts_with(SHARE_PREFIX) {
+        return Err(TopicError::SharedName);
+    }
+    check_levels(name, max_levels)
+}
+
+fn check_levels(s: &str, max_levels: usize) -> Result<(), TopicError> {
+    if max_levels != 0 && s.bytes().filter(|&b| b == b'/').count() >= max_levels {
+        return Err(TopicError::TooManyLevels { max: max_levels });
     }
     Ok(())
 }
@@ -213,6 +234,16 @@ mod tests {
         assert_eq!(validate_topic_name("a/b/c/d", 3), Err(TopicError::TooManyLevels { max: 3 }));
         assert_eq!(validate_filter("a//c/", 3), Err(TopicError::TooManyLevels { max: 3 }));
         assert_eq!(validate_filter("a/+/#", 3), Ok(()));
+    }
+
+    #[test]
+    fn publish_names() {
+        assert_eq!(check_publish_name("a/b/c", 3), Ok(()));
+        assert_eq!(check_publish_name("a/b/c/d", 3), Err(TopicError::TooManyLevels { max: 3 }));
+        assert_eq!(check_publish_name(&["a"; 200].join("/"), 0), Ok(()));
+        assert_eq!(check_publish_name("$share/g/t", 0), Err(TopicError::SharedName));
+        assert_eq!(check_publish_name("$share", 0), Ok(()), "only the '$share/' namespace");
+        assert_eq!(check_publish_name("$shared/x", 0), Ok(()));
     }
 
     #[test]

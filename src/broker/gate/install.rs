@@ -94,5 +94,6 @@ fn schema_message(filter: &str, version: u64, payload: Bytes, template: Option<&
         expires_at: None,
         publisher: template.and_then(|m| m.publisher),
         charge: Default::default(),
+        stamp: crate::model::Stamp::default(),
     }
 }

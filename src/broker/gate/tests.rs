@@ -39,6 +39,7 @@ fn msg(topic: &str, payload: &str, retain: bool) -> Arc<Message> {
         expires_at: None,
         publisher: None,
         charge: Default::default(),
+        stamp: crate::model::Stamp::default(),
     })
 }
 

@@ -28,6 +28,7 @@ fn msg(topic: &str, payload: &str) -> Arc<Message> {
         expires_at: None,
         publisher: Some(1),
         charge: Default::default(),
+        stamp: crate::model::Stamp::default(),
     })
 }
 
@@ -38,7 +39,15 @@ fn expiring(topic: &str, payload: &str, in_: Duration) -> Arc<Message> {
 }
 
 fn delivery(m: Arc<Message>) -> Delivery {
-    Delivery { msg: m, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![3], seq: None, share: None }
+    Delivery {
+        msg: m,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        sub_ids: vec![3],
+        seq: None,
+        share: None,
+        snapshot: false,
+    }
 }
 
 fn session(id: &str) -> SessionRecord {
@@ -82,6 +91,30 @@ fn retained(store: &FjallStore) -> Vec<(String, String)> {
 
 fn pair(t: &str, p: &str) -> (String, String) {
     (t.into(), p.into())
+}
+
+#[test]
+fn the_state_revision_survives_reopen_even_when_its_record_was_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let stamped = |topic: &str, revision: u64| {
+        let mut m = (*msg(topic, "v")).clone();
+        m.stamp = crate::model::Stamp { revision, unix_ms: 1_790_000_000_000 + revision };
+        Arc::new(m)
+    };
+    {
+        let store = open(dir.path());
+        assert_eq!(store.recover().unwrap().revision, 0, "a new store");
+        commit(&store, vec![Op::PutRetained(stamped("r/1", 1)), Op::PutRetained(stamped("r/2", 2))]);
+        commit(&store, vec![Op::DeleteRetained("r/2".into()), Op::Revision(3)]);
+    }
+    {
+        let store = open(dir.path());
+        let r = store.recover().unwrap();
+        assert_eq!(r.revision, 3, "the deletion's revision, not the highest record's");
+        assert_eq!(r.retained[0].stamp, crate::model::Stamp { revision: 1, unix_ms: 1_790_000_000_001 });
+        commit(&store, vec![Op::PutRetained(stamped("r/3", 4))]);
+    }
+    assert_eq!(open(dir.path()).recover().unwrap().revision, 4, "a newer record beats the stored counter");
 }
 
 #[test]

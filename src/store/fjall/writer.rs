@@ -81,17 +81,25 @@ struct Batch {
     queue: Changes,
     qos2: Changes,
     keys: Changes,
+    meta: Changes,
     /// Scratch buffer records are encoded into before they are copied into a `UserValue`.
     scratch: Vec<u8>,
 }
 
 impl Batch {
-    fn parts(&mut self) -> [&mut Changes; 5] {
-        [&mut self.retained, &mut self.sessions, &mut self.queue, &mut self.qos2, &mut self.keys]
+    fn parts(&mut self) -> [&mut Changes; 6] {
+        [
+            &mut self.retained,
+            &mut self.sessions,
+            &mut self.queue,
+            &mut self.qos2,
+            &mut self.keys,
+            &mut self.meta,
+        ]
     }
 
     fn len(&self) -> usize {
-        [&self.retained, &self.sessions, &self.queue, &self.qos2, &self.keys]
+        [&self.retained, &self.sessions, &self.queue, &self.qos2, &self.keys, &self.meta]
             .iter()
             .map(|c| c.items.len())
             .sum()
@@ -309,6 +317,7 @@ impl Writer {
             Op::DeleteIncomingQos2 { client_id, pkid } => b.qos2.set(&qos2_key(&client_id, pkid), None),
             Op::PutKey { id, record } => b.keys.set(id.as_bytes(), Some(record.into())),
             Op::DeleteKey(id) => b.keys.set(id.as_bytes(), None),
+            Op::Revision(n) => b.meta.set(super::REVISION_KEY, Some(UserValue::new(&n.to_be_bytes()))),
         }
         Ok(())
     }
@@ -336,7 +345,7 @@ impl Writer {
             WriteBatch::with_capacity(self.ks.db.clone(), b.len()).durability(Some(PersistMode::Buffer));
         let ks = &self.ks;
         for (changes, keyspace) in
-            b.parts().into_iter().zip([&ks.retained, &ks.sessions, &ks.queue, &ks.qos2, &ks.keys])
+            b.parts().into_iter().zip([&ks.retained, &ks.sessions, &ks.queue, &ks.qos2, &ks.keys, &ks.meta])
         {
             changes.drain_into(&mut wb, keyspace);
         }

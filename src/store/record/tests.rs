@@ -25,6 +25,7 @@ fn full_message(clock: &Clock) -> Message {
         expires_at: Some(clock.instant + Duration::from_secs(3600)),
         publisher: Some(7),
         charge: Default::default(),
+        stamp: crate::model::Stamp::default(),
     }
 }
 
@@ -39,6 +40,7 @@ fn minimal_message() -> Message {
         expires_at: None,
         publisher: None,
         charge: Default::default(),
+        stamp: crate::model::Stamp::default(),
     }
 }
 
@@ -77,11 +79,36 @@ fn message_round_trips_with_every_property() {
 }
 
 #[test]
+fn retained_record_keeps_its_stamp_and_v1_records_read_with_none() {
+    let c = clock();
+    let mut m = full_message(&c);
+    m.stamp = crate::model::Stamp { revision: 1 << 40, unix_ms: 1_790_000_000_123 };
+    let record = encode_message(&m, &c);
+    assert_eq!(record[0], RETAINED_V2);
+    assert_eq!(decode_message(Bytes::from(record.clone()), &c).unwrap().stamp, m.stamp);
+    // A v1 record is the v2 one without the two numbers (one byte each when zero).
+    let unstamped = encode_message(&Message { stamp: crate::model::Stamp::default(), ..m.clone() }, &c);
+    let mut v1 = vec![RECORD_V1];
+    v1.extend_from_slice(&unstamped[3..]);
+    let old = decode_message(Bytes::from(v1), &c).unwrap();
+    assert_same(&m, &old, &c);
+    assert_eq!(old.stamp, crate::model::Stamp::default());
+    assert_eq!(
+        decode_message(Bytes::from(record[..3].to_vec()), &c).unwrap_err(),
+        RecordError::Truncated("revision")
+    );
+}
+
+#[test]
 fn minimal_message_round_trips_and_is_compact() {
     let c = clock();
     let m = minimal_message();
     let rec = encode_message(&m, &c);
-    assert_eq!(rec.len(), 1 + 1 + 2 + 1 + 1);
+    assert_eq!(
+        rec.len(),
+        1 + 2 + 1 + 2 + 1 + 1,
+        "version, zero stamp, flags, topic, no user properties, payload"
+    );
     let back = decode_message(Bytes::from(rec), &c).unwrap();
     assert_same(&m, &back, &c);
     assert_eq!(back.properties.message_expiry_interval, None);
@@ -114,6 +141,7 @@ fn delivery_and_queued_round_trip() {
         sub_ids: vec![1, 268_435_455],
         seq: Some(4),
         share: None,
+        snapshot: false,
     };
     let back = decode_delivery(Bytes::from(encode_delivery(&d, &c)), &c).unwrap();
     assert_same(&d.msg, &back.msg, &c);
@@ -194,6 +222,7 @@ fn every_truncation_and_trailing_garbage_is_an_error() {
         sub_ids: vec![5],
         seq: None,
         share: None,
+        snapshot: false,
     };
     let s = SessionRecord {
         client_id: "c".into(),

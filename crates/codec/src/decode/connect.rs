@@ -55,7 +55,7 @@ pub(crate) fn decode_connect(r: &mut Reader, limits: &Limits) -> Result<Packet, 
         } else {
             Properties::default()
         };
-        let topic = read_topic(r, limits)?;
+        let topic = read_topic(r)?;
         if topic.is_empty() {
             return Err(DecodeError::EmptyTopic);
         }

@@ -22,7 +22,7 @@ pub(crate) fn decode_publish(
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::Qos0WithDup);
     }
-    let topic = read_topic(r, limits)?;
+    let topic = read_topic(r)?;
     let pkid = if qos == QoS::AtMostOnce {
         0
     } else {

@@ -1,0 +1,69 @@
+//! `/v1/schemas`: the JSON Schemas in force, as the `$schema/` tree holds them (document,
+//! version, filter), each visible to a caller that may read its `$schema/` topic; and
+//! `/v1/openapi.json`, the API's OpenAPI 3.1 document (`docs/openapi.json`).
+
+use std::net::SocketAddr;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+
+use super::api::{Api, ApiError, Json, path_param};
+use crate::model::Message;
+use crate::schema::filter::{SCHEMA_PREFIX, topic_of_filter};
+
+/// The API's OpenAPI document, kept in the repository.
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// `GET /v1/schemas`.
+pub(super) async fn list(
+    State(s): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json, ApiError> {
+    let caller = s.caller(peer, &headers)?;
+    let mut found = s.broker.retained_under(&format!("{SCHEMA_PREFIX}#"));
+    found.retain(|m| caller.perms.may_read(&m.topic));
+    found.sort_by(|a, b| a.topic.cmp(&b.topic));
+    let items: Vec<Value> = found.iter().map(|m| schema(m)).collect();
+    Ok(Json(json!({ "items": items, "revision": s.broker.revision() })))
+}
+
+/// `GET /v1/schemas/{filter}`: the filter percent-encoded in the path (`sensors/%2B/temp`).
+pub(super) async fn get_one(
+    State(s): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    filter: Result<Path<String>, PathRejection>,
+) -> Result<Json, ApiError> {
+    let caller = s.caller(peer, &headers)?;
+    let filter = path_param(filter)?;
+    dataloom_codec::topic::validate_filter(&filter, s.api.max_topic_levels)
+        .map_err(|e| ApiError::BadRequest(format!("filter {filter:?}: {e}")))?;
+    let topic = topic_of_filter(&filter);
+    if !caller.perms.may_read(&topic) {
+        return Err(ApiError::Forbidden(format!("this key may not read {topic}")));
+    }
+    match s.broker.state_of(&topic) {
+        (Some(m), _) => Ok(Json(schema(&m))),
+        (None, _) => Err(ApiError::NotFound(format!("no schema governs {filter}"))),
+    }
+}
+
+/// `GET /v1/openapi.json`.
+pub(super) async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+fn schema(m: &Message) -> Value {
+    let prop = |k: &str| m.properties.user_properties.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let document = serde_json::from_slice::<Value>(&m.payload).unwrap_or(Value::Null);
+    json!({
+        "filter": prop("filter"),
+        "version": prop("version").and_then(|v| v.parse::<u64>().ok()),
+        "document": document,
+        "revision": m.stamp.revision,
+    })
+}
