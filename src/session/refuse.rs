@@ -15,7 +15,7 @@ use crate::config::OnInvalid;
 use crate::metrics::reasons::DropReason;
 use crate::store::Commit;
 use dataloom_codec::topic::TopicError;
-use dataloom_codec::{Ack, Packet, Properties, QoS, encode, reason};
+use dataloom_codec::{Ack, Packet, Properties, ProtocolVersion, QoS, encode, reason};
 
 impl Conn {
     /// Answers a refused PUBLISH to `topic` (`qos`, `pkid`); an `Err` ends the connection.
@@ -44,10 +44,18 @@ impl Conn {
                 Ok(())
             }
             OnInvalid::Disconnect => {
-                let (no_nack, told) = if v5 {
-                    ("MQTT 5 QoS 0 has no acknowledgement", "the client got DISCONNECT 0x99 with this reason")
-                } else {
-                    ("MQTT 3.1.1 has no negative acknowledgement", "the client sees the connection closed")
+                let (no_nack, told) = match self.version {
+                    ProtocolVersion::V5 => (
+                        "MQTT 5 QoS 0 has no acknowledgement",
+                        "the client got DISCONNECT 0x99 with this reason",
+                    ),
+                    ProtocolVersion::V3_1 => {
+                        ("MQTT 3.1 has no negative acknowledgement", "the client sees the connection closed")
+                    }
+                    ProtocolVersion::V3_1_1 => (
+                        "MQTT 3.1.1 has no negative acknowledgement",
+                        "the client sees the connection closed",
+                    ),
                 };
                 warn!(
                     "PUBLISH to {topic} refused: {}; closing the connection: {no_nack} and \
