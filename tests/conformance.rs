@@ -165,7 +165,7 @@ async fn a_publish_over_the_level_limit_is_refused_with_0x90_and_the_connection_
 }
 
 #[tokio::test]
-async fn a_will_over_the_level_limit_is_refused_at_connect() {
+async fn a_will_over_the_level_limit_or_in_share_is_refused_at_connect() {
     let b = TestBroker::start().await;
     let (_, ack) = connect_with(b.addr, "deep-will5", |c| c.will = Some(will(&levels(129), "w"))).await;
     assert_eq!(ack.code, 0x90);
@@ -175,6 +175,8 @@ async fn a_will_over_the_level_limit_is_refused_at_connect() {
     })
     .await;
     assert_eq!(ack.code, 0x87, "3.1.1 return code 5");
+    let (_, ack) = connect_with(b.addr, "share-will", |c| c.will = Some(will("$share/g/t", "w"))).await;
+    assert_eq!(ack.code, 0x90, "$share/ is not a topic name for a will either");
 }
 
 // ---- Item 5: a SUBSCRIBE is not overtaken by a later PUBLISH from another connection ----
