@@ -356,6 +356,23 @@ fn init_logging(cfg: &Config) {
     }
 }
 
+/// The runtime: one worker per core. Built with `--cfg tokio_unstable` (`.cargo/config.toml`),
+/// its LIFO slot is off, so connections woken together run in the order their packets arrived
+/// and a SUBSCRIBE is not overtaken by a PUBLISH from another connection that reached the
+/// broker after it (docs/decisions.md, "Packets take effect in arrival order").
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    #[cfg(not(tokio_unstable))]
+    tracing::warn!(
+        "built without --cfg tokio_unstable (RUSTFLAGS replaces .cargo/config.toml): packets of \
+         different connections that arrive together may take effect in reverse order"
+    );
+    builder.build()
+}
+
 fn serve(config: Config) -> anyhow::Result<()> {
     // Before any thread exists: raise the open-file limit and size the file table for every
     // connection (plus the store's and listeners' own descriptors).
@@ -368,10 +385,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         ),
         _ => {}
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = runtime().context("cannot start the async runtime")?;
     rt.block_on(async move {
         // Handlers first: a supervisor may send SIGTERM as soon as it reads the listening line.
         let mut signals = Signals::install()?;
