@@ -49,59 +49,39 @@ async fn watcher(b: &TestBroker, id: &str, topic: &str) -> RawClient {
 /// while the old connection is open finds no session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_does_not_resume_a_session_that_ends_with_its_connection() {
-    let b = TestBroker::start().await;
-    for (version, edit) in [("3.1.1", v311 as fn(&mut Connect)), ("5", |_: &mut Connect| {})] {
-        for i in 0..ROUNDS {
-            let id = format!("lc-open-{version}-{i}");
-            let mut old = connect_ok(&b, &id, edit).await;
-            subscribe(&mut old, 1, "lc/open", QoS::AtLeastOnce).await;
-            let (_new, ack) = connect_with(
-                b.addr,
-                &id,
-                resume(move |p| {
-                    edit(p);
-                    p.properties.session_expiry_interval = Some(60);
-                }),
-            )
-            .await;
-            assert_eq!(ack.code, 0);
-            assert!(
-                !ack.session_present,
-                "MQTT {version}, round {i}: the old connection's session was resumed"
-            );
-            assert_eq!(subscriptions(&b), 0, "MQTT {version}, round {i}: the old subscription survived");
-            if version == "5" {
-                assert_eq!(recv_disconnect(&mut old).await.code, 0x8E, "Session taken over");
-            }
-        }
-    }
+    expiry_zero_rounds(false).await;
 }
 
 /// Item 1: the same right after the old connection closed its socket (no DISCONNECT), before
 /// or while the broker notices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_ends_with_its_connection_is_gone_right_after_the_close() {
+    expiry_zero_rounds(true).await;
+}
+
+/// [`ROUNDS`] rounds per protocol version: a session with expiry 0 and a subscription, its
+/// socket closed first when `close_first`, then a clean start 0 CONNECT of its client id must
+/// find no session and no subscription.
+async fn expiry_zero_rounds(close_first: bool) {
     let b = TestBroker::start().await;
     for (version, edit) in [("3.1.1", v311 as fn(&mut Connect)), ("5", |_: &mut Connect| {})] {
         for i in 0..ROUNDS {
-            let id = format!("lc-closed-{version}-{i}");
-            let mut old = connect_ok(&b, &id, edit).await;
-            subscribe(&mut old, 1, "lc/closed", QoS::AtLeastOnce).await;
-            drop(old);
-            let (_new, ack) = connect_with(
-                b.addr,
-                &id,
-                resume(move |p| {
-                    edit(p);
-                    p.properties.session_expiry_interval = Some(60);
-                }),
-            )
-            .await;
-            assert!(
-                !ack.session_present,
-                "MQTT {version}, round {i}: the closed connection's session was resumed"
-            );
-            assert_eq!(subscriptions(&b), 0, "MQTT {version}, round {i}: the old subscription survived");
+            let id = format!("lc-{close_first}-{version}-{i}");
+            let mut first = connect_ok(&b, &id, edit).await;
+            subscribe(&mut first, 1, "lc/zero", QoS::AtLeastOnce).await;
+            let old = (!close_first).then_some(first);
+            let again = resume(move |p| {
+                edit(p);
+                p.properties.session_expiry_interval = Some(60);
+            });
+            let (_new, ack) = connect_with(b.addr, &id, again).await;
+            let round = format!("MQTT {version}, round {i}, closed first: {close_first}");
+            assert_eq!(ack.code, 0);
+            assert!(!ack.session_present, "{round}: the old connection's session was resumed");
+            assert_eq!(subscriptions(&b), 0, "{round}: the old subscription survived");
+            if let Some(mut old) = old.filter(|_| version == "5") {
+                assert_eq!(recv_disconnect(&mut old).await.code, 0x8E, "Session taken over");
+            }
         }
     }
 }
