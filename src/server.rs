@@ -118,13 +118,14 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let data_dir = (cfg.storage.backend == Backend::Fjall).then_some(cfg.storage.data_dir.as_path());
     auth.start_bootstrap(data_dir)
         .map_err(|source| StartError::Bootstrap { dir: cfg.storage.data_dir.clone(), source })?;
+    let (shutdown, rx) = watch::channel(false);
     let mut ctx = Ctx::new(broker.clone(), cfg.mqtt.clone());
     ctx.auth = auth.clone();
     ctx.schemas = Arc::new(crate::broker::gate::SchemaGate::start(&cfg.schemas, &broker)?);
+    ctx.shutdown = rx.clone();
     let ctx = Arc::new(ctx);
     let bound = crate::net::listener::bind_all(cfg).await?;
     let permits = Arc::new(Semaphore::new(cfg.mqtt.max_connections));
-    let (shutdown, rx) = watch::channel(false);
     let (addrs, certs) = bound.spawn(&ctx, &permits, &rx)?;
     let mqtt_addr = addrs.tcp;
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -358,6 +358,7 @@ async fn counters_move_and_the_world_can_read_them() {
     assert!(matches!(bad.recv().await, Some(Packet::ConnAck(_))));
     bad.send_hex("00 00").await;
     bad.until_closed().await;
+    drop(bad); // as clients do on EOF: the broker's graceful close ends at once
 
     // A refused CONNECT: 3.1.1 keep alive above mqtt.max_keepalive is refused (return code 2).
     let mut refused = RawClient::connect(b.addr).await;
@@ -365,6 +366,7 @@ async fn counters_move_and_the_world_can_read_them() {
     refused.send_packet(&connect_packet("metrics-refused", u16::MAX)).await;
     let got = refused.until_closed().await;
     assert!(matches!(got.first(), Some(Packet::ConnAck(a)) if a.code != 0), "refused: {got:?}");
+    drop(refused);
 
     // Everything that must have moved, once the connections above are counted as closed.
     let m1 = {

@@ -1,8 +1,10 @@
-//! A session's life (issue 13): a connection attaches to it (new, resumed or taken over; only
-//! by the identity that created it unless `auth.session_takeover = "any_key"`), detaches from
-//! it (it ends at once, or goes offline: its offline time is stored and its expiry timer set),
-//! and expiry ends it. A session that goes offline or ends hands its shared-subscription
-//! messages to another member of their group (`share`). Expiry intervals are capped by `mqtt.persistent_session_expiry`.
+//! A session's life (issues 13, 15): a connection attaches to it (new, resumed or taken over;
+//! only by the identity that created it unless `auth.session_takeover = "any_key"`; a takeover
+//! waits until the old connection let go), detaches from it (it ends at once, or goes offline:
+//! its offline time is stored and its expiry timer set), and expiry ends it. A session that
+//! ends publishes a will still waiting for its delay. A session that goes offline or ends
+//! hands its shared-subscription messages to another member of their group (`share`). Expiry
+//! intervals are capped by `mqtt.persistent_session_expiry`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,6 +15,10 @@ use super::{Attached, Broker, session_record};
 use crate::config::SessionTakeover;
 use crate::model::{Kill, KillReason, Message, ReadAccess, SessionOwner};
 use crate::store::{Commit, Op};
+
+/// How long [`Broker::attach`] waits for the connection that holds the session to let go
+/// before it takes the session regardless (that connection is stuck).
+const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 
 /// What a connection asks of [`Broker::attach`].
 #[derive(Debug, Clone)]
@@ -45,6 +51,13 @@ pub enum AttachError {
     },
 }
 
+/// What one attempt of [`Broker::attach`] found.
+enum Attempt {
+    Attached(Attached),
+    /// A connection holds the session.
+    Held(Arc<Session>),
+}
+
 /// Wall clock, UNIX milliseconds.
 pub(super) fn unix_ms() -> u64 {
     SystemTime::now()
@@ -69,39 +82,72 @@ impl Broker {
         self.limits.persistent_session_expiry.map_or(expiry, |cap| expiry.min(cap))
     }
 
-    /// Attaches a connection to the session of `req.client_id`: resumes it unless
-    /// `clean_start`, and takes it over from any connection that holds it (that one is told
-    /// [`KillReason::TakenOver`]).
+    /// Attaches a connection to the session of `req.client_id`, in the order of MQTT 5 §3.1.4:
+    /// a connection that holds the session is told to let go ([`KillReason::TakenOver`]) and
+    /// this waits — at most 2 s (`TAKEOVER_WAIT`), then takes the session regardless — until it
+    /// has handled what its client already sent (a DISCONNECT among it), decided its will and
+    /// detached; then the session is resumed if it continues ([`Session::continues_with`]),
+    /// or ended and replaced by a new one.
     ///
     /// # Errors
     /// [`AttachError::ForeignSession`] when the session belongs to another identity and
-    /// takeover is `same_key`: nothing changed.
-    pub fn attach(&self, req: &AttachRequest<'_>, kill: Arc<Kill>) -> Result<Attached, AttachError> {
+    /// takeover is `same_key`: nothing changed, its connection was not disturbed.
+    pub async fn attach(&self, req: &AttachRequest<'_>, kill: Arc<Kill>) -> Result<Attached, AttachError> {
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        let displaced = KillReason::TakenOver { clean_start: req.clean_start };
+        loop {
+            let force = tokio::time::Instant::now() >= deadline;
+            let held = match self.try_attach(req, &kill, displaced, force)? {
+                Attempt::Attached(attached) => return Ok(attached),
+                Attempt::Held(held) => held,
+            };
+            let let_go = held.let_go();
+            held.kill(displaced);
+            if held.is_held() {
+                let _ = tokio::time::timeout_at(deadline, let_go).await;
+            }
+        }
+    }
+
+    /// One attempt of [`Broker::attach`]; unless `force`, a session a connection holds is
+    /// left as it is. A connection that still holds it is told `displaced`.
+    fn try_attach(
+        &self,
+        req: &AttachRequest<'_>,
+        kill: &Arc<Kill>,
+        displaced: KillReason,
+        force: bool,
+    ) -> Result<Attempt, AttachError> {
         let expiry = self.cap_expiry(req.expiry);
         let mut ops = Vec::new();
         let mut map = self.sessions.lock();
         let existing = map.get(req.client_id).cloned();
-        if let Some(s) = &existing
-            && req.takeover == SessionTakeover::SameKey
-            && let Some(owner) = s.owner().filter(|o| *o != req.identity)
-        {
-            return Err(AttachError::ForeignSession { owner });
+        if let Some(s) = &existing {
+            if req.takeover == SessionTakeover::SameKey
+                && let Some(owner) = s.owner().filter(|o| *o != req.identity)
+            {
+                return Err(AttachError::ForeignSession { owner });
+            }
+            if !force && s.is_held() {
+                return Ok(Attempt::Held(s.clone()));
+            }
         }
         let mut replaced = None;
         let (session, present) = match existing {
-            Some(s) if !req.clean_start => (s, true),
+            Some(s) if s.continues_with(req.clean_start) => (s, true),
             other => {
                 if let Some(old) = other {
-                    old.kill(KillReason::TakenOver);
-                    old.take_ownership(Arc::new(Kill::default()));
+                    // Its connection (if it still holds it) is told why; timers and a late
+                    // detach see the new generation and leave it alone.
+                    old.take_ownership(Arc::new(Kill::default()), displaced);
                     map.remove(req.client_id);
-                    self.timers.cancel(old.id);
+                    let will = self.timers.cancel(old.id);
                     if old.is_persistent() {
                         self.note_persistence(true, false);
                         ops.push(Op::DeleteSession(old.client_id.clone()));
                     }
                     self.drop_subscriptions(&old);
-                    replaced = Some(old);
+                    replaced = Some((old, will));
                 }
                 let s = self.new_session(Arc::from(req.client_id));
                 map.insert(s.client_id.clone(), s.clone());
@@ -111,14 +157,20 @@ impl Broker {
         session.set_reader(req.read.clone());
         // Under the map lock: an expiry timer firing now sees the new generation and leaves
         // the session alone (see `end_expired`).
-        let generation = session.take_ownership(kill);
+        let generation = session.take_ownership(kill.clone(), displaced);
         drop(map);
-        if let Some(old) = replaced {
+        if let Some((old, will)) = replaced {
+            // The old session ended: a will still waiting for its delay goes out now
+            // [MQTT 5 §3.1.3.2.2].
+            if let Some(will) = will {
+                let _ = self.publish(will, Vec::new());
+            }
             // Submitted before the old session's deletion: its shared messages are stored
             // with their new holders first.
             self.hand_over_shared(&old, Leaving::Ending);
         }
-        self.timers.cancel(session.id);
+        // Resumed before its will's delay or its expiry: both are cancelled.
+        let _ = self.timers.cancel(session.id);
         session.resume(&req.identity);
         let was_persistent = self.set_session_expiry(&session, expiry);
         if expiry > 0 {
@@ -128,7 +180,7 @@ impl Broker {
         }
         let commit = self.submit(ops, true);
         let queued_before = self.next_seq.load(std::sync::atomic::Ordering::Relaxed);
-        Ok(Attached { session, present, generation, commit, expiry, queued_before })
+        Ok(Attempt::Attached(Attached { session, present, generation, commit, expiry, queued_before }))
     }
 
     /// Records a new session expiry interval (v5 DISCONNECT may change it), capped by
@@ -151,6 +203,13 @@ impl Broker {
         if !session.release(generation) {
             return;
         }
+        self.leave(session, generation);
+        // A connection waiting in `attach` finds the session ended or offline, not between.
+        session.notify_let_go();
+    }
+
+    /// The part of [`Broker::detach`] after the release.
+    fn leave(&self, session: &Arc<Session>, generation: u64) {
         let secs = session.expiry();
         if secs == 0 {
             self.end_session(session);
@@ -222,13 +281,18 @@ impl Broker {
                 self.note_persistence(true, false);
             }
         }
+        // Under the map lock, as `attach` replaces a session: a connection that attaches next
+        // finds no subscription of it left, and nothing is routed to it from here on.
+        self.drop_subscriptions(session);
         drop(map);
-        self.timers.cancel(session.id);
+        // A will still waiting for its delay goes out when the session ends [MQTT 5 §3.1.3.2.2].
+        if let Some(will) = self.timers.cancel(session.id) {
+            let _ = self.publish(will, Vec::new());
+        }
         self.hand_over_shared(session, Leaving::Ending);
         if session.is_persistent() {
             let _ = self.submit(vec![Op::DeleteSession(session.client_id.clone())], false);
         }
-        self.drop_subscriptions(session);
     }
 }
 

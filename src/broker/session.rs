@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard, RwLock};
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 use super::mailbox::Mailbox;
 use crate::model::{Budget, Delivery, Kill, KillReason, ReadAccess, SessionId, SessionOwner, SubOptions};
@@ -151,6 +153,8 @@ pub struct Session {
     pub(super) state: Mutex<SessionState>,
     generation: AtomicU64,
     holder: Mutex<Holder>,
+    /// Woken when a connection lets go of the session (see `Broker::detach`).
+    let_go: Notify,
     /// Session expiry > 0: its state and QoS 1/2 queue are stored durably.
     persistent: AtomicBool,
     /// What the session's latest connection may read (`None`: everything, or not known for a
@@ -173,6 +177,7 @@ impl Session {
             state: Mutex::new(SessionState::default()),
             generation: AtomicU64::new(0),
             holder: Mutex::new(Holder::default()),
+            let_go: Notify::new(),
             persistent: AtomicBool::new(false),
             reader: RwLock::new(None),
         }
@@ -222,16 +227,41 @@ impl Session {
         self.mailbox.push_front_all(queued);
     }
 
-    /// Makes `kill` the owner, firing the previous owner's switch; returns the new generation.
-    pub(crate) fn take_ownership(&self, kill: Arc<Kill>) -> u64 {
+    /// Makes `kill` the owner, firing the previous owner's switch with `displaced`; returns
+    /// the new generation.
+    pub(crate) fn take_ownership(&self, kill: Arc<Kill>, displaced: KillReason) -> u64 {
         let mut o = self.holder.lock();
         if let Some(old) = o.kill.replace(kill) {
-            old.fire(KillReason::TakenOver);
+            old.fire(displaced);
         }
         let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         drop(o);
         self.mailbox.set_online(true);
         g
+    }
+
+    /// True while a connection holds the session (between attach and detach).
+    pub(super) fn is_held(&self) -> bool {
+        self.holder.lock().kill.is_some()
+    }
+
+    /// Resolves once the connection holding the session has let go of it and the broker has
+    /// settled what that means (the session ended or went offline); create it before checking
+    /// [`Session::is_held`], or the wake-up may be missed.
+    pub(super) fn let_go(&self) -> Notified<'_> {
+        self.let_go.notified()
+    }
+
+    /// Wakes everyone waiting in [`Session::let_go`].
+    pub(super) fn notify_let_go(&self) {
+        self.let_go.notify_waiters();
+    }
+
+    /// True when a connection with this Clean Start continues the session: it asks to, and the
+    /// session outlives its connections (expiry > 0) — a session with expiry 0 ends with the
+    /// connection that holds it, a takeover included [MQTT-3.1.2-4, MQTT 5 §3.1.2.11.2].
+    pub fn continues_with(&self, clean_start: bool) -> bool {
+        !clean_start && self.expiry() > 0
     }
 
     /// True while the connection with this generation still owns the session.

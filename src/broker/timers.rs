@@ -4,7 +4,8 @@
 //! leaves nothing behind: no task per disconnect, no entry per disconnect.
 //!
 //! A timer still checks the session's ownership generation when it fires: a connection that
-//! took the session between the deadline and the firing keeps it.
+//! took the session between the deadline and the firing keeps it. Cancelling hands back a
+//! pending will: a session that ends before the will's delay publishes it then.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
@@ -77,14 +78,19 @@ impl Timers {
         self.set(Kind::Will, entry);
     }
 
-    /// Cancels every timer of `session` (it is online again, or gone).
-    pub(super) fn cancel(&self, session: SessionId) {
+    /// Cancels every timer of `session` (it is online again, or gone); returns the will that
+    /// was waiting for its delay, if any (a session that ends publishes it now).
+    #[must_use = "a session that ends publishes its pending will"]
+    pub(super) fn cancel(&self, session: SessionId) -> Option<Arc<Message>> {
         let mut inner = self.inner.lock();
+        let mut will = None;
         for kind in [Kind::Will, Kind::Expiry] {
             if let Some(old) = inner.entries.remove(&(session, kind)) {
                 inner.order.remove(&(old.at, session, kind));
+                will = will.or(old.will);
             }
         }
+        will
     }
 
     /// Timers pending (for metrics).
@@ -178,8 +184,9 @@ mod tests {
         t.will_at(&a, 1, Arc::new(test_message()), now + Duration::from_secs(1));
         assert_eq!(t.len(), 3, "a re-set timer replaces the old one");
         assert_eq!(t.inner.lock().order.len(), 3);
-        t.cancel(a.id);
+        assert!(t.cancel(a.id).is_some(), "the pending will comes back");
         assert_eq!(t.len(), 1);
+        assert!(t.cancel(a.id).is_none());
         assert!(t.take_due(now + Duration::from_secs(4)).is_empty());
         let due = t.take_due(now + Duration::from_secs(5));
         assert!(matches!(due.as_slice(), [Due::Expiry(s, 1)] if s.id == b.id));

@@ -8,7 +8,11 @@ use tokio::sync::Notify;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KillReason {
     /// Another connection took the client id (v5 0x8E).
-    TakenOver,
+    TakenOver {
+        /// The new connection's Clean Start: with 0 it continues the session, unless that
+        /// session ends with its connection (expiry 0).
+        clean_start: bool,
+    },
     /// The broker is shutting down (v5 0x8B).
     Shutdown,
     /// The connection's API key was revoked (v5 0x98 Administrative action).

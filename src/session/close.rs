@@ -18,8 +18,13 @@ pub enum Close {
     Decode(DecodeError),
     /// The client broke a rule of the session (DISCONNECT with the violation's code).
     Protocol(Violation),
-    /// The server ends the connection with this v5 reason code and reason (takeover,
-    /// shutdown, keep alive, store failure, policy).
+    /// Another connection took the client id (v5 0x8E).
+    TakenOver {
+        /// It continues the session (clean start 0, session expiry > 0): there is no will.
+        continues: bool,
+    },
+    /// The server ends the connection with this v5 reason code and reason (shutdown, keep
+    /// alive, store failure, policy).
     Server(u8, &'static str),
     /// The CONNECT was refused (CONNACK already sent).
     Refused(u8),
@@ -28,13 +33,22 @@ pub enum Close {
 impl Close {
     /// True when the will message must be published.
     pub(super) fn publishes_will(&self) -> bool {
-        // A revoked key's will is not published: the key lost its rights.
+        // A revoked key's will is not published: the key lost its rights. A takeover that
+        // continues the session drops the will, as Mosquitto does (with a Will Delay Interval
+        // the new connection would cancel it anyway).
         !matches!(
             self,
             Close::ClientDisconnect(0x00)
                 | Close::Refused(_)
                 | Close::Server(dataloom_codec::reason::ADMINISTRATIVE_ACTION, _)
+                | Close::TakenOver { continues: true }
         )
+    }
+
+    /// True when the will goes out now whatever its delay: the session ends with the close of
+    /// this connection by a takeover (the new connection does not continue it).
+    pub(super) fn ends_session_now(&self) -> bool {
+        matches!(self, Close::TakenOver { continues: false })
     }
 
     /// The v5 DISCONNECT reason code the server sends, if any.
@@ -42,7 +56,18 @@ impl Close {
         match self {
             Close::Decode(e) => Some(e.reason_code()),
             Close::Protocol(v) => Some(v.code()),
+            Close::TakenOver { .. } => Some(reason::SESSION_TAKEN_OVER),
             Close::Server(code, _) => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The reason string of the server's DISCONNECT, if it has one.
+    pub(super) fn server_reason(&self) -> Option<&'static str> {
+        match self {
+            Close::TakenOver { .. } => Some("session taken over"),
+            Close::Server(_, why) => Some(why),
+            Close::Protocol(v) => Some(v.reason()),
             _ => None,
         }
     }
@@ -55,6 +80,10 @@ impl std::fmt::Display for Close {
             Close::Io(e) => write!(f, "connection lost: {e}"),
             Close::Decode(e) => write!(f, "protocol violation: {e}"),
             Close::Protocol(v) => write!(f, "protocol violation (0x{:02X}): {v}", v.code()),
+            Close::TakenOver { continues } => {
+                let session = if *continues { "continues" } else { "ends" };
+                write!(f, "session taken over (0x8E; the session {session})")
+            }
             Close::Server(code, why) => write!(f, "closed by server (0x{code:02X}): {why}"),
             Close::Refused(code) => write!(f, "CONNECT refused (0x{code:02X})"),
         }
@@ -90,6 +119,7 @@ fn classify(close: &Close, established: bool) -> Ending {
             Close::Protocol(v) => Some(reject_for_code(v.code())),
             Close::Server(reason::MAXIMUM_CONNECT_TIME, _) => Some(RejectReason::ConnectTimeout),
             Close::Server(code, _) => Some(reject_for_code(*code)),
+            Close::TakenOver { .. } => Some(reject_for_code(reason::SESSION_TAKEN_OVER)),
             Close::Io(_) | Close::ClientDisconnect(_) => None,
         };
         let close = if rejected.is_some() { CloseReason::Rejected } else { CloseReason::ConnectionLost };
@@ -101,9 +131,9 @@ fn classify(close: &Close, established: bool) -> Ending {
         Close::Decode(_) => CloseReason::ProtocolError,
         Close::Refused(_) => CloseReason::Rejected,
         Close::Protocol(_) => CloseReason::ProtocolError,
+        Close::TakenOver { .. } => CloseReason::TakenOver,
         Close::Server(code, _) => match *code {
             reason::KEEP_ALIVE_TIMEOUT => CloseReason::KeepAliveTimeout,
-            reason::SESSION_TAKEN_OVER => CloseReason::TakenOver,
             reason::SERVER_SHUTTING_DOWN => CloseReason::Shutdown,
             reason::NOT_AUTHORIZED | reason::ADMINISTRATIVE_ACTION => CloseReason::NotAuthorized,
             reason::PAYLOAD_FORMAT_INVALID => CloseReason::SchemaInvalid,

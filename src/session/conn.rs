@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{Instrument, debug, info};
 
 use super::connect::{self, Accepted, WillSpec};
+use super::ending;
 use super::liveness::Liveness;
 use super::outbound::{Outbound, OutboundLimits};
 use super::pending::Pending;
@@ -23,7 +24,7 @@ use crate::broker::Attached;
 use crate::broker::session::Session;
 use crate::model::Delivery;
 use crate::model::{Kill, KillReason};
-use dataloom_codec::{self as codec, Disconnect, Packet, Properties, ProtocolVersion, reason};
+use dataloom_codec::{self as codec, Packet, ProtocolVersion, reason};
 
 /// Stop reading from a client while this much output waits for it.
 const OUT_HIGH_WATER: usize = 256 * 1024;
@@ -165,7 +166,7 @@ where
         tracing::Span::current().record("client_id", &*conn.session.client_id);
         info!(protocol = ?conn.version, keep_alive = conn.keep_alive.as_secs(), "client connected");
         let close = conn.run(&mut rd, &mut wr, &mut rbuf, &kill).await;
-        conn.finish(&close, &mut wr).await;
+        conn.finish(&close, &mut rd, &mut wr).await;
         info!(protocol = ?conn.version, reason = %close, "client disconnected");
         Ok(close)
     }
@@ -195,7 +196,7 @@ where
             if let Some((version, code)) = connect::refusal_for(&e, sniffed) {
                 let mut out = BytesMut::new();
                 connect::write_refusal(version, code, &mut out);
-                let _ = wr.write_all(&out).await;
+                ending::say_last(ctx, rd, wr, &out).await;
             }
             debug!(error = %e, rule = e.kind(), "bad CONNECT");
             return Err(Close::Decode(e));
@@ -215,27 +216,27 @@ where
             tokio::time::sleep(refused.delay).await;
             let mut out = BytesMut::new();
             connect::write_refusal(connect.protocol, refused.code, &mut out);
-            let _ = wr.write_all(&out).await;
+            ending::say_last(ctx, rd, wr, &out).await;
             return Err(Close::Refused(refused.code));
         }
     };
     let mut out = BytesMut::new();
     let version = connect.protocol;
-    match connect::accept(ctx, connect, kill, principal, &mut out) {
+    match connect::accept(ctx, connect, kill, principal, &mut out).await {
         Accepted::Yes(conn, commit) => {
             if let Err(e) = commit.wait().await {
                 tracing::error!(error = %e, "cannot store the session; refusing CONNECT");
                 ctx.broker.detach(&conn.session, conn.generation);
                 out.clear();
                 connect::write_refusal(version, reason::UNSPECIFIED_ERROR, &mut out);
-                let _ = wr.write_all(&out).await;
+                ending::say_last(ctx, rd, wr, &out).await;
                 return Err(Close::Refused(reason::UNSPECIFIED_ERROR));
             }
             let _ = wr.write_all(&out).await;
             Ok(conn)
         }
         Accepted::No(code) => {
-            let _ = wr.write_all(&out).await;
+            ending::say_last(ctx, rd, wr, &out).await;
             Err(Close::Refused(code))
         }
     }
@@ -336,13 +337,7 @@ impl Conn {
                 && !self.awaiting_store;
             tokio::select! {
                 biased;
-                r = &mut killed => {
-                    return match r {
-                        KillReason::TakenOver => Close::Server(reason::SESSION_TAKEN_OVER, "session taken over"),
-                        KillReason::Shutdown => Close::Server(reason::SERVER_SHUTTING_DOWN, "server shutting down"),
-                        KillReason::Revoked => Close::Server(reason::ADMINISTRATIVE_ACTION, "API key revoked"),
-                    };
-                }
+                r = &mut killed => return self.killed(r, rd, rbuf),
                 w = wr.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
                     if let Err(e) = w {
                         return Close::Io(e.to_string());
@@ -406,13 +401,15 @@ impl Conn {
                 }
             }
             if !self.session.is_owner(self.generation) {
-                return Close::Server(reason::SESSION_TAKEN_OVER, "session taken over");
+                // Taken by force (this connection did not let go in time): the kill fired first.
+                let r = kill.reason().unwrap_or(KillReason::TakenOver { clean_start: true });
+                return self.killed(r, rd, rbuf);
             }
         }
     }
 
     /// Decodes and handles every complete packet in `rbuf`; returns how many there were.
-    fn handle_input(&mut self, rbuf: &mut BytesMut) -> Result<usize, Close> {
+    pub(super) fn handle_input(&mut self, rbuf: &mut BytesMut) -> Result<usize, Close> {
         let mut decoded = 0;
         // A buffer grown for a large packet: small messages decoded from it are copied out, or
         // one queued 10-byte message would keep the whole allocation alive.
@@ -434,56 +431,6 @@ impl Conn {
                 Err(e) => return Err(Close::Decode(e)),
             }
         }
-    }
-
-    /// Sends the closing DISCONNECT (v5), publishes or schedules the will, detaches the session.
-    async fn finish<W: AsyncWrite + Unpin>(&mut self, close: &Close, wr: &mut W) {
-        self.ctx.broker.offer_blocked(&mut self.blocked, true);
-        if let Close::Decode(e) = close {
-            debug!(error = %e, rule = e.kind(), "protocol violation");
-        }
-        while !self.pending.is_empty() {
-            let Ok(r) = tokio::time::timeout(Duration::from_secs(1), self.pending.next_ready()).await else {
-                break;
-            };
-            if self.pending.complete_front(r, &mut self.wbuf).is_err() {
-                break;
-            }
-        }
-        if let (true, Some(code)) = (self.version.is_v5(), close.server_code()) {
-            let mut props = Properties::default();
-            let why = match close {
-                Close::Server(_, why) => Some(*why),
-                Close::Protocol(v) => Some(v.reason()),
-                _ => None,
-            };
-            if let Some(why) = why {
-                let why = self.close_reason.take().unwrap_or_else(|| why.to_string());
-                props.reason_string = super::refuse::fitting_reason(why, self.out.max_packet());
-            }
-            let d = Disconnect { code, properties: props };
-            codec::encode(&Packet::Disconnect(d), self.version, &mut self.wbuf);
-            crate::metrics::get().packets_sent[crate::metrics::pt::DISCONNECT].inc();
-        }
-        if !self.wbuf.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&self.wbuf)).await;
-        }
-        let taken_over = matches!(close, Close::Server(reason::SESSION_TAKEN_OVER, _));
-        if let Some(will) = self.will.take()
-            && close.publishes_will()
-            && !taken_over
-        {
-            let msg = will.message(Instant::now());
-            // The schema may have changed since CONNECT checked the will.
-            if self.ctx.schemas.admit_will(&self.ctx.broker, &msg, &self.session.client_id) {
-                self.ctx.broker.schedule_will(&self.session, self.generation, msg, will.delay);
-            }
-        }
-        self.session.mailbox.wake();
-        self.ctx.broker.detach(&self.session, self.generation);
-        // Close the socket last: a client that sees the close and reconnects at once must find
-        // the will published and a clean session already ended.
-        let _ = wr.shutdown().await;
     }
 }
 
@@ -513,7 +460,7 @@ async fn store_room(ctx: &Ctx) {
     }
 }
 
-async fn read_more<R: AsyncRead + Unpin>(
+pub(super) async fn read_more<R: AsyncRead + Unpin>(
     rd: &mut R,
     rbuf: &mut BytesMut,
     busy: &mut bool,

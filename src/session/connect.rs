@@ -71,9 +71,10 @@ pub fn sniff_version(buf: &[u8]) -> Option<ProtocolVersion> {
     }
 }
 
-/// Checks a decoded CONNECT of an authenticated `principal`, attaches the session and writes
-/// the CONNACK into `out`.
-pub fn accept(
+/// Checks a decoded CONNECT of an authenticated `principal`, attaches the session (waiting for
+/// a connection that holds it to let go, see [`crate::broker::Broker::attach`]) and writes the
+/// CONNACK into `out`.
+pub async fn accept(
     ctx: &Arc<Ctx>,
     c: Connect,
     kill: Arc<Kill>,
@@ -120,7 +121,7 @@ pub fn accept(
         takeover: ctx.auth.settings().session_takeover,
         read: (!perms.is_unrestricted()).then(|| perms.clone() as Arc<dyn crate::model::ReadAccess>),
     };
-    let mut attached = match ctx.broker.attach(&req, kill) {
+    let mut attached = match ctx.broker.attach(&req, kill).await {
         Ok(a) => a,
         Err(AttachError::ForeignSession { owner }) => {
             tracing::warn!(client_id = %client_id, identity = %req.identity, owner = %owner,

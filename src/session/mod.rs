@@ -2,13 +2,15 @@
 //! broker — CONNECT and session attach, keep alive, QoS 1/2 flows both ways, flow control,
 //! topic aliases, wills, and the reason a connection ends.
 //!
-//! `conn` owns the I/O loop; `connect`, `inbound` and `outbound` are the protocol steps and
-//! never touch a socket: they read packets and write encoded bytes into the connection's
+//! `conn` owns the I/O loop and `ending` how it ends (a takeover's last reads, the will,
+//! detaching, the graceful close); `connect`, `inbound` and `outbound` are the protocol steps
+//! and never touch a socket: they read packets and write encoded bytes into the connection's
 //! output buffer.
 
 mod close;
 mod conn;
 mod connect;
+mod ending;
 mod inbound;
 mod liveness;
 mod outbound;
@@ -41,6 +43,9 @@ pub struct Ctx {
     pub schemas: Arc<SchemaGate>,
     /// API keys and anonymous access (no keys, defaults, unless replaced).
     pub auth: Arc<crate::auth::Auth>,
+    /// Turns true when the broker shuts down: connections closing gracefully stop lingering
+    /// (never, unless replaced).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Ctx {
@@ -50,6 +55,7 @@ impl Ctx {
             Limits { max_packet_size: mqtt.max_packet_size, max_user_properties: mqtt.max_user_properties };
         let schemas = Arc::new(SchemaGate::new(&crate::config::Schemas::default()));
         let auth = Arc::new(crate::auth::Auth::default());
-        Ctx { broker, mqtt, decode_limits, schemas, auth }
+        let shutdown = tokio::sync::watch::channel(false).1;
+        Ctx { broker, mqtt, decode_limits, schemas, auth, shutdown }
     }
 }

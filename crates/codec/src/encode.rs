@@ -243,7 +243,8 @@ fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, s: &mut S) {
             }
         }
         Packet::ConnAck(c) => {
-            s.u8(u8::from(c.session_present));
+            // MQTT 3.1 has no Session Present: its first CONNACK byte is reserved, 0.
+            s.u8(u8::from(c.session_present && version != ProtocolVersion::V3_1));
             if v5 {
                 s.u8(c.code);
                 props(&c.properties, s);

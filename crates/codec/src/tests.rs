@@ -120,7 +120,15 @@ pub(crate) fn samples(v: ProtocolVersion) -> Vec<(Packet, bool)> {
             })),
             false,
         ),
-        (Packet::ConnAck(ConnAck { session_present: true, code: 0, properties: pick(connack_props) }), true),
+        (
+            // MQTT 3.1 has no Session Present (the byte is reserved).
+            Packet::ConnAck(ConnAck {
+                session_present: v != ProtocolVersion::V3_1,
+                code: 0,
+                properties: pick(connack_props),
+            }),
+            true,
+        ),
         (
             Packet::ConnAck(ConnAck {
                 session_present: false,
@@ -348,6 +356,13 @@ fn v3_acks_and_short_forms() {
     let c =
         Packet::ConnAck(ConnAck { session_present: false, code: 0x86, properties: Properties::default() });
     assert_eq!(&enc(&c, ProtocolVersion::V3_1_1)[..], b"\x20\x02\x00\x04");
+    let c = Packet::ConnAck(ConnAck { session_present: true, code: 0, properties: Properties::default() });
+    assert_eq!(&enc(&c, ProtocolVersion::V3_1_1)[..], b"\x20\x02\x01\x00");
+    assert_eq!(
+        &enc(&c, ProtocolVersion::V3_1)[..],
+        b"\x20\x02\x00\x00",
+        "3.1: reserved byte, no Session Present"
+    );
     let s = Packet::SubAck(SubAck { pkid: 1, codes: vec![1, 0x87], properties: Properties::default() });
     assert_eq!(&enc(&s, ProtocolVersion::V3_1_1)[..], b"\x90\x04\x00\x01\x01\x80");
     // Long forms decode too: PUBACK with code 0 and empty properties, DISCONNECT/AUTH of length 0.

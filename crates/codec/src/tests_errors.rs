@@ -139,6 +139,8 @@ fn property_errors() {
     assert_eq!(err(Cli(V3_1_1), "20 02 00 06"), InvalidReasonCode { code: 6, packet: "CONNACK" });
     assert_eq!(err(Cli(V5), "90 04 00 01 00 03"), InvalidReasonCode { code: 3, packet: "SUBACK" });
     assert_eq!(err(Cli(V3_1_1), "20 02 02 00"), ConnAckReservedFlagSet);
+    // MQTT 3.1 has no Session Present: the whole byte is reserved.
+    assert_eq!(err(Cli(V3_1), "20 02 01 00"), ConnAckReservedFlagSet);
 }
 
 #[test]

@@ -85,7 +85,9 @@ pub(crate) fn decode_connack(
     limits: &Limits,
 ) -> Result<Packet, DecodeError> {
     let flags = r.u8()?;
-    if flags & 0xFE != 0 {
+    // Bits 7-1 are reserved; in MQTT 3.1 bit 0 too (no Session Present).
+    let reserved = if version == ProtocolVersion::V3_1 { 0xFF } else { 0xFE };
+    if flags & reserved != 0 {
         return Err(DecodeError::ConnAckReservedFlagSet);
     }
     let raw = r.u8()?;
