@@ -11,13 +11,9 @@ use v5_util::*;
 
 /// Resident set size of this process, bytes.
 fn rss() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kib: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line");
-    kib * 1024
+    let n = common::rss_of("self");
+    assert!(n > 0, "VmRSS of this process");
+    n
 }
 
 const ROUNDS: u16 = 60;

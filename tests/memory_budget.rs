@@ -30,14 +30,7 @@ async fn metric(http: SocketAddr, name: &str) -> f64 {
 
 /// Resident set size of the broker process, bytes.
 fn rss(p: &Proc) -> usize {
-    let pid = p.child.id().expect("broker running");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    let kib: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line");
-    kib * 1024
+    common::rss_of(&p.child.id().expect("broker running").to_string())
 }
 
 fn site(budget: Option<usize>) -> Site {
@@ -254,19 +247,13 @@ async fn a_flood_to_stalled_subscribers_stays_inside_the_budget() {
     let baseline = rss(&b);
 
     // Sample the broker's RSS and /readyz while the flood runs.
-    let pid = b.child.id().expect("running");
+    let pid = b.child.id().expect("running").to_string();
     let sampler = tokio::spawn({
         let done = done.clone();
         async move {
             let (mut peak, mut unready, mut account) = (0usize, 0usize, 0usize);
             while !*done.borrow() {
-                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                let kib: usize = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                    .unwrap_or(0);
-                peak = peak.max(kib * 1024);
+                peak = peak.max(common::rss_of(&pid));
                 unready += usize::from(http_get(http, "/readyz").await.0 != 200);
                 account = account.max(metric(http, "dataloom_memory_used_bytes").await as usize);
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -118,6 +118,18 @@ impl RawClient {
     }
 }
 
+/// Resident set size of process `pid` (`"self"` for this one) in bytes, from `/proc`; 0 once
+/// the process is gone.
+pub fn rss_of(pid: &str) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    kib * 1024
+}
+
 /// GET `path` over HTTP/1.0 (no chunking, the server closes); returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("http connect");
