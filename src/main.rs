@@ -162,6 +162,12 @@ enum SchemaCommand {
         /// Data directory of the broker (storage.data_dir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Ask a running broker instead, e.g. http://127.0.0.1:9883 (its state API).
+        #[arg(long)]
+        url: Option<String>,
+        /// ID:SECRET of a key that may read `$schema/#`, for --url.
+        #[arg(long, env = "DATALOOM_KEY", hide_env_values = true)]
+        key: Option<String>,
     },
 }
 
@@ -200,8 +206,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Schema { command: SchemaCommand::Export { dir, cfg, data_dir } } => {
-            schema_export(&dir, &cfg, data_dir)
+        Command::Schema { command: SchemaCommand::Export { dir, cfg, data_dir, url, key } } => {
+            schema_export(&dir, &cfg, data_dir, url.as_deref().map(|u| (u, key.as_deref())))
         }
         Command::Key { command } => key_command(command),
         Command::CheckConfig { cfg } => match Config::load(cfg.config.as_deref(), &Overrides::default()) {
@@ -237,13 +243,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn schema_export(dir: &std::path::Path, cfg: &ConfigArgs, data_dir: Option<PathBuf>) -> ExitCode {
+fn schema_export(
+    dir: &std::path::Path,
+    cfg: &ConfigArgs,
+    data_dir: Option<PathBuf>,
+    remote: Option<(&str, Option<&str>)>,
+) -> ExitCode {
     let o = Overrides { data_dir, ..Overrides::default() };
     let config = match Config::load(cfg.config.as_deref(), &o) {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    match dataloom::cli::export::export(&config, dir) {
+    let written = match remote {
+        Some((url, key)) => dataloom::cli::export::export_from(url, key, dir),
+        None => dataloom::cli::export::export(&config, dir),
+    };
+    match written {
         Ok(written) => {
             let rows: Vec<Vec<String>> = written
                 .iter()

@@ -2,7 +2,7 @@
 //! broker registers the repository's `schemas/`, `dataloom schema export` writes them out,
 //! json-schema-to-typescript makes TypeScript types, `tsc --strict` accepts a client that uses
 //! them (and refuses one that breaks them), and the compiled client publishes and reads a typed
-//! value with MQTT.js. Needs `tests/typed/node_modules` (`make test-deps` runs `npm ci` there).
+//! value with MQTT.js. A running broker exports the same through `--url`. Needs `tests/typed/node_modules` (`make test-deps` runs `npm ci` there).
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -91,5 +91,16 @@ async fn exported_schemas_give_a_typed_mqtt_client() {
     let url = format!("mqtt://{}", broker.addr);
     let (ok, out) = run(&ts, node, &["js/client.js", &url]);
     assert!(ok && out.contains("read celsius=21.5"), "typed client: {out}");
+
+    // 5. While it runs, the data directory is locked: export says so and asks the broker instead.
+    let exe = Path::new(env!("CARGO_BIN_EXE_dataloom"));
+    let (ok, out) = run(&work, exe, &["schema", "export", "again", "--data-dir", &data]);
+    assert!(!ok && out.contains("--url"), "a locked data directory points at --url: {out}");
+    let http = format!("http://{}", broker.http_addr().await);
+    let (ok, out) = run(&work, exe, &["schema", "export", "again", "--url", &http]);
+    assert!(ok, "schema export --url: {out}");
+    let again = std::fs::read(work.join("again/index.json")).expect("index.json from --url");
+    let again: serde_json::Value = serde_json::from_slice(&again).expect("json");
+    assert_eq!(again, index, "the running broker exports the same schemas");
     broker.stop().await;
 }

@@ -284,6 +284,17 @@ fn online(url: &str, cred: Option<&Credential>, action: Action) -> Result<Output
     })
 }
 
+/// `GET url+path` with `Authorization: Bearer KEY` when `key` is given (`ID:SECRET`); returns
+/// status and body. For CLI commands that read a running broker's HTTP API.
+///
+/// # Errors
+/// [`CliError::Http`] when the broker cannot be reached or does not answer HTTP;
+/// [`CliError::Usage`] for a URL that is not `http://`.
+pub fn http_get(url: &str, path: &str, key: Option<&str>) -> Result<(u16, String), CliError> {
+    let cred = key.map(|k| Credential::Bearer(k.to_string()));
+    request(url.trim_end_matches('/'), "GET", path, cred.as_ref(), "")
+}
+
 /// A minimal HTTP/1.1 request (`Connection: close`); returns status and body.
 fn request(
     url: &str,

@@ -6,7 +6,8 @@
 //! written `%23`, `%` is `%25`), so an export can also seed another broker. Each document gets
 //! a `title` usable as a type name when it has none (`sensors/+/temperature` becomes
 //! `SensorsTemperature`), and `index.json` maps every filter to its file, version, title and
-//! `$schema/` topic. The schemas come from a stopped broker's data directory.
+//! `$schema/` topic. The schemas come from a stopped broker's data directory, or from a running
+//! broker's state API (`GET /v1/schemas`, with `--url` and a key that may read `$schema/#`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,6 +24,9 @@ pub enum ExportError {
     /// The data directory cannot be read (locked by a running broker, corrupt, ...).
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The running broker could not be asked, or refused.
+    #[error("{0}")]
+    Http(String),
     /// A file of the export cannot be written.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -52,7 +56,13 @@ pub struct Exported {
 /// # Errors
 /// [`ExportError`]: the data directory is locked or unreadable, or a file cannot be written.
 pub fn export(cfg: &Config, dir: &Path) -> Result<Vec<Exported>, ExportError> {
-    let store = FjallStore::open(&cfg.storage.data_dir, cfg.storage.durability)?;
+    let store = FjallStore::open(&cfg.storage.data_dir, cfg.storage.durability).map_err(|e| match e {
+        StoreError::Locked { .. } => {
+            let http = cfg.http.bind.replace("0.0.0.0", "127.0.0.1");
+            ExportError::Http(format!("{e}, or ask the running broker: --url http://{http}"))
+        }
+        e => e.into(),
+    })?;
     let mut found = Vec::new();
     for m in store.recover()?.retained {
         let Some(Ok(f)) = filter::filter_of_topic(&m.topic) else { continue };
@@ -68,6 +78,32 @@ pub fn export(cfg: &Config, dir: &Path) -> Result<Vec<Exported>, ExportError> {
         }
     }
     drop(store);
+    write_all(dir, found)
+}
+
+/// Asks the broker at `url` (`GET /v1/schemas`, as `key` when given) and writes what it
+/// answers under `dir`.
+///
+/// # Errors
+/// [`ExportError::Http`] when the broker cannot be reached, refuses (401, 403) or answers
+/// something else than the schema list; [`ExportError::Write`] as for [`export`].
+pub fn export_from(url: &str, key: Option<&str>, dir: &Path) -> Result<Vec<Exported>, ExportError> {
+    let http = |e: crate::auth::cli::CliError| ExportError::Http(e.to_string());
+    let (status, body) = crate::auth::cli::http_get(url, "/v1/schemas", key).map_err(http)?;
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    if status != 200 {
+        let why = v.get("error").and_then(Value::as_str).unwrap_or(body.trim());
+        return Err(ExportError::Http(format!("broker at {url} answered {status}: {why}")));
+    }
+    let bad = || ExportError::Http(format!("broker at {url} sent no schema list: {body}"));
+    let items = v.get("items").and_then(Value::as_array).ok_or_else(bad)?;
+    let mut found = Vec::new();
+    for item in items {
+        let filter = item.get("filter").and_then(Value::as_str).ok_or_else(bad)?;
+        let version = item.get("version").and_then(Value::as_u64).unwrap_or(1);
+        let document = item.get("document").cloned().ok_or_else(bad)?;
+        found.push((filter.to_string(), version, document));
+    }
     write_all(dir, found)
 }
 
