@@ -70,16 +70,24 @@ enum Command {
     },
 }
 
+/// Which broker a command reads: a stopped one's data directory, or a running one over HTTP.
 #[derive(clap::Args, Debug, Clone)]
-struct KeyTarget {
+struct BrokerAt {
     #[command(flatten)]
     cfg: ConfigArgs,
     /// Data directory of the broker (storage.data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// The running broker's HTTP address, e.g. http://127.0.0.1:9883 (default: from http.bind).
+    /// The running broker's HTTP address, e.g. http://127.0.0.1:9883 (`key` commands default to
+    /// http.bind when the data directory is locked by the running broker).
     #[arg(long)]
     url: Option<String>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct KeyTarget {
+    #[command(flatten)]
+    at: BrokerAt,
     /// ID:SECRET of an admin key, for the HTTP admin endpoint.
     #[arg(long, env = "DATALOOM_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
@@ -157,14 +165,9 @@ enum SchemaCommand {
     Export {
         /// Where to write the files.
         dir: PathBuf,
+        /// `--url`: ask a running broker (its state API) instead of reading the data directory.
         #[command(flatten)]
-        cfg: ConfigArgs,
-        /// Data directory of the broker (storage.data_dir).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Ask a running broker instead, e.g. http://127.0.0.1:9883 (its state API).
-        #[arg(long)]
-        url: Option<String>,
+        at: BrokerAt,
         /// ID:SECRET of a key that may read `$schema/#`, for --url.
         #[arg(long, env = "DATALOOM_KEY", hide_env_values = true)]
         key: Option<String>,
@@ -206,9 +209,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Schema { command: SchemaCommand::Export { dir, cfg, data_dir, url, key } } => {
-            schema_export(&dir, &cfg, data_dir, url.as_deref().map(|u| (u, key.as_deref())))
-        }
+        Command::Schema { command: SchemaCommand::Export { dir, at, key } } => schema_export(&dir, at, key),
         Command::Key { command } => key_command(command),
         Command::CheckConfig { cfg } => match Config::load(cfg.config.as_deref(), &Overrides::default()) {
             Ok(c) => {
@@ -243,19 +244,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn schema_export(
-    dir: &std::path::Path,
-    cfg: &ConfigArgs,
-    data_dir: Option<PathBuf>,
-    remote: Option<(&str, Option<&str>)>,
-) -> ExitCode {
-    let o = Overrides { data_dir, ..Overrides::default() };
-    let config = match Config::load(cfg.config.as_deref(), &o) {
+fn schema_export(dir: &std::path::Path, at: BrokerAt, key: Option<String>) -> ExitCode {
+    let o = Overrides { data_dir: at.data_dir, ..Overrides::default() };
+    let config = match Config::load(at.cfg.config.as_deref(), &o) {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    let written = match remote {
-        Some((url, key)) => dataloom::cli::export::export_from(url, key, dir),
+    let written = match at.url {
+        Some(url) => dataloom::cli::export::export_from(&url, key.as_deref(), dir),
         None => dataloom::cli::export::export(&config, dir),
     };
     match written {
@@ -314,12 +310,12 @@ fn key_command(command: KeyCommand) -> ExitCode {
     let result = match (print_config, action) {
         (true, Action::Create(spec)) => cli::print_config(spec),
         (_, action) => {
-            let o = Overrides { data_dir: target.data_dir, ..Overrides::default() };
-            let config = match Config::load(target.cfg.config.as_deref(), &o) {
+            let o = Overrides { data_dir: target.at.data_dir, ..Overrides::default() };
+            let config = match Config::load(target.at.cfg.config.as_deref(), &o) {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
             };
-            let t = cli::Target { url: target.url, admin_key: target.admin_key };
+            let t = cli::Target { url: target.at.url, admin_key: target.admin_key };
             cli::run(&config, action, &t)
         }
     };
