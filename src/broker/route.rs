@@ -123,8 +123,9 @@ impl Broker {
     /// stalled, or because `give_up`) leave `blocked`; the rest stay for the next try.
     pub fn offer_blocked(&self, blocked: &mut Vec<(Arc<Session>, Delivery)>, give_up: bool) {
         let mut rest = Vec::new();
+        let pressure = self.pressure();
         for (session, d) in blocked.drain(..) {
-            match self.enqueue(&session, d, !give_up, self.pressure()) {
+            match self.enqueue(&session, d, !give_up, pressure) {
                 Ok(_) => {}
                 Err(d) => rest.push((session, d)),
             }
