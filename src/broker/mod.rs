@@ -21,6 +21,7 @@ mod share;
 mod state;
 pub(crate) mod subtree;
 mod timers;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
