@@ -33,13 +33,17 @@ impl Broker {
         sessions.truncate(limit);
         let items = sessions
             .iter()
-            .map(|s| ClientInfo {
-                client_id: s.client_id.to_string(),
-                online: s.is_online(),
-                persistent: s.is_persistent(),
-                subscriptions: s.state.lock().subscriptions.len(),
-                queued: s.mailbox.len(),
-                owner: s.owner().map(|o: SessionOwner| o.to_string()),
+            .map(|s| {
+                // One lock of the session state at a time (it is not reentrant).
+                let subscriptions = s.state.lock().subscriptions.len();
+                ClientInfo {
+                    client_id: s.client_id.to_string(),
+                    online: s.is_online(),
+                    persistent: s.is_persistent(),
+                    subscriptions,
+                    queued: s.mailbox.len(),
+                    owner: s.owner().map(|o: SessionOwner| o.to_string()),
+                }
             })
             .collect();
         (items, total)
