@@ -10,6 +10,7 @@ const rows = new Map(); // topic -> <tr>
 let key = sessionStorage.getItem('dataloom.key') || '';
 let stream = null; // AbortController of the open event stream
 let ticks = 0;
+let truncated = false; // the state has more topics than the console loaded
 
 function headers(extra) {
   const h = Object.assign({}, extra || {});
@@ -69,12 +70,18 @@ function setRow(item, flash) {
   }
   rows.set(item.topic, fresh);
   applyFilter(fresh);
+  showCount();
+}
+
+function showCount() {
+  $('state-count').textContent = truncated ? '(first ' + rows.size + ' topics)' : '(' + rows.size + ')';
 }
 
 function deleteRow(topic) {
   const tr = rows.get(topic);
   if (tr) tr.remove();
   rows.delete(topic);
+  showCount();
 }
 
 function applyFilter(tr) {
@@ -96,8 +103,9 @@ async function loadState() {
     cursor = page.next_cursor;
     pages += 1;
   } while (cursor && pages < MAX_STATE_PAGES);
+  truncated = Boolean(cursor);
   if (!cursor) for (const topic of [...rows.keys()]) if (!seen.has(topic)) deleteRow(topic);
-  $('state-count').textContent = cursor ? '(first ' + seen.size + ' topics)' : '(' + rows.size + ')';
+  showCount();
 }
 
 // --- schemas, rejections, clients --------------------------------------------------------
