@@ -48,7 +48,8 @@ async fn key_block() -> String {
     let mut stdin = child.stdin.take().expect("stdin piped");
     stdin.write_all(SECRET.as_bytes()).await.expect("write the secret");
     drop(stdin);
-    let out = tokio::time::timeout(WAIT * 4, child.wait_with_output()).await.expect("in time").expect("output");
+    let out =
+        tokio::time::timeout(WAIT * 4, child.wait_with_output()).await.expect("in time").expect("output");
     let block = String::from_utf8(out.stdout).expect("utf8");
     assert!(out.status.success() && block.contains("[[auth.keys]]"), "{block}");
     block
@@ -225,7 +226,10 @@ async fn the_api_behind_the_page_reads_anonymously_writes_with_a_key_and_streams
     );
     assert!(rejection["client_id"].as_str().is_some_and(|c| !c.is_empty()), "{rejection}");
     let stats = events.next_named("stats", &mut seen).await;
-    assert!(stats["rates"]["messages_received"].is_number() && stats["schemas"].as_u64() >= Some(1), "{stats}");
+    assert!(
+        stats["rates"]["messages_received"].is_number() && stats["schemas"].as_u64() >= Some(1),
+        "{stats}"
+    );
     assert!(!seen.iter().any(|d| d.contains("secret/door")), "a topic anonymous may not read was streamed");
 
     let (code, listed) = http_json(http, "GET", "/v1/rejections", &[], b"").await;
@@ -305,7 +309,9 @@ async fn the_page_in_headless_chromium_follows_state_and_rejections() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.first(), Some(&"live"), "{stdout}");
-    assert!(lines.iter().any(|l| l.starts_with("shows ") && l.contains("21.5") && l.contains("sensors/+/temperature v1")));
+    let badge =
+        |l: &&str| l.starts_with("shows ") && l.contains("21.5") && l.contains("sensors/+/temperature v1");
+    assert!(lines.iter().any(badge), "{stdout}");
     assert!(lines.iter().any(|l| l.starts_with("updates ") && l.contains("22")), "{stdout}");
     assert!(lines.iter().any(|l| l.starts_with("rejection ") && l.contains("/celsius")), "{stdout}");
     assert!(lines.iter().any(|l| l.starts_with("anonymous write: ") && l.contains("API key")), "{stdout}");

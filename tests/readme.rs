@@ -208,7 +208,11 @@ async fn every_shell_example_in_the_readme_works_as_written() {
     for tool in ["mosquitto_pub", "mosquitto_sub", "mosquitto_rr"] {
         std::fs::write(config.join(tool), &port).expect("mosquitto options file");
     }
-    std::fs::write(config.join(".curlrc"), format!("connect-to = 127.0.0.1:9883:{http}\nconnect-to = localhost:9883:{http}\n")).expect(".curlrc");
+    std::fs::write(
+        config.join(".curlrc"),
+        format!("connect-to = 127.0.0.1:9883:{http}\nconnect-to = localhost:9883:{http}\n"),
+    )
+    .expect(".curlrc");
     let bin = Path::new(env!("CARGO_BIN_EXE_dataloom")).parent().expect("binary dir").to_owned();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let env: Vec<(String, String)> = [

@@ -38,10 +38,10 @@ use retained_tree::RetainedTree;
 use session::Session;
 use subtree::SubscriptionTree;
 
+pub use clients::ClientInfo;
 pub use flows::{PubRecAnswer, Qos2Arrival};
 pub use lifecycle::{AttachError, AttachRequest};
 pub use route::Published;
-pub use clients::ClientInfo;
 pub use state::StatePage;
 pub use watch::Watch;
 

@@ -116,7 +116,9 @@ fn origin_refusal(rules: &Rules, headers: &HeaderMap) -> Option<(StatusCode, Str
 fn same_origin(headers: &HeaderMap) -> bool {
     let value = |name| headers.get(name).and_then(|v: &header::HeaderValue| v.to_str().ok());
     match (value(header::ORIGIN), value(header::HOST)) {
-        (Some(origin), Some(host)) => origin.strip_prefix("http://").is_some_and(|o| o.eq_ignore_ascii_case(host)),
+        (Some(origin), Some(host)) => {
+            origin.strip_prefix("http://").is_some_and(|o| o.eq_ignore_ascii_case(host))
+        }
         _ => false,
     }
 }

@@ -28,11 +28,14 @@ pub(super) async fn rejections(
     let caller = s.caller(peer, &headers).await?;
     let after = match query_param(uri.query(), "after")? {
         None => 0,
-        Some(a) => a.parse::<u64>().map_err(|_| ApiError::BadRequest("after must be an integer ≥ 0".into()))?,
+        Some(a) => {
+            a.parse::<u64>().map_err(|_| ApiError::BadRequest("after must be an integer ≥ 0".into()))?
+        }
     };
     let recent = s.api.schemas.recent();
     let last = recent.last_seq();
-    let items: Vec<Value> = recent.since(after, &|t| caller.perms.may_read(t)).iter().map(rejection).collect();
+    let items: Vec<Value> =
+        recent.since(after, &|t| caller.perms.may_read(t)).iter().map(rejection).collect();
     Ok(Json(json!({ "items": items, "last": last })))
 }
 

@@ -61,14 +61,20 @@ impl SchemaGate {
 
     /// Retained values under `filter` that its schema governs and refuses, among the topics
     /// `readable` accepts.
-    pub(super) fn count_invalid(&self, broker: &Broker, filter: &str, readable: &dyn Fn(&str) -> bool) -> usize {
+    pub(super) fn count_invalid(
+        &self,
+        broker: &Broker,
+        filter: &str,
+        readable: &dyn Fn(&str) -> bool,
+    ) -> usize {
         let Some(schema) = self.get(filter) else { return 0 };
         broker
             .retained_under(filter)
             .iter()
             .filter(|m| {
                 readable(&m.topic)
-                    && self.lookup(&m.topic).is_some_and(|s| Arc::ptr_eq(&s, &schema)) && !schema.accepts(&m.payload)
+                    && self.lookup(&m.topic).is_some_and(|s| Arc::ptr_eq(&s, &schema))
+                    && !schema.accepts(&m.payload)
             })
             .count()
     }
