@@ -273,8 +273,18 @@ async fn a_stream_whose_reader_stops_reading_drops_and_asks_for_a_resync() {
     }
     let resync = events.next_named("resync", &mut seen).await;
     assert!(resync["lost"].as_u64().is_some_and(|n| n > 0), "{resync}");
-    let used = b.running.as_ref().expect("running").broker.memory().used();
+    let broker = b.running.as_ref().expect("running").broker.clone();
+    let used = broker.memory().used();
     assert!(used < 64 * 1024 * 1024, "memory in use after the flood: {used} bytes");
+    println!("stalled stream: {} of 400 changes lost, {used} bytes of memory accounted", resync["lost"]);
+    // A closed stream gives its subscriptions back (found at its next write, within a tick).
+    assert_eq!(broker.subscription_count(), 2, "the stream's # and $schema/#");
+    drop(events);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while broker.subscription_count() != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the closed stream kept its subscriptions");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     b.stop().await;
 }
 
