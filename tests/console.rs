@@ -326,6 +326,12 @@ async fn the_page_in_headless_chromium_follows_state_and_rejections() {
     assert!(lines.iter().any(|l| l.starts_with("rejection ") && l.contains("/celsius")), "{stdout}");
     assert!(lines.iter().any(|l| l.starts_with("anonymous write: ") && l.contains("API key")), "{stdout}");
     assert!(lines.iter().any(|l| l.starts_with("keyed write: ") && l.contains("19")), "{stdout}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("schema write: revision ")
+            && l.contains("schema sensors/+ v1 registered; 1 retained value does not validate")),
+        "{stdout}"
+    );
+    assert!(lines.contains(&"schema sensors/+ rejects 1"), "{stdout}");
     assert_eq!(lines.last(), Some(&"done"), "{stdout}");
     let png = std::fs::read(&shot).expect("the screenshot was written");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a PNG screenshot");

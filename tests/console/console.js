@@ -72,6 +72,18 @@ async function main() {
     await hall.filter({ hasText: '19' }).waitFor({ timeout: WAIT });
     console.log('keyed write: ' + (await hall.textContent()));
 
+    // Registering a schema through the page (the key has the admin role): sensors/+ wants an
+    // object, so the retained "here" of the test's subscriber (sensors/console-watcher) is one
+    // value it would reject.
+    await page.fill('#schema-filter', 'sensors/+');
+    await page.fill('#schema-document', '{"type": "object"}');
+    await page.click('#schema-form button');
+    await page.locator('#schema-result.ok, #schema-result.err').waitFor({ timeout: WAIT });
+    console.log('schema write: ' + (await page.textContent('#schema-result')));
+    const rejects = page.locator('#schemas tr[data-filter="sensors/+"] td.invalid');
+    await rejects.filter({ hasText: '1' }).waitFor({ timeout: WAIT });
+    console.log('schema sensors/+ rejects ' + (await rejects.textContent()));
+
     await page.locator('#clients tbody tr').first().waitFor({ timeout: WAIT });
     console.log('clients listed');
     await page.screenshot({ path: screenshot, fullPage: true });
