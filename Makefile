@@ -102,6 +102,13 @@ certs:
 bench:
 	CARGO="$(CARGO)" QUICK="$(QUICK)" bash benches/run.sh $(BENCH_ARGS)
 
+# Heap bytes and allocations per delivery of a v5 message with 8 user properties, under
+# valgrind's DHAT (benches/alloc.sh; issue 18).
+.PHONY: bench-alloc
+bench-alloc: test-deps-clients
+	$(CARGO) build --release -p dataloom
+	bash benches/alloc.sh
+
 # Crash soak (issue 13; not part of `make test`): the checker of tests/checker.rs on a release
 # build for SOAK_SECS seconds per durability mode (fsync and buffered side by side): publishers,
 # persistent sessions and takeovers, kill -9 at seeded moments, restart, check. Prints each mode's

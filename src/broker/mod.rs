@@ -24,6 +24,7 @@ mod state;
 pub(crate) mod subtree;
 mod timers;
 mod watch;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -64,7 +64,8 @@ impl Watch {
     /// own); returns how many were taken from the queue.
     pub fn drain_into(&self, out: &mut Vec<Delivery>, max: usize) -> usize {
         let mut taken = Vec::new();
-        let n = self.session.mailbox.drain_into(&mut taken, max);
+        // Every delivery is QoS 0 (the subscriptions are): no window limits what is taken.
+        let n = self.session.mailbox.drain_into(&mut taken, max, max);
         taken.retain(|d| self.session.may_read(&d.msg.topic));
         out.append(&mut taken);
         n
