@@ -135,7 +135,15 @@ pub struct ConnInfo {
 /// Serves one client connection from its first byte to its close. Never panics on input.
 /// Returns why it ended: `Ok` after a session, `Err` when it ended before one (CONNECT
 /// refused, malformed or late, or the peer left); the accept loop counts it.
-pub async fn serve_connection<S>(stream: S, info: ConnInfo, ctx: Arc<Ctx>) -> Result<Close, Close>
+///
+/// Not an `async fn` itself: a connection's future is as large as its largest state for as
+/// long as the connection lives, and a wrapper around the instrumented future would keep a
+/// second copy of the stream and `info` (docs/architecture.md, "What an idle connection costs").
+pub fn serve_connection<S>(
+    stream: S,
+    info: ConnInfo,
+    ctx: Arc<Ctx>,
+) -> impl Future<Output = Result<Close, Close>> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -145,33 +153,37 @@ where
         listener = info.listener,
         client_id = tracing::field::Empty
     );
-    async move {
-        let (mut rd, mut wr) = tokio::io::split(stream);
-        let mut rbuf = BytesMut::with_capacity(READ_START);
-        let kill = Arc::new(Kill::default());
-        // Boxed: the CONNECT's state is large and needed only until the session runs, so it
-        // should not stay part of every connection's future.
-        let mut conn = match Box::pin(handshake(&ctx, &info, &mut rd, &mut wr, &mut rbuf, kill.clone())).await
-        {
-            Ok(conn) => conn,
-            Err(close) => {
-                match close {
-                    Close::Refused(code) => info!(code = format_args!("0x{code:02X}"), "CONNECT refused"),
-                    _ => debug!(%close, "connection closed before session"),
-                }
-                return Err(close);
+    serve_in_span(stream, Box::new(info), ctx).instrument(span)
+}
+
+/// [`serve_connection`] inside its span; `info` is boxed because an async fn keeps its
+/// arguments for its whole life, and the connection needs it only until CONNECT.
+async fn serve_in_span<S>(stream: S, info: Box<ConnInfo>, ctx: Arc<Ctx>) -> Result<Close, Close>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut rbuf = BytesMut::with_capacity(READ_START);
+    let kill = Arc::new(Kill::default());
+    // Boxed: the CONNECT's state is large and needed only until the session runs, so it
+    // should not stay part of every connection's future.
+    let mut conn = match Box::pin(handshake(&ctx, &info, &mut rd, &mut wr, &mut rbuf, kill.clone())).await {
+        Ok(conn) => conn,
+        Err(close) => {
+            match close {
+                Close::Refused(code) => info!(code = format_args!("0x{code:02X}"), "CONNECT refused"),
+                _ => debug!(%close, "connection closed before session"),
             }
-        };
-        let _online = crate::metrics::get().session_online();
-        tracing::Span::current().record("client_id", &*conn.session.client_id);
-        info!(protocol = ?conn.version, keep_alive = conn.keep_alive.as_secs(), "client connected");
-        let close = conn.run(&mut rd, &mut wr, &mut rbuf, &kill).await;
-        conn.finish(&close, &mut rd, &mut wr).await;
-        info!(protocol = ?conn.version, reason = %close, "client disconnected");
-        Ok(close)
-    }
-    .instrument(span)
-    .await
+            return Err(close);
+        }
+    };
+    let _online = crate::metrics::get().session_online();
+    tracing::Span::current().record("client_id", &*conn.session.client_id);
+    info!(protocol = ?conn.version, keep_alive = conn.keep_alive.as_secs(), "client connected");
+    let close = conn.run(&mut rd, &mut wr, &mut rbuf, &kill).await;
+    conn.finish(&close, &mut rd, &mut wr).await;
+    info!(protocol = ?conn.version, reason = %close, "client disconnected");
+    Ok(close)
 }
 
 /// Reads the CONNECT within the connect timeout, answers it and attaches the session.
@@ -372,7 +384,7 @@ impl Conn {
                 _ = &mut mail, if want_mail => {
                     mail.set(session.mailbox.notified());
                 }
-                _ = wait_for_room(&self.blocked), if !self.blocked.is_empty() => {
+                _ = rare(!self.blocked.is_empty(), || wait_for_room(&self.blocked)), if !self.blocked.is_empty() => {
                     self.ctx.broker.offer_blocked(&mut self.blocked, false);
                     if self.blocked.is_empty() {
                         match self.handle_input(rbuf) {
@@ -381,7 +393,7 @@ impl Conn {
                         }
                     }
                 }
-                _ = store_room(&self.ctx), if self.awaiting_store => {
+                _ = rare(self.awaiting_store, || store_room(&self.ctx)), if self.awaiting_store => {
                     self.awaiting_store = false;
                     match self.handle_input(rbuf) {
                         Ok(decoded) => live.on_input(decoded, rbuf.len(), Instant::now()),
@@ -432,6 +444,18 @@ impl Conn {
             }
         }
     }
+}
+
+/// The future of a `select!` branch that is rarely enabled, boxed and only made when `enabled`:
+/// `select!` evaluates every branch's future on every turn, and each one unboxed would be part
+/// of every connection's state for its whole life (docs/architecture.md, "What an idle
+/// connection costs"). A disabled branch is never polled, so `None` is never awaited.
+fn rare<'a, F: Future<Output = ()> + Send + 'a>(
+    enabled: bool,
+    make: impl FnOnce() -> F,
+) -> futures_util::future::OptionFuture<std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
+    let boxed = || -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> { Box::pin(make()) };
+    enabled.then(boxed).into()
 }
 
 /// Resolves when the first blocked delivery's queue may have room (checked again at least
