@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod guard;
+mod history;
 mod schemas;
 mod state;
 

@@ -192,13 +192,7 @@ fn valid_topic(s: &Api, topic: &str) -> Result<(), ApiError> {
 /// One state as JSON: `value` is the JSON document when the payload is one, else the text
 /// (UTF-8) or base64, as `encoding` says.
 fn item(m: &Message) -> Value {
-    let (value, encoding) = match serde_json::from_slice::<Value>(&m.payload) {
-        Ok(v) => (v, "json"),
-        Err(_) => match std::str::from_utf8(&m.payload) {
-            Ok(t) => (Value::String(t.into()), "utf-8"),
-            Err(_) => (Value::String(base64::engine::general_purpose::STANDARD.encode(&m.payload)), "base64"),
-        },
-    };
+    let (value, encoding) = item_value(&m.payload);
     let mut v = json!({
         "topic": &*m.topic,
         "value": value,
@@ -212,8 +206,19 @@ fn item(m: &Message) -> Value {
     v
 }
 
+/// A payload as a JSON `value` and its `encoding`: the document, the text, or base64.
+pub(super) fn item_value(payload: &[u8]) -> (Value, &'static str) {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(v) => (v, "json"),
+        Err(_) => match std::str::from_utf8(payload) {
+            Ok(t) => (Value::String(t.into()), "utf-8"),
+            Err(_) => (Value::String(base64::engine::general_purpose::STANDARD.encode(payload)), "base64"),
+        },
+    }
+}
+
 /// UNIX milliseconds as RFC 3339 (`null` when unknown: state stored before revisions).
-fn rfc3339(unix_ms: u64) -> Value {
+pub(super) fn rfc3339(unix_ms: u64) -> Value {
     /// 9999-12-31T23:59:59Z, the last time RFC 3339's four-digit year can write.
     const LAST: Duration = Duration::from_secs(253_402_300_799);
     if unix_ms == 0 {
