@@ -240,7 +240,10 @@ async fn replay_meets_the_live_stream_without_gap_or_duplicate() {
         let mut rx = count_rx.clone();
         let addr = b.addr;
         readers.push(tokio::spawn(async move {
-            tokio::time::timeout(WAIT * 6, rx.wait_for(|n| *n >= start_at)).await.expect("in time").expect("count");
+            tokio::time::timeout(WAIT * 6, rx.wait_for(|n| *n >= start_at))
+                .await
+                .expect("in time")
+                .expect("count");
             let (mut c, _) = connect_with(addr, &format!("seam-{k}"), |_| {}).await;
             assert_eq!(subscribe_replay(&mut c, 1, "sensors/seq", "last:1000000").await, [1]);
             let mut next = 1u32;
@@ -264,7 +267,8 @@ async fn replay_meets_the_live_stream_without_gap_or_duplicate() {
 async fn acknowledged_history_survives_kill_9() {
     let mut site = Site::new();
     let cfg = site.tmp.path().join("dataloom.toml");
-    std::fs::write(&cfg, "[[history]]\nfilter = \"sensors/#\"\nkeep = 1000\nmax_age = \"7d\"\n").expect("config");
+    std::fs::write(&cfg, "[[history]]\nfilter = \"sensors/#\"\nkeep = 1000\nmax_age = \"7d\"\n")
+        .expect("config");
     site.args = vec!["--config".into(), cfg.display().to_string()];
     let proc = site.start().await;
     let (mut c, _) = connect_with(proc.addr, "k9", |_| {}).await;
@@ -277,7 +281,8 @@ async fn acknowledged_history_survives_kill_9() {
     let mut seen = Vec::new();
     let mut cursor = String::new();
     for _ in 0..10 {
-        let (code, page) = http(http_at, "GET", &format!("/v1/history/sensors/k?limit=50{cursor}"), &[], b"").await;
+        let (code, page) =
+            http(http_at, "GET", &format!("/v1/history/sensors/k?limit=50{cursor}"), &[], b"").await;
         assert_eq!(code, 200, "{page}");
         seen.extend(values(&page));
         match page["next_cursor"].as_str() {

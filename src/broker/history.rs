@@ -69,9 +69,9 @@ impl History {
     pub fn retention(&self, topic: &str, now_ms: u64) -> Option<Retention> {
         self.rules.lookup(topic).map(|r| Retention {
             keep: r.keep,
-            not_before_ms: r.max_age.map_or(0, |a| {
-                now_ms.saturating_sub(u64::try_from(a.as_millis()).unwrap_or(u64::MAX))
-            }),
+            not_before_ms: r
+                .max_age
+                .map_or(0, |a| now_ms.saturating_sub(u64::try_from(a.as_millis()).unwrap_or(u64::MAX))),
         })
     }
 

@@ -73,11 +73,16 @@ impl ReplayFrom {
     /// What is expected, for the SUBACK's reason string.
     pub fn parse(v: &str) -> Result<ReplayFrom, String> {
         if let Some(n) = v.strip_prefix("last:") {
-            return n.trim().parse().map(ReplayFrom::Last).map_err(|_| format!("replay {v:?}: N must be a number"));
+            return n
+                .trim()
+                .parse()
+                .map(ReplayFrom::Last)
+                .map_err(|_| format!("replay {v:?}: N must be a number"));
         }
         if let Some(t) = v.strip_prefix("since:") {
             let at = crate::config::parse_time(t.trim())?;
-            let ms = at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let ms =
+                at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             return Ok(ReplayFrom::Since(ms));
         }
         Err(format!("replay {v:?}: expected last:<N> or since:<RFC 3339 time>"))

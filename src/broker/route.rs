@@ -223,8 +223,10 @@ impl Broker {
                 }
                 Hit::Shared(None) => unfit += 1,
                 Hit::Plain(key, entry) => {
-                    let replaying = entry.replay.as_ref().is_some_and(|g| !g.passes(msg.stamp.revision));
-                    if !(entry.opts.no_local && msg.publisher == Some(key)) && !replaying {
+                    // A replaying subscription gets this message from the store (`replay`).
+                    let held = entry.replay.as_ref().is_some_and(|g| !g.passes(msg.stamp.revision));
+                    let own = entry.opts.no_local && msg.publisher == Some(key);
+                    if !(held || own) {
                         plain.push((key, entry));
                     }
                 }

@@ -159,7 +159,7 @@ fn bound(v: &str, name: &str) -> Result<Bound, ApiError> {
 }
 
 fn page(chunk: &HistoryChunk) -> Json {
-    let items: Vec<Value> = chunk.entries.iter().map(|m| entry(m)).collect();
+    let items: Vec<Value> = chunk.entries.iter().map(entry).collect();
     let next = chunk.next.map(|n| n.to_string());
     Json(json!({ "items": items, "next_cursor": next }))
 }

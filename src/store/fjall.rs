@@ -284,7 +284,9 @@ impl FjallStore {
         check_format(&ks, &path)?;
 
         let shared = Arc::new(Shared::default());
-        shared.history_written.send_replace(history::last_revision(&ks.history).map_err(|e| fjall_error(e, &path))?);
+        shared
+            .history_written
+            .send_replace(history::last_revision(&ks.history).map_err(|e| fjall_error(e, &path))?);
         let (tx, rx) = mpsc::channel();
         let w = writer::Writer::new(ks.clone(), Arc::clone(&shared), rx, durability, path.clone());
         let handle = std::thread::Builder::new()
@@ -529,7 +531,13 @@ impl Store for FjallStore {
         self.scan_history(from, until, limit, want)
     }
 
-    fn history_of(&self, topic: &str, from: u64, until: u64, limit: usize) -> Result<super::HistoryChunk, StoreError> {
+    fn history_of(
+        &self,
+        topic: &str,
+        from: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<super::HistoryChunk, StoreError> {
         self.topic_history(topic, from, until, limit)
     }
 
@@ -537,7 +545,12 @@ impl Store for FjallStore {
         self.history_time_search(unix_ms)
     }
 
-    fn history_last(&self, n: usize, topic: Option<&str>, want: &dyn Fn(&str) -> bool) -> Result<u64, StoreError> {
+    fn history_last(
+        &self,
+        n: usize,
+        topic: Option<&str>,
+        want: &dyn Fn(&str) -> bool,
+    ) -> Result<u64, StoreError> {
         self.last_history(n, topic, want)
     }
 

@@ -311,7 +311,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// As [`Store::history_scan`].
-    fn history_of(&self, _topic: &str, _from: u64, _until: u64, _limit: usize) -> Result<HistoryChunk, StoreError> {
+    fn history_of(
+        &self,
+        _topic: &str,
+        _from: u64,
+        _until: u64,
+        _limit: usize,
+    ) -> Result<HistoryChunk, StoreError> {
         Ok(HistoryChunk::default())
     }
 
@@ -329,7 +335,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// As [`Store::history_scan`].
-    fn history_last(&self, _n: usize, _topic: Option<&str>, _want: &dyn Fn(&str) -> bool) -> Result<u64, StoreError> {
+    fn history_last(
+        &self,
+        _n: usize,
+        _topic: Option<&str>,
+        _want: &dyn Fn(&str) -> bool,
+    ) -> Result<u64, StoreError> {
         Ok(0)
     }
 

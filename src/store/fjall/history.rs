@@ -10,9 +10,9 @@ use bytes::Bytes;
 
 use super::{FjallStore, corrupt};
 use crate::model::Message;
+use crate::store::StoreError;
 use crate::store::history::{HistoryChunk, MAX_SCAN, Pruned, Retention};
 use crate::store::record::{self, Clock, RecordError};
-use crate::store::StoreError;
 
 /// The `history_index` key of `topic`'s entry at `revision`.
 pub(super) fn index_key(topic: &str, revision: u64) -> Vec<u8> {
@@ -160,7 +160,8 @@ impl FjallStore {
                 }
                 seen += 1;
                 if seen == n {
-                    return revision_of(&k[topic.len() + 1..]).ok_or_else(|| self.bad_key("history_index", &k));
+                    return revision_of(&k[topic.len() + 1..])
+                        .ok_or_else(|| self.bad_key("history_index", &k));
                 }
             }
             return Ok(0);

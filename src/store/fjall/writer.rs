@@ -116,8 +116,8 @@ impl Batch {
             &self.history_index,
         ]
         .iter()
-            .map(|c| c.items.len())
-            .sum()
+        .map(|c| c.items.len())
+        .sum()
     }
 
     fn is_empty(&self) -> bool {
@@ -386,8 +386,16 @@ impl Writer {
             WriteBatch::with_capacity(self.ks.db.clone(), b.len()).durability(Some(PersistMode::Buffer));
         let ks = &self.ks;
         let history_max = b.history_max;
-        let keyspaces =
-            [&ks.retained, &ks.sessions, &ks.queue, &ks.qos2, &ks.keys, &ks.meta, &ks.history, &ks.history_index];
+        let keyspaces = [
+            &ks.retained,
+            &ks.sessions,
+            &ks.queue,
+            &ks.qos2,
+            &ks.keys,
+            &ks.meta,
+            &ks.history,
+            &ks.history_index,
+        ];
         for (changes, keyspace) in b.parts().into_iter().zip(keyspaces) {
             changes.drain_into(&mut wb, keyspace);
         }
