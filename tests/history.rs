@@ -315,3 +315,28 @@ async fn the_memory_store_refuses_history_with_a_clear_error() {
     c.history[0] = HistoryRule { filter: "$SYS/#".into(), keep: Some(1), max_age: None };
     assert!(c.validate().is_err());
 }
+
+/// The README's mosquitto_sub replay example, run as written (plus the port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_mosquitto_sub_replay_example_works() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = broker(&dir, 1000, |_| {}).await;
+    let port = b.port().to_string();
+    for c in [21, 22, 23] {
+        let body = format!("{{\"celsius\":{c}}}");
+        let args = ["-p", &port, "-q", "1", "-t", "sensors/kitchen/temp", "-m", &body];
+        assert!(common::mosquitto("mosquitto_pub", &args).await.0);
+    }
+    let args = [
+        "-p", &port, "-V", "mqttv5", "-t", "sensors/#", "-D", "subscribe", "user-property", "replay", "last:2",
+        "-F", "%t %p %P", "-C", "2",
+    ];
+    let (ok, out) = common::mosquitto("mosquitto_sub", &args).await;
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (line, c) in lines.iter().zip([22, 23]) {
+        let want = format!("sensors/kitchen/temp {{\"celsius\":{c}}} replayed:");
+        assert!(line.starts_with(&want) && line.ends_with('Z'), "{line}");
+    }
+}
