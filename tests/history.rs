@@ -328,8 +328,21 @@ async fn the_readme_mosquitto_sub_replay_example_works() {
         assert!(common::mosquitto("mosquitto_pub", &args).await.0);
     }
     let args = [
-        "-p", &port, "-V", "mqttv5", "-t", "sensors/#", "-D", "subscribe", "user-property", "replay", "last:2",
-        "-F", "%t %p %P", "-C", "2",
+        "-p",
+        &port,
+        "-V",
+        "mqttv5",
+        "-t",
+        "sensors/#",
+        "-D",
+        "subscribe",
+        "user-property",
+        "replay",
+        "last:2",
+        "-F",
+        "%t %p %P",
+        "-C",
+        "2",
     ];
     let (ok, out) = common::mosquitto("mosquitto_sub", &args).await;
     assert!(ok, "{out}");

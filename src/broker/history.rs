@@ -16,6 +16,10 @@ use crate::config::HistoryRule;
 use crate::schema::trie::FilterTrie;
 use crate::store::Retention;
 
+/// Longest topic that keeps history: the store's keys hold at most 65,535 bytes, and a
+/// history key is the topic plus 9.
+pub const MAX_TOPIC_LEN: usize = 65_000;
+
 /// How long one rule keeps a topic's entries.
 #[derive(Debug, Clone, Copy)]
 struct Rule {
@@ -60,9 +64,11 @@ impl History {
         History { rules: trie, order: Mutex::new(Clock::default()), dirty: Mutex::default() }
     }
 
-    /// True when `topic` keeps history.
+    /// True when `topic` keeps history. A topic too long for a history key (over
+    /// [`MAX_TOPIC_LEN`] bytes) keeps none, so its entry can never be refused by the store
+    /// after it took a revision.
     pub fn keeps(&self, topic: &str) -> bool {
-        self.rules.lookup(topic).is_some()
+        topic.len() <= MAX_TOPIC_LEN && self.rules.lookup(topic).is_some()
     }
 
     /// The retention of `topic` at `now_ms`, `None` when no rule governs it.
