@@ -195,7 +195,7 @@ impl Broker {
             if !r.session.mailbox.is_online() {
                 return false;
             }
-            r.session.mailbox.space(Duration::from_millis(100)).await;
+            r.session.mailbox.below(half, Duration::from_millis(100)).await;
         }
         let ds: Vec<Delivery> = chunk.entries.iter().map(|m| self.replayed(m, r.opts)).collect();
         r.session.mailbox.push_all_unbounded(ds);
