@@ -61,7 +61,7 @@ pub(super) async fn list(
     let readable = |t: &str| caller.perms.may_read(t);
     let page = s.broker.state_page(&filter, after.as_deref(), limit, &readable);
     let next = page.more.then(|| page.items.last().map(|m| encode_cursor(&m.topic))).flatten();
-    let items: Vec<Value> = page.items.iter().map(|m| item(m)).collect();
+    let items: Vec<Value> = page.items.iter().map(|m| item_of(&s, m)).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next, "revision": page.revision })))
 }
 
@@ -80,7 +80,7 @@ pub(super) async fn get_one(
         return Err(ApiError::Forbidden(format!("this key may not read {topic}")));
     }
     match s.broker.state_of(&topic) {
-        (Some(m), _) => Ok(Json(item(&m))),
+        (Some(m), _) => Ok(Json(item_of(&s, &m))),
         (None, _) => Err(ApiError::NotFound(format!("{topic} has no state"))),
     }
 }
@@ -187,6 +187,16 @@ fn store_error(e: StoreError) -> ApiError {
 fn valid_topic(s: &Api, topic: &str) -> Result<(), ApiError> {
     topic::validate_topic_name(topic, s.api.max_topic_levels)
         .map_err(|e| ApiError::BadRequest(format!("topic {topic:?}: {e}")))
+}
+
+/// One state as JSON ([`item`]) with the schema that governs its topic, if any
+/// (`"schema": {"filter", "version"}`: the console's badge).
+pub(super) fn item_of(s: &Api, m: &Message) -> Value {
+    let mut v = item(m);
+    if let Some(schema) = s.api.schemas.lookup(&m.topic) {
+        v["schema"] = json!({ "filter": &*schema.filter, "version": schema.version });
+    }
+    v
 }
 
 /// One state as JSON: `value` is the JSON document when the payload is one, else the text
