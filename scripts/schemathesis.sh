@@ -1,7 +1,7 @@
 #!/bin/sh
 # Fuzzes the HTTP state API against its OpenAPI document (docs/openapi.json) with schemathesis:
-# starts the broker (memory store, free ports, in a scratch directory), runs a bounded number of
-# examples per operation, stops the broker. schemathesis lives in a project-local virtualenv
+# starts the broker (a fjall store keeping the history of every topic, free ports, in a
+# scratch directory), runs a bounded number of examples per operation, stops the broker. schemathesis lives in a project-local virtualenv
 # (target/venv), installed from PyPI on first use. `make test` runs this; EXAMPLES sizes it.
 # `/v1/events` is left out: it is a stream that stays open, which schemathesis would wait on
 # until its timeout for every example; tests/console.rs checks it.
@@ -15,7 +15,9 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
   "$venv/bin/pip" install --quiet 'schemathesis>=4,<5'
 fi
 tmp=$(mktemp -d)
-(cd "$tmp" && exec "$bin" serve --storage memory --bind 127.0.0.1:0 --http-bind 127.0.0.1:0 >"$tmp/out" 2>"$tmp/err") &
+# A fjall store with history, so /v1/history reads real entries.
+printf '[[history]]\nfilter = "#"\nkeep = 100\n' >"$tmp/dataloom.toml"
+(cd "$tmp" && exec "$bin" serve --config "$tmp/dataloom.toml" --data-dir "$tmp/data" --bind 127.0.0.1:0 --http-bind 127.0.0.1:0 >"$tmp/out" 2>"$tmp/err") &
 pid=$!
 trap 'kill "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT INT TERM
 addr=""

@@ -100,6 +100,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX - 1)),
     };
     let broker = Broker::new(limits, store)?;
+    broker.enable_history(&cfg.history);
     // What the process held before any client: the binary, the runtime, recovered state's
     // overhead beyond its charged messages. Charged for good, so the budget covers RSS.
     broker.memory().add(resident_bytes().saturating_sub(broker.memory().used()));

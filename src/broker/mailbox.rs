@@ -188,6 +188,18 @@ impl Mailbox {
         let _ = tokio::time::timeout(max, self.space.notified()).await;
     }
 
+    /// Resolves once fewer than `n` deliveries are queued (checked after registering for the
+    /// wake-up, so a drain in between is not missed), or after `max`.
+    pub async fn below(&self, n: usize, max: Duration) {
+        let woken = self.space.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if self.len() < n {
+            return;
+        }
+        let _ = tokio::time::timeout(max, woken).await;
+    }
+
     /// Counts a delivery the publisher gave up waiting for.
     pub fn count_dropped(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);

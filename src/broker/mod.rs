@@ -14,8 +14,11 @@ mod clients;
 mod expiry;
 mod flows;
 pub(crate) mod gate;
+mod history;
 mod lifecycle;
+mod prune;
 mod recovery;
+pub(crate) mod replay;
 pub(crate) mod retained_tree;
 mod route;
 pub(crate) mod session;
@@ -42,6 +45,7 @@ use subtree::SubscriptionTree;
 pub use clients::ClientInfo;
 pub use flows::{PubRecAnswer, Qos2Arrival};
 pub use lifecycle::{AttachError, AttachRequest};
+pub use replay::{Replay, ReplayFrom};
 pub use route::Published;
 pub use state::StatePage;
 pub use watch::Watch;
@@ -56,6 +60,8 @@ pub struct SubEntry {
     /// For a shared subscription, the filter as written (`$share/{group}/{filter}`); its
     /// deliveries carry it ([`crate::model::Delivery::share`]).
     pub share: Option<Arc<str>>,
+    /// While the subscription replays history: holds back live messages that keep history.
+    pub replay: Option<Arc<replay::ReplayGate>>,
 }
 
 /// Messages this broker dropped (only on the drop path, never per routed message); the
@@ -80,6 +86,9 @@ pub struct NewSubscription<'a> {
     pub plain: &'a str,
     /// The options granted.
     pub opts: SubOptions,
+    /// History to replay first (MQTT 5 User Property `replay`); ignored for a `$share/`
+    /// filter and without `[[history]]`.
+    pub replay: Option<ReplayFrom>,
 }
 
 /// What [`Broker::subscribe`] did.
@@ -90,6 +99,8 @@ pub struct Subscribed {
     /// Per subscription, in order: the retained messages queued for it (the v5 SUBACK's
     /// User Property `retained`).
     pub retained: Vec<usize>,
+    /// Replays to start ([`Broker::start_replays`]) once the SUBACK is queued.
+    pub replays: Vec<Replay>,
 }
 
 /// Limits the broker applies to sessions.
@@ -154,6 +165,8 @@ pub struct Broker {
     memory: Arc<Budget>,
     /// The last state revision taken (see `route::set_retained`); restored from the store.
     revision: AtomicU64,
+    /// Topics that keep history (`[[history]]`); unset: none, and no cost when publishing.
+    history: std::sync::OnceLock<history::History>,
 }
 
 impl Broker {
@@ -181,6 +194,7 @@ impl Broker {
             disk_full: std::sync::atomic::AtomicBool::new(false),
             memory: Budget::new(max_memory),
             revision: AtomicU64::new(recovered.revision),
+            history: std::sync::OnceLock::new(),
         });
         broker.restore(recovered);
         tokio::spawn(timers::run(Arc::downgrade(&broker), broker.timers.clone()));
@@ -318,11 +332,19 @@ impl Broker {
         admit: &mut dyn FnMut(&Delivery) -> bool,
     ) -> Subscribed {
         let mut existed = Vec::with_capacity(subs.len());
+        let mut replays = Vec::new();
         {
             let mut trie = self.subs.write();
             for s in subs {
                 let share = s.group.map(|_| Arc::from(s.filter));
-                let entry = SubEntry { session: session.clone(), opts: s.opts, share };
+                let replay = match s.replay {
+                    Some(from) if s.group.is_none() && self.history.get().is_some() => {
+                        replays.push(Replay::new(session, s.plain, s.opts, from));
+                        replays.last().map(Replay::gate)
+                    }
+                    _ => None,
+                };
+                let entry = SubEntry { session: session.clone(), opts: s.opts, share, replay };
                 existed.push(match s.group {
                     Some(g) => trie.insert_shared(g, s.plain, session.id, entry).is_some(),
                     None => trie.insert(s.plain, session.id, entry).is_some(),
@@ -354,7 +376,7 @@ impl Broker {
             }
         }
         let commit = if subs.is_empty() { Commit::done() } else { self.persist_session(session) };
-        Subscribed { commit, retained }
+        Subscribed { commit, retained, replays }
     }
 
     /// Removes the subscriptions of one UNSUBSCRIBE; returns, per filter, whether it existed,

@@ -86,7 +86,7 @@ impl Broker {
             for (filter, opts) in rs.record.subscriptions {
                 let shared = filter.strip_prefix("$share/").and_then(|r| r.split_once('/'));
                 let share = shared.map(|_| Arc::from(filter.as_str()));
-                let entry = SubEntry { session: session.clone(), opts, share };
+                let entry = SubEntry { session: session.clone(), opts, share, replay: None };
                 match shared {
                     Some((group, plain)) => subs.insert_shared(group, plain, session.id, entry),
                     None => subs.insert(&filter, session.id, entry),

@@ -68,28 +68,47 @@ impl Broker {
         }
         // $SYS state is regenerated every interval; storing it would only cost writes.
         let stores_state = msg.retain && !msg.topic.starts_with("$SYS/");
+        let history = self.history.get().filter(|h| h.keeps(&msg.topic));
         let disk_full = self.disk_full();
         let refused =
-            || StoreError::DiskFull(format!("{} refused: the data directory is almost full", msg.topic));
-        if disk_full && (stores_state || !extra.is_empty()) {
-            return Err(refused());
+            |topic: &str| StoreError::DiskFull(format!("{topic} refused: the data directory is almost full"));
+        if disk_full && (stores_state || history.is_some() || !extra.is_empty()) {
+            return Err(refused(&msg.topic));
         }
         // Retained state first, then fan-out: a client subscribing meanwhile gets the new
         // state, the live message, or both, never neither.
         // Held through the submission below: the index and the store see updates of one
         // topic in the same order.
         let _order = msg.retain.then(|| self.retained_order(&msg.topic).lock());
+        // Held through the submission too: history entries reach the store in revision order.
+        let mut clock = history.map(|h| h.order());
+        let mut msg = msg;
+        let mut stamp = None;
+        if let (Some(clock), Some(h)) = (clock.as_mut(), history) {
+            let taken = Stamp {
+                revision: self.revision.fetch_add(1, Ordering::Relaxed) + 1,
+                unix_ms: clock.time(super::lifecycle::unix_ms()),
+            };
+            clock.last = taken.revision;
+            msg = Arc::new(Message { stamp: taken, ..Message::clone(&msg) });
+            extra.push(Op::AppendHistory(msg.clone()));
+            h.touched(&msg.topic);
+            stamp = Some(taken);
+        }
         let mut revision = 0;
         if msg.retain {
-            let (ops, taken) = self.set_retained(&msg, stores_state);
+            let (ops, taken) = self.set_retained(&msg, stores_state, stamp);
             extra.extend(ops);
             revision = taken;
+        }
+        if let Some(s) = stamp {
+            revision = s.revision;
         }
         let (mut targets, unfit) = self.fan_out(&msg);
         if disk_full && targets.iter().any(|(s, d)| d.qos != QoS::AtMostOnce && s.is_persistent()) {
             // Only a $SYS retained update can have taken effect: refuse rather than accept a
             // copy for a persistent session that cannot be stored.
-            return Err(refused());
+            return Err(refused(&msg.topic));
         }
         for (session, d) in &mut targets {
             if d.qos != QoS::AtMostOnce
@@ -102,6 +121,7 @@ impl Broker {
             }
         }
         let commit = self.submit(extra, msg.qos != QoS::AtMostOnce);
+        drop(clock);
         drop(_order);
         // A group nobody in it may read matched (its drop is counted as not authorized).
         let (matched, mut routed) = (targets.len() + unfit, 0);
@@ -138,9 +158,12 @@ impl Broker {
     /// write lock, so a reader holding the read lock sees exactly the changes up to
     /// [`Broker::revision`]; a deletion stores the revision it took ([`Op::Revision`]).
     /// Returns the ops and the revision taken (0 for none).
-    fn set_retained(&self, msg: &Arc<Message>, durable: bool) -> (Vec<Op>, u64) {
-        let next = |current: &AtomicU64| {
-            if durable { current.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 }
+    /// A message that keeps history comes with the `stamp` it took, and the state takes it too.
+    fn set_retained(&self, msg: &Arc<Message>, durable: bool, stamp: Option<Stamp>) -> (Vec<Op>, u64) {
+        let next = |current: &AtomicU64| match stamp {
+            Some(s) => s.revision,
+            None if durable => current.fetch_add(1, Ordering::Relaxed) + 1,
+            None => 0,
         };
         if msg.payload.is_empty() {
             let mut tree = self.retained.write();
@@ -161,7 +184,10 @@ impl Broker {
             let kept = Arc::new(Message {
                 topic_bytes: bytes::Bytes::copy_from_slice(&msg.topic_bytes),
                 payload: bytes::Bytes::copy_from_slice(&msg.payload),
-                stamp: Stamp { revision: next(&self.revision), unix_ms: super::lifecycle::unix_ms() },
+                stamp: Stamp {
+                    revision: next(&self.revision),
+                    unix_ms: stamp.map_or_else(super::lifecycle::unix_ms, |s| s.unix_ms),
+                },
                 ..Message::clone(msg)
             });
             let old = tree.set(&msg.topic, kept.clone());
@@ -198,7 +224,10 @@ impl Broker {
                 }
                 Hit::Shared(None) => unfit += 1,
                 Hit::Plain(key, entry) => {
-                    if !(entry.opts.no_local && msg.publisher == Some(key)) {
+                    // A replaying subscription gets this message from the store (`replay`).
+                    let held = entry.replay.as_ref().is_some_and(|g| !g.passes(msg.stamp.revision));
+                    let own = entry.opts.no_local && msg.publisher == Some(key);
+                    if !(held || own) {
                         plain.push((key, entry));
                     }
                 }

@@ -51,7 +51,11 @@ impl Broker {
         {
             let mut trie = self.subs.write();
             for f in filters {
-                trie.insert(f, session.id, SubEntry { session: session.clone(), opts, share: None });
+                trie.insert(
+                    f,
+                    session.id,
+                    SubEntry { session: session.clone(), opts, share: None, replay: None },
+                );
             }
         }
         Watch { broker: self.clone(), session, filters: filters.to_vec() }

@@ -135,6 +135,8 @@ pub fn routes(
             "/v1/state/{*topic}",
             get(super::state::get_one).put(super::state::put).delete(super::state::delete),
         )
+        .route("/v1/history", get(super::history::list))
+        .route("/v1/history/{*topic}", get(super::history::of_topic))
         .route("/v1/schemas", get(super::schemas::list))
         .route("/v1/schemas/{*filter}", get(super::schemas::get_one))
         .route("/v1/openapi.json", get(super::schemas::openapi))

@@ -9,6 +9,7 @@ pub mod api;
 mod console;
 mod events;
 pub mod guard;
+mod history;
 mod live;
 mod schemas;
 mod state;

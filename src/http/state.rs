@@ -202,13 +202,7 @@ pub(super) fn item_of(s: &Api, m: &Message) -> Value {
 /// One state as JSON: `value` is the JSON document when the payload is one, else the text
 /// (UTF-8) or base64, as `encoding` says.
 fn item(m: &Message) -> Value {
-    let (value, encoding) = match serde_json::from_slice::<Value>(&m.payload) {
-        Ok(v) => (v, "json"),
-        Err(_) => match std::str::from_utf8(&m.payload) {
-            Ok(t) => (Value::String(t.into()), "utf-8"),
-            Err(_) => (Value::String(base64::engine::general_purpose::STANDARD.encode(&m.payload)), "base64"),
-        },
-    };
+    let (value, encoding) = item_value(&m.payload);
     let mut v = json!({
         "topic": &*m.topic,
         "value": value,
@@ -220,6 +214,17 @@ fn item(m: &Message) -> Value {
         v["content_type"] = Value::String(ct.clone());
     }
     v
+}
+
+/// A payload as a JSON `value` and its `encoding`: the document, the text, or base64.
+pub(super) fn item_value(payload: &[u8]) -> (Value, &'static str) {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(v) => (v, "json"),
+        Err(_) => match std::str::from_utf8(payload) {
+            Ok(t) => (Value::String(t.into()), "utf-8"),
+            Err(_) => (Value::String(base64::engine::general_purpose::STANDARD.encode(payload)), "base64"),
+        },
+    }
 }
 
 /// UNIX milliseconds as RFC 3339 (`null` when unknown: state stored before revisions).

@@ -13,7 +13,7 @@ use super::outbound::write_ack;
 use super::{Close, Violation};
 use crate::broker::session::Phase;
 use crate::broker::session::Session;
-use crate::broker::{Broker, NewSubscription, Qos2Arrival};
+use crate::broker::{Broker, NewSubscription, Qos2Arrival, ReplayFrom};
 use crate::model::Message;
 use crate::model::SubOptions;
 use crate::store::Commit;
@@ -202,6 +202,18 @@ impl Conn {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut accepted = Vec::with_capacity(s.filters.len());
         let mut room = SubscriptionRoom::new(self.ctx.mqtt.max_subscriptions_per_client);
+        let replay = match self.replay_asked(&s) {
+            Ok(r) => r,
+            Err(why) => {
+                debug!(%why, "SUBSCRIBE refused: bad replay property");
+                let refused = vec![reason::IMPLEMENTATION_SPECIFIC_ERROR; s.filters.len()];
+                let suback = SubAck { pkid: s.pkid, codes: refused, properties: Properties::default() };
+                self.pending.respond(Commit::done(), &mut self.wbuf, 0, None, |_, out| {
+                    encode(&Packet::SubAck(suback.clone()), self.version, out);
+                });
+                return Ok(());
+            }
+        };
         for f in &s.filters {
             match self.judge_filter(f, &mut room)? {
                 Ok((group, plain)) => {
@@ -225,6 +237,7 @@ impl Conn {
                     retain_handling: f.retain_handling,
                     sub_id,
                 },
+                replay,
             })
             .collect();
         let version = self.version;
@@ -255,7 +268,25 @@ impl Conn {
             encode(&Packet::SubAck(suback), version, out);
         });
         crate::metrics::get().packets_sent[crate::metrics::pt::SUBACK].inc();
+        self.ctx.broker.start_replays(done.replays);
         Ok(())
+    }
+
+    /// The history a v5 SUBSCRIBE asks for with User Property `replay` (issue 17).
+    ///
+    /// # Errors
+    /// What is wrong with the property's value.
+    fn replay_asked(&self, s: &Subscribe) -> Result<Option<ReplayFrom>, String> {
+        if !self.version.is_v5() {
+            return Ok(None);
+        }
+        let mut found = None;
+        for (k, v) in &s.properties.user_properties {
+            if k == "replay" && found.replace(ReplayFrom::parse(v)?).is_some() {
+                return Err("replay is given more than once".into());
+            }
+        }
+        Ok(found)
     }
 
     /// What one SUBSCRIBE filter gets: `Ok((share group, filter))` to subscribe, or `Err` of

@@ -11,6 +11,10 @@
 //! - `keys`: API key id → key record, bytes as `auth` encodes them (JSON: id, SHA-256 of the
 //!   secret, permissions); the store does not read them.
 //! - `schemas`: reserved for later use, created empty.
+//! - `history`: revision (u64 big-endian) → history entry (a retained-format record: revision,
+//!   time, message), so entries of every topic read back in revision order.
+//! - `history_index`: topic, `0x00`, revision (u64 big-endian) → time (u64 big-endian UNIX
+//!   ms): one topic's entries in revision order, and what retention needs without the records.
 //!
 //! Records are encoded by [`super::record`]. Writes go through the writer thread ([`writer`]):
 //! [`Store::submit`] only sends the ops down a channel, the thread drains everything queued,
@@ -22,6 +26,7 @@
 //! process crash loses nothing. fjall locks the directory itself (a `lock` file held for the
 //! database's lifetime): a second open fails with [`StoreError::Locked`].
 
+mod history;
 mod writer;
 
 use std::path::Path;
@@ -68,6 +73,10 @@ struct Keyspaces {
     schemas: Keyspace,
     /// API keys: id → JSON key record.
     keys: Keyspace,
+    /// History entries by revision.
+    history: Keyspace,
+    /// History entries by topic and revision → time.
+    history_index: Keyspace,
 }
 
 /// State shared by the store handle and its writer thread.
@@ -79,6 +88,8 @@ struct Shared {
     batches: AtomicU64,
     /// Bytes submitted and not yet committed.
     backlog: crate::store::Backlog,
+    /// The highest history revision committed (readable).
+    history_written: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Shared {
@@ -88,6 +99,7 @@ impl Default for Shared {
             poison: Mutex::new(None),
             batches: AtomicU64::new(0),
             backlog: crate::store::Backlog::new(DEFAULT_BACKLOG),
+            history_written: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -221,13 +233,15 @@ fn op_key_len(op: &Op) -> usize {
         Op::PutKey { id, .. } => id.len(),
         Op::DeleteKey(id) => id.len(),
         Op::Revision(_) => REVISION_KEY.len(),
+        Op::AppendHistory(m) => m.topic.len() + 9,
+        Op::DeleteHistory { topic, .. } => topic.len() + 9,
     }
 }
 
 /// What `op` counts in the writer's [`Backlog`]: its payload and topic bytes, and the rest.
 fn op_bytes(op: &Op) -> usize {
     let body = match op {
-        Op::PutRetained(m) => m.topic.len() + m.payload.len(),
+        Op::PutRetained(m) | Op::AppendHistory(m) => m.topic.len() + m.payload.len(),
         Op::Enqueue { delivery, .. } => delivery.msg.topic.len() + delivery.msg.payload.len(),
         Op::PutSession(s) => s.subscriptions.iter().map(|(f, _)| f.len() + 8).sum(),
         Op::PutKey { record, .. } => record.len(),
@@ -263,11 +277,16 @@ impl FjallStore {
             qos2: open_ks("qos2")?,
             schemas: open_ks("schemas")?,
             keys: open_ks("keys")?,
+            history: open_ks("history")?,
+            history_index: open_ks("history_index")?,
             db: db.clone(),
         };
         check_format(&ks, &path)?;
 
         let shared = Arc::new(Shared::default());
+        shared
+            .history_written
+            .send_replace(history::last_revision(&ks.history).map_err(|e| fjall_error(e, &path))?);
         let (tx, rx) = mpsc::channel();
         let w = writer::Writer::new(ks.clone(), Arc::clone(&shared), rx, durability, path.clone());
         let handle = std::thread::Builder::new()
@@ -428,6 +447,8 @@ impl Store for FjallStore {
         }
 
         out.revision = out.revision.max(self.stored_revision()?);
+        let last_history = history::last_revision(&self.ks.history).map_err(|e| self.read_error(e))?;
+        out.revision = out.revision.max(last_history);
         if !cleanup.is_empty() {
             drop(self.submit(cleanup, false));
         }
@@ -498,6 +519,52 @@ impl Store for FjallStore {
         // experimental, see docs/decisions.md.
         let engine = self.ks.db.write_buffer_size().saturating_add(self.ks.db.cache_capacity());
         usize::try_from(engine).unwrap_or(usize::MAX).saturating_add(self.shared.backlog.queued())
+    }
+
+    fn history_scan(
+        &self,
+        from: u64,
+        until: u64,
+        limit: usize,
+        want: &dyn Fn(&str) -> bool,
+    ) -> Result<super::HistoryChunk, StoreError> {
+        self.scan_history(from, until, limit, want)
+    }
+
+    fn history_of(
+        &self,
+        topic: &str,
+        from: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<super::HistoryChunk, StoreError> {
+        self.topic_history(topic, from, until, limit)
+    }
+
+    fn history_start_at(&self, unix_ms: u64) -> Result<u64, StoreError> {
+        self.history_time_search(unix_ms)
+    }
+
+    fn history_last(
+        &self,
+        n: usize,
+        topic: Option<&str>,
+        want: &dyn Fn(&str) -> bool,
+    ) -> Result<u64, StoreError> {
+        self.last_history(n, topic, want)
+    }
+
+    fn history_prunable(
+        &self,
+        topic: Option<&str>,
+        retention: &dyn Fn(&str) -> Option<super::Retention>,
+        max: usize,
+    ) -> Result<Vec<super::Pruned>, StoreError> {
+        self.prunable_history(topic, retention, max)
+    }
+
+    fn history_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.shared.history_written.subscribe())
     }
 
     fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {

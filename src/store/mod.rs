@@ -9,6 +9,7 @@
 pub(crate) mod backlog;
 pub(crate) mod disk;
 pub(crate) mod fjall;
+pub(crate) mod history;
 pub(crate) mod memory;
 pub(crate) mod progress;
 pub(crate) mod record;
@@ -20,6 +21,7 @@ use crate::model::{SessionOwner, SubOptions};
 
 pub use self::fjall::FjallStore;
 pub use backlog::Backlog;
+pub use history::{HistoryChunk, Pruned, Retention};
 pub use memory::MemoryStore;
 
 /// A storage failure; the message names the path or operation and what to do.
@@ -128,6 +130,15 @@ pub enum Op {
     },
     /// Deletes an API key (revocation).
     DeleteKey(Arc<str>),
+    /// Appends a message to its topic's history; its stamp holds the revision and time.
+    AppendHistory(Arc<Message>),
+    /// Removes one history entry (retention).
+    DeleteHistory {
+        /// The entry's topic.
+        topic: Arc<str>,
+        /// The entry's revision.
+        revision: u64,
+    },
     /// The broker-wide state revision reached this value (stored with a deleted state, which
     /// leaves no record to carry it); [`Recovered::revision`] reads it back.
     Revision(u64),
@@ -279,5 +290,78 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// [`StoreError::Io`] when the keyspace cannot be read.
     fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         Ok(Vec::new())
+    }
+
+    /// History in revision order: entries with a revision in `from..=until` whose topic
+    /// `want` accepts, at most `limit` of them (see [`history`] for the bounds).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the history cannot be read or decoded.
+    fn history_scan(
+        &self,
+        _from: u64,
+        _until: u64,
+        _limit: usize,
+        _want: &dyn Fn(&str) -> bool,
+    ) -> Result<HistoryChunk, StoreError> {
+        Ok(HistoryChunk::default())
+    }
+
+    /// The history of one topic, revisions `from..=until`, at most `limit` entries.
+    ///
+    /// # Errors
+    /// As [`Store::history_scan`].
+    fn history_of(
+        &self,
+        _topic: &str,
+        _from: u64,
+        _until: u64,
+        _limit: usize,
+    ) -> Result<HistoryChunk, StoreError> {
+        Ok(HistoryChunk::default())
+    }
+
+    /// The first revision whose entry is not older than `unix_ms` (entry times never go
+    /// backwards with the revision); one past the last entry when every entry is older.
+    ///
+    /// # Errors
+    /// As [`Store::history_scan`].
+    fn history_start_at(&self, _unix_ms: u64) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// The revision where the newest `n` entries `want` accepts start (of `topic` only, when
+    /// given: a faster path for a filter without wildcards); 0 when there are fewer.
+    ///
+    /// # Errors
+    /// As [`Store::history_scan`].
+    fn history_last(
+        &self,
+        _n: usize,
+        _topic: Option<&str>,
+        _want: &dyn Fn(&str) -> bool,
+    ) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// Up to `max` entries (of `topic` only, when given) that `retention` no longer keeps:
+    /// beyond a topic's newest `keep`, older than its time bound, or of a topic with no
+    /// retention (`None`: it keeps no history any more).
+    ///
+    /// # Errors
+    /// As [`Store::history_scan`].
+    fn history_prunable(
+        &self,
+        _topic: Option<&str>,
+        _retention: &dyn Fn(&str) -> Option<Retention>,
+        _max: usize,
+    ) -> Result<Vec<Pruned>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// The highest history revision written (readable), watched; `None` for a store without
+    /// history.
+    fn history_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
     }
 }

@@ -484,6 +484,20 @@ pub fn decode_message(record: Bytes, clock: &Clock) -> Result<Message, RecordErr
     Ok(m)
 }
 
+/// The [`Stamp`] of a record made by [`encode_message`], without decoding the message.
+///
+/// # Errors
+/// [`RecordError`] when the record is not a v2 retained record.
+pub fn decode_stamp(record: &[u8]) -> Result<Stamp, RecordError> {
+    match record.first() {
+        None => return Err(RecordError::Empty),
+        Some(&RETAINED_V2) => {}
+        Some(&v) => return Err(RecordError::Version(v)),
+    }
+    let mut r = Reader { buf: Bytes::copy_from_slice(&record[1..record.len().min(21)]) };
+    Ok(Stamp { revision: r.varint("revision")?, unix_ms: r.varint("update time")? })
+}
+
 /// Decodes a record made by [`encode_delivery`].
 ///
 /// # Errors

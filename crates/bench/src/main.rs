@@ -39,7 +39,8 @@ struct Args {
     brokers: Vec<String>,
     /// Scenarios, comma-separated: fanin-qos0, fanin-qos1, fanin-qos2, fanout, mesh-N, rate, idle,
     /// state (issue 3), durable, restart-1m (issue 4), schema (issue 5), connect-auth, tls (issue 6),
-    /// hostile-subscribe, hostile-slow-sub, subs-rss (issue 14; `hostile` selects the group).
+    /// hostile-subscribe, hostile-slow-sub, subs-rss (issue 14; `hostile` selects the group),
+    /// state-api (issue 17).
     /// Default all (mesh-300 and mesh-1000; mesh-100 and mesh-300 with --quick).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
@@ -112,6 +113,7 @@ fn parse_scenario(s: &str) -> anyhow::Result<Scenario> {
         "hostile-subscribe" => Scenario::HostileSubscribe,
         "hostile-slow-sub" => Scenario::HostileSlowSub,
         "subs-rss" => Scenario::SubsRss,
+        "state-api" => Scenario::StateApi,
         s => match s.strip_prefix("mesh-").and_then(|n| n.parse().ok()) {
             Some(n) if n > 0 => Scenario::Mesh(n),
             _ => anyhow::bail!("unknown scenario {s:?}"),
@@ -225,6 +227,18 @@ fn headline(s: Scenario, o: &scenario::Outcome) -> String {
             f("good_connect_p99_ms", 3),
             f("probe_failed", 0)
         ),
+        Scenario::StateApi => format!(
+            "GET {} items in {} s vs fresh # subscriber {} s; PUT {} /s vs QoS 1 {} /s; replay first {} ms, \
+             last {} s ({} items)",
+            f("http_items", 0),
+            f("http_read_s", 3),
+            f("mqtt_read_s", 3),
+            f("put_per_s", 0),
+            f("qos1_per_s", 0),
+            f("replay_first_ms", 1),
+            f("replay_last_s", 3),
+            f("replay_items", 0)
+        ),
         Scenario::SubsRss => format!(
             "{} subscriptions, {} KiB per 1,000, {} /s",
             f("subscriptions", 0),
@@ -278,7 +292,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mesh = if q { ["mesh-100", "mesh-300"] } else { ["mesh-300", "mesh-1000"] };
         let mut all = vec!["fanin-qos0", "fanin-qos1", "fanin-qos2", "fanout", mesh[0], mesh[1]];
         all.extend(["rate", "idle", "state"]);
-        all.extend(["durable", "restart-1m", "schema", "connect-auth", "tls"]);
+        all.extend(["durable", "restart-1m", "schema", "connect-auth", "tls", "state-api"]);
         all.extend(HOSTILE);
         all.into_iter().map(String::from).collect()
     } else {

@@ -492,3 +492,49 @@ fn recovering_100k_retained_is_fast() {
     eprintln!("recovered 100k retained in {took:?}");
     assert!(took < Duration::from_secs(1), "{took:?}");
 }
+
+fn entry(topic: &str, payload: &str, revision: u64, unix_ms: u64) -> Op {
+    let mut m = (*msg(topic, payload)).clone();
+    m.stamp = crate::model::Stamp { revision, unix_ms };
+    Op::AppendHistory(Arc::new(m))
+}
+
+fn payloads(chunk: &crate::store::HistoryChunk) -> Vec<String> {
+    chunk.entries.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect()
+}
+
+#[test]
+fn history_reads_back_after_reopen_by_revision_topic_time_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        commit(&s, vec![entry("a", "a1", 1, 1000), entry("b", "b1", 2, 2000), entry("a", "a2", 3, 3000)]);
+        commit(&s, vec![entry("a", "a3", 4, 4000)]);
+        assert_eq!(s.history_watch().map(|w| *w.borrow()), Some(4), "the writer reports what is readable");
+    }
+    let s = open(dir.path());
+    assert_eq!(s.recover().unwrap().revision, 4, "history revisions count after a restart");
+    let all = s.history_scan(0, u64::MAX, 10, &|_| true).unwrap();
+    assert_eq!((payloads(&all), all.next), (vec!["a1".into(), "b1".into(), "a2".into(), "a3".into()], None));
+    let page = s.history_scan(0, u64::MAX, 2, &|t| t == "a").unwrap();
+    assert_eq!((payloads(&page), page.next), (vec!["a1".into(), "a2".into()], Some(4)));
+    let a = s.history_of("a", 2, 3, 10).unwrap();
+    assert_eq!(payloads(&a), ["a2"]);
+    assert_eq!(a.entries[0].stamp, crate::model::Stamp { revision: 3, unix_ms: 3000 });
+    let times: Vec<u64> =
+        [0, 1000, 1001, 3000, 4000, 4001].iter().map(|&t| s.history_start_at(t).unwrap()).collect();
+    assert_eq!(times, [1, 1, 2, 3, 4, 5]);
+    assert_eq!(s.history_last(2, Some("a"), &|_| true).unwrap(), 3);
+    assert_eq!(s.history_last(3, None, &|_| true).unwrap(), 2);
+    assert_eq!(s.history_last(9, None, &|_| true).unwrap(), 0);
+
+    let keep_one = |t: &str| (t == "a").then_some(crate::store::Retention { keep: 2, not_before_ms: 0 });
+    let mut gone = s.history_prunable(None, &keep_one, 100).unwrap();
+    gone.sort();
+    assert_eq!(gone, [(Arc::from("a"), 1), (Arc::from("b"), 2)], "beyond keep, and a topic no rule governs");
+    let ops = gone.into_iter().map(|(topic, revision)| Op::DeleteHistory { topic, revision }).collect();
+    commit(&s, ops);
+    assert_eq!(payloads(&s.history_scan(0, u64::MAX, 10, &|_| true).unwrap()), ["a2", "a3"]);
+    let young = |_: &str| Some(crate::store::Retention { keep: u64::MAX, not_before_ms: 3500 });
+    assert_eq!(s.history_prunable(Some("a"), &young, 100).unwrap(), [(Arc::from("a"), 3)]);
+}

@@ -82,12 +82,16 @@ struct Batch {
     qos2: Changes,
     keys: Changes,
     meta: Changes,
+    history: Changes,
+    history_index: Changes,
+    /// The highest history revision appended in this batch (0: none).
+    history_max: u64,
     /// Scratch buffer records are encoded into before they are copied into a `UserValue`.
     scratch: Vec<u8>,
 }
 
 impl Batch {
-    fn parts(&mut self) -> [&mut Changes; 6] {
+    fn parts(&mut self) -> [&mut Changes; 8] {
         [
             &mut self.retained,
             &mut self.sessions,
@@ -95,14 +99,25 @@ impl Batch {
             &mut self.qos2,
             &mut self.keys,
             &mut self.meta,
+            &mut self.history,
+            &mut self.history_index,
         ]
     }
 
     fn len(&self) -> usize {
-        [&self.retained, &self.sessions, &self.queue, &self.qos2, &self.keys, &self.meta]
-            .iter()
-            .map(|c| c.items.len())
-            .sum()
+        [
+            &self.retained,
+            &self.sessions,
+            &self.queue,
+            &self.qos2,
+            &self.keys,
+            &self.meta,
+            &self.history,
+            &self.history_index,
+        ]
+        .iter()
+        .map(|c| c.items.len())
+        .sum()
     }
 
     fn is_empty(&self) -> bool {
@@ -111,6 +126,7 @@ impl Batch {
 
     fn clear(&mut self) {
         self.parts().into_iter().for_each(Changes::clear);
+        self.history_max = 0;
     }
 }
 
@@ -317,7 +333,32 @@ impl Writer {
             Op::DeleteIncomingQos2 { client_id, pkid } => b.qos2.set(&qos2_key(&client_id, pkid), None),
             Op::PutKey { id, record } => b.keys.set(id.as_bytes(), Some(record.into())),
             Op::DeleteKey(id) => b.keys.set(id.as_bytes(), None),
-            Op::Revision(n) => b.meta.set(super::REVISION_KEY, Some(UserValue::new(&n.to_be_bytes()))),
+            Op::Revision(n) => {
+                // Never lowered: a late submission may carry an older revision.
+                let stored = match b.meta.get(super::REVISION_KEY) {
+                    Some(pending) => pending.clone(),
+                    None => self
+                        .ks
+                        .meta
+                        .get(super::REVISION_KEY)
+                        .map_err(|e| Failure::Fatal(fjall_error(e, &self.path)))?,
+                };
+                let stored = stored.and_then(|v| <[u8; 8]>::try_from(&*v).ok()).map_or(0, u64::from_be_bytes);
+                let n = n.max(stored);
+                b.meta.set(super::REVISION_KEY, Some(UserValue::new(&n.to_be_bytes())));
+            }
+            Op::AppendHistory(m) => {
+                record::encode_message_into(&m, clock, &mut b.scratch);
+                let rev = m.stamp.revision;
+                b.history.set(&rev.to_be_bytes(), Some(UserValue::new(&b.scratch)));
+                let time = UserValue::new(&m.stamp.unix_ms.to_be_bytes());
+                b.history_index.set(&super::history::index_key(&m.topic, rev), Some(time));
+                b.history_max = b.history_max.max(rev);
+            }
+            Op::DeleteHistory { topic, revision } => {
+                b.history.set(&revision.to_be_bytes(), None);
+                b.history_index.set(&super::history::index_key(&topic, revision), None);
+            }
         }
         Ok(())
     }
@@ -344,12 +385,29 @@ impl Writer {
         let mut wb =
             WriteBatch::with_capacity(self.ks.db.clone(), b.len()).durability(Some(PersistMode::Buffer));
         let ks = &self.ks;
-        for (changes, keyspace) in
-            b.parts().into_iter().zip([&ks.retained, &ks.sessions, &ks.queue, &ks.qos2, &ks.keys, &ks.meta])
-        {
+        let history_max = b.history_max;
+        let keyspaces = [
+            &ks.retained,
+            &ks.sessions,
+            &ks.queue,
+            &ks.qos2,
+            &ks.keys,
+            &ks.meta,
+            &ks.history,
+            &ks.history_index,
+        ];
+        for (changes, keyspace) in b.parts().into_iter().zip(keyspaces) {
             changes.drain_into(&mut wb, keyspace);
         }
-        wb.commit().map_err(|e| fjall_error(e, &self.path))
+        wb.commit().map_err(|e| fjall_error(e, &self.path))?;
+        if history_max > 0 {
+            self.shared.history_written.send_if_modified(|v| {
+                let raise = history_max > *v;
+                *v = (*v).max(history_max);
+                raise
+            });
+        }
+        Ok(())
     }
 
     /// Syncs the journal (`fdatasync`); false (and poisoned) when that failed.

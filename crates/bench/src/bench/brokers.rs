@@ -70,6 +70,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The MQTT/TLS listener (dataloom with `Opts::tls`).
     pub tls_addr: Option<SocketAddr>,
+    /// The HTTP listener (dataloom), once its listening line was read.
+    pub http_addr: Option<SocketAddr>,
     pub log: PathBuf,
     cpu_at_start: f64,
     /// From spawning the process to its `listening on mqtt://` line (dataloom).
@@ -193,6 +195,7 @@ pub async fn start_with(
     let stdout = child.stdout.take().expect("piped stdout");
     let mut listening_after = None;
     let mut tls_addr = None;
+    let mut http_addr = None;
     let addr = if bin.kind == Kind::Dataloom {
         let mut lines = BufReader::new(stdout).lines();
         let wait = async {
@@ -203,9 +206,12 @@ pub async fn start_with(
                     addr = Some(a.trim().parse::<SocketAddr>()?);
                 } else if let Some(a) = line.strip_prefix("dataloom listening on mqtts://") {
                     tls_addr = Some(a.trim().parse::<SocketAddr>()?);
+                } else if let Some(a) = line.strip_prefix("dataloom listening on http://") {
+                    http_addr = Some(a.trim().parse::<SocketAddr>()?);
                 }
                 if let Some(a) = addr
                     && (!opts.tls || tls_addr.is_some())
+                    && http_addr.is_some()
                 {
                     return Ok::<_, anyhow::Error>(a);
                 }
@@ -231,6 +237,7 @@ pub async fn start_with(
         pid,
         addr,
         tls_addr,
+        http_addr,
         log,
         cpu_at_start: 0.0,
         listening_after,

@@ -144,16 +144,34 @@ pub fn subscribe_packet(pkid: u16, filters: impl IntoIterator<Item = String>, qo
 
 /// Encodes and writes one packet.
 pub async fn send<S: AsyncWrite + Unpin>(s: &mut S, p: &Packet) -> io::Result<()> {
+    send_as(s, p, V).await
+}
+
+/// [`send`] in protocol `version` (MQTT 5 for properties).
+pub async fn send_as<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    p: &Packet,
+    version: ProtocolVersion,
+) -> io::Result<()> {
     let mut out = BytesMut::new();
-    encode(p, V, &mut out);
+    encode(p, version, &mut out);
     s.write_all(&out).await?;
     s.flush().await
 }
 
 /// Reads from `s` until one whole packet is decoded from `rbuf`.
 pub async fn next_packet<S: AsyncRead + Unpin>(s: &mut S, rbuf: &mut BytesMut) -> io::Result<Packet> {
+    next_packet_as(s, rbuf, V).await
+}
+
+/// [`next_packet`] in protocol `version`.
+pub async fn next_packet_as<S: AsyncRead + Unpin>(
+    s: &mut S,
+    rbuf: &mut BytesMut,
+    version: ProtocolVersion,
+) -> io::Result<Packet> {
     loop {
-        if let Some(p) = decode_from_server(rbuf, V, &limits()).map_err(proto_err)? {
+        if let Some(p) = decode_from_server(rbuf, version, &limits()).map_err(proto_err)? {
             return Ok(p);
         }
         rbuf.reserve(4096);

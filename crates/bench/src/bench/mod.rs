@@ -13,4 +13,5 @@ pub mod hostile;
 pub mod report;
 pub mod scenario;
 pub mod schema;
+pub mod stateapi;
 pub mod stats;

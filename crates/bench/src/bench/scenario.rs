@@ -43,6 +43,8 @@ pub enum Scenario {
     HostileSlowSub,
     /// Issue 14: broker RSS per 1,000 subscriptions.
     SubsRss,
+    /// Issue 17: HTTP state reads and writes beside MQTT, and history replay.
+    StateApi,
 }
 
 impl Scenario {
@@ -64,19 +66,25 @@ impl Scenario {
             Scenario::HostileSubscribe => "hostile-subscribe".into(),
             Scenario::HostileSlowSub => "hostile-slow-sub".into(),
             Scenario::SubsRss => "subs-rss".into(),
+            Scenario::StateApi => "state-api".into(),
         }
     }
 
     /// Scenarios that only make sense on dataloom (the others are not run there).
     pub fn dataloom_only(self) -> bool {
-        matches!(self, Scenario::Schema | Scenario::ConnectAuth | Scenario::Tls)
+        matches!(self, Scenario::Schema | Scenario::ConnectAuth | Scenario::Tls | Scenario::StateApi)
     }
 
     /// Scenarios that start (and restart) their brokers themselves.
     pub fn managed(self) -> bool {
         matches!(
             self,
-            Scenario::Durable | Scenario::Restart | Scenario::Schema | Scenario::ConnectAuth | Scenario::Tls
+            Scenario::Durable
+                | Scenario::Restart
+                | Scenario::Schema
+                | Scenario::ConnectAuth
+                | Scenario::Tls
+                | Scenario::StateApi
         )
     }
 
@@ -86,9 +94,11 @@ impl Scenario {
             // Publishing the topics, a restart, the sync: sized by the topic count.
             Scenario::Restart => p.run_timeout.max(Duration::from_secs(60 + p.restart as u64 / 4_000)),
             // Several phases on one or two brokers.
-            Scenario::Durable | Scenario::Schema | Scenario::ConnectAuth | Scenario::Tls => {
-                p.run_timeout.max(Duration::from_secs(150))
-            }
+            Scenario::Durable
+            | Scenario::Schema
+            | Scenario::ConnectAuth
+            | Scenario::Tls
+            | Scenario::StateApi => p.run_timeout.max(Duration::from_secs(150)),
             _ => p.run_timeout,
         }
     }
@@ -120,6 +130,13 @@ impl Scenario {
             Scenario::State => {
                 format!("state sync: {} retained topics, then a fresh subscriber to # counts them", p.state)
             }
+            Scenario::StateApi => format!(
+                "state API (fjall, fsync): {n} retained topics read by GET /v1/state (pages of 1,000) and by a \
+                 fresh subscriber; PUT /v1/state vs MQTT QoS 1 retained, {w} clients one at a time, {secs} s; \
+                 replay of {n} history entries (last:{n}) to a fresh MQTT 5 subscriber",
+                n = p.state,
+                w = super::stateapi::WRITERS
+            ),
             Scenario::Durable => format!(
                 "durable retained updates: {} publishers x 100 in flight, QoS 1, retained, {} topics each, \
                  64 B, {secs} s; dataloom on fjall (fsync; buffered in extra rows), others in memory",
@@ -438,6 +455,7 @@ pub async fn run_managed(s: Scenario, p: &Params, env: &Env<'_>) -> anyhow::Resu
         Scenario::Schema => super::schema::schema(p, env, deadline_ns).await,
         Scenario::ConnectAuth => super::auth::connect_auth(p, env, deadline_ns).await,
         Scenario::Tls => super::auth::tls(p, env, deadline_ns).await,
+        Scenario::StateApi => super::stateapi::state_api(p, env, deadline_ns).await,
         _ => anyhow::bail!("{} is not a managed scenario", s.key()),
     }
 }
