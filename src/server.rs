@@ -100,6 +100,12 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX - 1)),
     };
     let broker = Broker::new(limits, store)?;
+    if let Some(cluster) = &cfg.cluster {
+        let data_dir = (cfg.storage.backend == Backend::Fjall).then_some(cfg.storage.data_dir.as_path());
+        let node = crate::store::nats::node_id(cluster.node_id.as_deref(), data_dir)?;
+        let bus = crate::store::nats::NatsBus::connect(cluster, &node).await?;
+        broker.join_cluster(bus, cluster.sync_timeout).await?;
+    }
     // What the process held before any client: the binary, the runtime, recovered state's
     // overhead beyond its charged messages. Charged for good, so the budget covers RSS.
     broker.memory().add(resident_bytes().saturating_sub(broker.memory().used()));

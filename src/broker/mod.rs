@@ -2,13 +2,14 @@
 //! Attaching, detaching and ending sessions live in `lifecycle`, their timers in `timers`,
 //! routing and retained state in `route`, which member of a shared subscription gets a message
 //! in `share`, reading state in topic order (the HTTP state API) in `state`, the QoS 1/2 flows of a session in `flows`, the schema gate in `gate`, restoring
-//! from the store in `recovery`.
+//! from the store in `recovery`, this node's part of a cluster in `cluster`.
 //!
 //! Every durable effect (persistent session records, subscriptions) is submitted to the
 //! [`Store`] and the returned [`Commit`] tells the caller when it may acknowledge.
 
 pub(crate) mod mailbox;
 
+mod cluster;
 mod expiry;
 mod flows;
 pub(crate) mod gate;
@@ -148,6 +149,10 @@ pub struct Broker {
     memory: Arc<Budget>,
     /// The last state revision taken (see `route::set_retained`); restored from the store.
     revision: AtomicU64,
+    /// The cluster this node joined (`Broker::join_cluster`); unset for a single node.
+    cluster: std::sync::OnceLock<cluster::Link>,
+    /// The position of the cluster's state log applied last; restored from the store.
+    cluster_applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl Broker {
@@ -175,6 +180,8 @@ impl Broker {
             disk_full: std::sync::atomic::AtomicBool::new(false),
             memory: Budget::new(max_memory),
             revision: AtomicU64::new(recovered.revision),
+            cluster: std::sync::OnceLock::new(),
+            cluster_applied: tokio::sync::watch::Sender::new(recovered.cluster_seq),
         });
         broker.restore(recovered);
         tokio::spawn(timers::run(Arc::downgrade(&broker), broker.timers.clone()));

@@ -4,6 +4,7 @@
 //! Every key has a default, so an empty file (or none) is a valid configuration. A bad value is
 //! a [`ConfigError`] whose message names the key and what is allowed.
 
+mod cluster;
 mod keys;
 mod limits;
 mod listeners;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use cluster::{Cluster, is_node_token};
 pub use keys::{AnonymousConfig, KeyRecord, OnForbidden, check_filter, check_id, parse_hash, parse_time};
 pub use limits::{Limits, MemorySize, available_memory};
 use listeners::parse_addr;
@@ -47,6 +49,9 @@ pub struct Config {
     pub log: Log,
     /// `[limits]`: the broker-wide memory budget.
     pub limits: Limits,
+    /// `[cluster]`: the NATS JetStream cluster this node joins; absent, the broker runs alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
 }
 
 /// Why a configuration was refused. Each message names the key and what is allowed.
@@ -207,6 +212,9 @@ impl Config {
                     format!("{e} (secret_sha256 comes from `dataloom key create --print-config`)"),
                 )
             })?;
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{e} (e.g. \"info\" or \"dataloom=debug\")")))?;

@@ -318,6 +318,7 @@ impl Writer {
             Op::PutKey { id, record } => b.keys.set(id.as_bytes(), Some(record.into())),
             Op::DeleteKey(id) => b.keys.set(id.as_bytes(), None),
             Op::Revision(n) => b.meta.set(super::REVISION_KEY, Some(UserValue::new(&n.to_be_bytes()))),
+            Op::ClusterSeq(n) => b.meta.set(super::CLUSTER_SEQ_KEY, Some(UserValue::new(&n.to_be_bytes()))),
         }
         Ok(())
     }

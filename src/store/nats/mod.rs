@@ -1,0 +1,370 @@
+//! The [`Bus`] on NATS JetStream: one client connection per node, core subjects for the live
+//! fan-out, one replicated stream for retained state.
+//!
+//! Subjects (prefix `cluster.prefix`, default `dataloom`; topics encoded by `subject`):
+//! - `{prefix}.m.{topic}`: every message a node accepted, for the other nodes' subscribers.
+//!   Core NATS: at most once, in the order the sending connection wrote them.
+//! - `{prefix}.s.{topic}`: retained changes, captured by the stream `{prefix}-state`
+//!   (`cluster.replicas` replicas, file storage, one message kept per subject).
+//!
+//! A NATS message's payload is the message record of `store/record.rs` (the bytes fjall keeps
+//! for a retained message: flags, expiry as wall-clock time, properties, topic, payload), and
+//! its header `Dl-Node` names the node that sent it. The connection is opened with `no_echo`
+//! and the header is checked too, so a node never routes its own message twice.
+
+pub mod subject;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+
+use super::bus::{Bus, Messages, StateChange, States};
+use super::record::{self, Clock};
+use super::{Commit, StoreError};
+use crate::config::Cluster;
+use crate::model::Message;
+
+/// Header naming the node that sent a message.
+const NODE_HEADER: &str = "Dl-Node";
+/// Messages waiting for the connection task; beyond, live messages are dropped (counted) and
+/// state changes fail their commit.
+const QUEUE: usize = 16_384;
+
+/// One write to NATS, in the order the broker asked for it.
+#[derive(Debug)]
+struct Outgoing {
+    subject: String,
+    record: Bytes,
+    /// `Some` for a state change: its commit, resolved by the stream's ack.
+    ack: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// The cluster link on NATS JetStream.
+#[derive(Debug)]
+pub struct NatsBus {
+    node: Arc<str>,
+    client: async_nats::Client,
+    stream: jetstream::stream::Stream,
+    /// `{prefix}.m` and `{prefix}.s`.
+    live_prefix: String,
+    state_prefix: String,
+    tx: mpsc::Sender<Outgoing>,
+    /// Live messages dropped because the queue to NATS was full.
+    dropped: Arc<AtomicU64>,
+}
+
+fn cluster_error(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Cluster(format!("{what}: {e}"))
+}
+
+impl NatsBus {
+    /// Connects to `cfg.nats_urls` as node `node`, creates the state stream when missing and
+    /// starts the task that writes to NATS.
+    ///
+    /// # Errors
+    /// [`StoreError::Cluster`] when no server answers, the credentials or CA cannot be used,
+    /// or the stream cannot be created (e.g. fewer servers with JetStream than replicas).
+    pub async fn connect(cfg: &Cluster, node: &str) -> Result<Arc<NatsBus>, StoreError> {
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(format!("dataloom {node}"))
+            .no_echo()
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(cfg.sync_timeout);
+        if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
+            opts = opts.user_and_password(u.clone(), p.clone());
+        }
+        if let Some(creds) = &cfg.creds_file {
+            opts = opts.credentials_file(creds).await.map_err(|e| cluster_error("cluster.creds_file", e))?;
+        }
+        if let Some(ca) = &cfg.ca_file {
+            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let urls = cfg.nats_urls.join(",");
+        let mut servers = Vec::with_capacity(cfg.nats_urls.len());
+        for url in &cfg.nats_urls {
+            servers.push(
+                url.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| cluster_error(&format!("cluster.nats_urls: {url}"), e))?,
+            );
+        }
+        let connecting = opts.connect(servers);
+        // retry_on_initial_connect returns at once and connects in the background; wait for
+        // the first connection (bounded) so a wrong address fails the start, not later.
+        let client = connecting.await.map_err(|e| cluster_error(&format!("connect to {urls}"), e))?;
+        wait_connected(&client, cfg.sync_timeout * 2).await?;
+        let js = jetstream::new(client.clone());
+        let state_prefix = format!("{}.s", cfg.prefix);
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: format!("{}-state", cfg.prefix),
+                subjects: vec![format!("{state_prefix}.>")],
+                max_messages_per_subject: 1,
+                num_replicas: cfg.replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| cluster_error("create the state stream", e))?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write_loop(client.clone(), js, Arc::from(node), rx));
+        tracing::info!(node, nats = %urls, replicas = cfg.replicas, "joined the cluster");
+        Ok(Arc::new(NatsBus {
+            node: Arc::from(node),
+            client,
+            stream,
+            live_prefix: format!("{}.m", cfg.prefix),
+            state_prefix,
+            tx,
+            dropped: Arc::default(),
+        }))
+    }
+
+    fn send(&self, prefix: &str, msg: &Message, ack: Option<oneshot::Sender<Result<(), StoreError>>>) {
+        let Some(subject) = subject::encode(prefix, &msg.topic) else {
+            if let Some(ack) = ack {
+                let _ = ack.send(Err(too_long(&msg.topic)));
+            }
+            return;
+        };
+        let mut buf = Vec::with_capacity(msg.payload.len() + msg.topic.len() + 32);
+        record::encode_message_into(msg, &Clock::now(), &mut buf);
+        match self.tx.try_send(Outgoing { subject, record: buf.into(), ack }) {
+            Ok(()) => {}
+            Err(e) => {
+                let out = e.into_inner();
+                match out.ack {
+                    Some(ack) => {
+                        let _ = ack.send(Err(StoreError::Cluster("the queue to NATS is full".into())));
+                    }
+                    None => {
+                        if self.dropped.fetch_add(1, Ordering::Relaxed).is_power_of_two() {
+                            tracing::warn!(
+                                dropped = self.dropped.load(Ordering::Relaxed),
+                                "cluster: the queue to NATS is full; live messages to other nodes dropped"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn too_long(topic: &str) -> StoreError {
+    StoreError::Cluster(format!(
+        "topic of {} bytes is too long for a NATS subject (at most {} encoded bytes)",
+        topic.len(),
+        subject::MAX_SUBJECT
+    ))
+}
+
+/// Waits until the client is connected, at most `limit`.
+async fn wait_connected(client: &async_nats::Client, limit: std::time::Duration) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while client.connection_state() != async_nats::connection::State::Connected {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StoreError::Cluster(format!("no NATS server answered within {limit:?}")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Writes queued messages to NATS in order; a state change's ack is awaited on a task of its
+/// own so the next write does not wait for the quorum.
+async fn write_loop(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    node: Arc<str>,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
+    while let Some(out) = rx.recv().await {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(NODE_HEADER, &*node);
+        match out.ack {
+            None => {
+                if let Err(e) = client.publish_with_headers(out.subject, headers, out.record).await {
+                    tracing::debug!(error = %e, "cluster: live message not sent");
+                }
+            }
+            Some(ack) => match js.publish_with_headers(out.subject, headers, out.record).await {
+                Ok(pending) => {
+                    tokio::spawn(async move {
+                        let r = pending.await.map(|_| ()).map_err(|e| cluster_error("state not stored", e));
+                        let _ = ack.send(r);
+                    });
+                }
+                Err(e) => {
+                    let _ = ack.send(Err(cluster_error("state not sent", e)));
+                }
+            },
+        }
+    }
+}
+
+impl Bus for NatsBus {
+    fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    fn check_topic(&self, topic: &str) -> Result<(), StoreError> {
+        subject::encode(&self.state_prefix, topic).map(|_| ()).ok_or_else(|| too_long(topic))
+    }
+
+    fn fan_out(&self, msg: &Message) {
+        self.send(&self.live_prefix, msg, None);
+    }
+
+    fn put_state(&self, msg: &Message) -> Commit {
+        let (tx, rx) = oneshot::channel();
+        self.send(&self.state_prefix, msg, Some(tx));
+        Commit::pending(rx)
+    }
+
+    fn last_seq(&self) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let stream = self.stream.clone();
+        Box::pin(async move {
+            let info = stream.get_info().await.map_err(|e| cluster_error("read the state stream", e))?;
+            Ok(info.state.last_sequence)
+        })
+    }
+
+    fn messages(&self) -> BoxFuture<'static, Result<Messages, StoreError>> {
+        let (client, prefix, node) = (self.client.clone(), self.live_prefix.clone(), self.node.clone());
+        Box::pin(async move {
+            let sub = client
+                .subscribe(format!("{prefix}.>"))
+                .await
+                .map_err(|e| cluster_error("subscribe to the live messages", e))?;
+            // The server has the subscription once it answered a ping after it.
+            client.flush().await.map_err(|e| cluster_error("subscribe to the live messages", e))?;
+            let stream = sub.filter_map(move |m| {
+                let decoded = decode(&prefix, &node, &m.subject, m.headers.as_ref(), m.payload);
+                std::future::ready(
+                    decoded
+                        .map_err(|e| tracing::debug!(error = %e, "cluster: bad live message"))
+                        .ok()
+                        .flatten(),
+                )
+            });
+            Ok(stream.boxed())
+        })
+    }
+
+    fn states(&self, from: u64) -> BoxFuture<'static, Result<States, StoreError>> {
+        let (stream, prefix) = (self.stream.clone(), self.state_prefix.clone());
+        Box::pin(async move {
+            let deliver_policy = if from <= 1 {
+                jetstream::consumer::DeliverPolicy::All
+            } else {
+                jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: from }
+            };
+            let consumer = stream
+                .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                    deliver_policy,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| cluster_error("read the state stream", e))?;
+            let messages =
+                consumer.messages().await.map_err(|e| cluster_error("read the state stream", e))?;
+            let feed = messages.map(move |m| match m {
+                Err(e) => Err(cluster_error("state stream", e)),
+                Ok(m) => state_change(&prefix, m),
+            });
+            Ok(feed.boxed())
+        })
+    }
+}
+
+/// A stream message as a [`StateChange`] (one that cannot be read is logged and carries no
+/// message).
+fn state_change(prefix: &str, m: jetstream::Message) -> Result<StateChange, StoreError> {
+    let seq = m.info().map_err(|e| cluster_error("state stream message", e))?.stream_sequence;
+    let m = m.message;
+    let message = decode(prefix, "", &m.subject, m.headers.as_ref(), m.payload)
+        .map_err(|e| tracing::warn!(seq, error = %e, "cluster: state change skipped"))
+        .ok()
+        .flatten();
+    Ok(StateChange { seq, message })
+}
+
+/// Decodes a message record sent on `subject`; `Ok(None)` for a message of node `own`.
+fn decode(
+    prefix: &str,
+    own: &str,
+    subject: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: Bytes,
+) -> Result<Option<Message>, StoreError> {
+    let from = headers.and_then(|h| h.get(NODE_HEADER)).map(async_nats::HeaderValue::as_str);
+    if !own.is_empty() && from == Some(own) {
+        return Ok(None);
+    }
+    let topic = subject::decode(prefix, subject)
+        .ok_or_else(|| StoreError::Cluster(format!("subject {subject:?} is not a topic")))?;
+    let mut msg = record::decode_message(payload, &Clock::now())
+        .map_err(|e| StoreError::Cluster(format!("record on {subject:?}: {e}")))?;
+    if *msg.topic != *topic {
+        return Err(StoreError::Cluster(format!("record of {:?} sent on {subject:?}", msg.topic)));
+    }
+    msg.publisher = None;
+    Ok(Some(msg))
+}
+
+/// File in the data directory that keeps a generated node id across restarts.
+const NODE_ID_FILE: &str = "node-id";
+
+/// This node's id: `configured` when set; else the one kept in `data_dir` (`node-id`), made
+/// once from the host name and a random suffix; without a data directory (memory backend), a
+/// new one per start.
+///
+/// # Errors
+/// [`StoreError::Io`] when the id file cannot be read or written.
+pub fn node_id(configured: Option<&str>, data_dir: Option<&std::path::Path>) -> Result<String, StoreError> {
+    if let Some(id) = configured {
+        return Ok(id.to_string());
+    }
+    let io = |path: &std::path::Path, e: std::io::Error| StoreError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let Some(dir) = data_dir else { return Ok(generated_id()) };
+    let path = dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if crate::config::is_node_token(s.trim()) => return Ok(s.trim().to_string()),
+        Ok(_) => {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                message: "not a node id".into(),
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&path, e)),
+    }
+    let id = generated_id();
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    std::fs::write(&path, format!("{id}\n")).map_err(|e| io(&path, e))?;
+    Ok(id)
+}
+
+/// The host name (its `[A-Za-z0-9_-]` characters, at most 40) and 8 random hex digits.
+fn generated_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(40)
+        .collect();
+    if host.is_empty() {
+        host.push_str("node");
+    }
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
