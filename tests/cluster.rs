@@ -181,7 +181,9 @@ async fn live_messages_cross_nodes_in_order_at_the_granted_qos() {
         }
         pub_ev
     });
+    let started = std::time::Instant::now();
     let got = receive(&mut sub_ev, 2 * N).await;
+    eprintln!("{} messages from A to B in {:?}", 2 * N, started.elapsed());
     let _publisher = sending.await.expect("publisher task");
     let _ = tokio::time::timeout(WAIT * 4, acked).await.expect("every PUBACK").expect("acks task");
     for (topic, qos) in [("live/q1", rumqttc::QoS::AtLeastOnce), ("live/q0", rumqttc::QoS::AtMostOnce)] {
@@ -205,12 +207,17 @@ async fn retained_state_acknowledged_on_one_node_is_read_on_another() {
     let (a, b) = (start(&site_a).await, start(&site_b).await);
     let mut pub_a = raw(a.addr, "state-pub").await;
     // Right after each PUBACK, no waiting: the SUBSCRIBE on B catches up first.
+    let mut acks = Vec::new();
     for round in 0..20u16 {
         let value = format!("v{round}");
+        let sent = std::time::Instant::now();
         retain(&mut pub_a, round + 1, "state/x", value.as_bytes()).await;
+        acks.push(sent.elapsed());
         let got = snapshot(b.addr, &format!("reader-{round}"), "state/#").await;
         assert_eq!(got, vec![("state/x".to_string(), value)], "round {round}");
     }
+    acks.sort();
+    eprintln!("retained PUBACK with replicas 3: median {:?}, max {:?} (20 rounds)", acks[10], acks[19]);
     retain(&mut pub_a, 100, "state/y", b"y").await;
     retain(&mut pub_a, 101, "state/x", b"").await;
     let got = snapshot(b.addr, "reader-deleted", "state/#").await;
@@ -221,6 +228,49 @@ async fn retained_state_acknowledged_on_one_node_is_read_on_another() {
     let got = snapshot(a.addr, "reader-a", "state/#").await;
     let want = [("state/y", "y"), ("state/z", "from b")].map(|(t, v)| (t.to_string(), v.to_string()));
     assert_eq!(got, want);
+    // The same with the mosquitto clients: mosquitto_pub returns after the PUBACK.
+    let (a_port, b_port) = (a.addr.port().to_string(), b.addr.port().to_string());
+    let (ok, _) = common::mosquitto(
+        "mosquitto_pub",
+        &["-h", "127.0.0.1", "-p", &a_port, "-t", "state/m", "-m", "hello", "-r", "-q", "1"],
+    )
+    .await;
+    assert!(ok, "mosquitto_pub on A");
+    let (ok, out) = common::mosquitto(
+        "mosquitto_sub",
+        &["-h", "127.0.0.1", "-p", &b_port, "-t", "state/m", "-C", "1", "-W", "5"],
+    )
+    .await;
+    assert!(ok, "mosquitto_sub on B got the retained message");
+    assert_eq!(out.trim(), "hello");
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_of_one_topic_leave_every_node_in_the_same_state() {
+    let nats = NatsCluster::start(3).await;
+    let (site_a, site_b) = (node(&nats, 0, ""), node(&nats, 1, ""));
+    let (a, b) = (start(&site_a).await, start(&site_b).await);
+    let writer = |addr: SocketAddr, name: &'static str| async move {
+        let mut c = raw(addr, name).await;
+        // 15 retained QoS 1 publishes in flight at once (receive maximum 20), then every PUBACK.
+        for i in 1..=15u16 {
+            let mut p = publish("race/t", QoS::AtLeastOnce, i, format!("{name}-{i}").as_bytes());
+            p.retain = true;
+            c.send_packet(&Packet::Publish(p)).await;
+        }
+        for _ in 1..=15 {
+            match c.recv().await {
+                Some(Packet::PubAck(ack)) => assert!(ack.code == 0 || ack.code == 0x10, "{ack:?}"),
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
+        }
+    };
+    tokio::join!(writer(a.addr, "a"), writer(b.addr, "b"));
+    let on_a = snapshot(a.addr, "check-a", "race/#").await;
+    let on_b = snapshot(b.addr, "check-b", "race/#").await;
+    assert_eq!(on_a.len(), 1, "{on_a:?}");
+    assert_eq!(on_a, on_b, "both nodes applied the stream's one order");
     drop((a, b));
 }
 

@@ -15,7 +15,7 @@
 pub mod subject;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_nats::jetstream;
 use bytes::Bytes;
@@ -34,6 +34,8 @@ const NODE_HEADER: &str = "Dl-Node";
 /// Messages waiting for the connection task; beyond, live messages are dropped (counted) and
 /// state changes fail their commit.
 const QUEUE: usize = 16_384;
+/// Bytes (records and subjects) that may wait for the connection task, with the same effect.
+const QUEUE_BYTES: usize = 64 << 20;
 
 /// One write to NATS, in the order the broker asked for it.
 #[derive(Debug)]
@@ -42,6 +44,13 @@ struct Outgoing {
     record: Bytes,
     /// `Some` for a state change: its commit, resolved by the stream's ack.
     ack: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl Outgoing {
+    /// What it counts against [`QUEUE_BYTES`].
+    fn bytes(&self) -> usize {
+        self.subject.len() + self.record.len()
+    }
 }
 
 /// The cluster link on NATS JetStream.
@@ -56,6 +65,8 @@ pub struct NatsBus {
     tx: mpsc::Sender<Outgoing>,
     /// Live messages dropped because the queue to NATS was full.
     dropped: Arc<AtomicU64>,
+    /// Bytes queued for the connection task (at most [`QUEUE_BYTES`]).
+    queued: Arc<AtomicUsize>,
 }
 
 fn cluster_error(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -112,7 +123,8 @@ impl NatsBus {
             .await
             .map_err(|e| cluster_error("create the state stream", e))?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(client.clone(), js, Arc::from(node), rx));
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(write_loop(client.clone(), js, Arc::from(node), rx, queued.clone()));
         tracing::info!(node, nats = %urls, replicas = cfg.replicas, "joined the cluster");
         Ok(Arc::new(NatsBus {
             node: Arc::from(node),
@@ -122,6 +134,7 @@ impl NatsBus {
             state_prefix,
             tx,
             dropped: Arc::default(),
+            queued,
         }))
     }
 
@@ -134,22 +147,25 @@ impl NatsBus {
         };
         let mut buf = Vec::with_capacity(msg.payload.len() + msg.topic.len() + 32);
         record::encode_message_into(msg, &Clock::now(), &mut buf);
-        match self.tx.try_send(Outgoing { subject, record: buf.into(), ack }) {
-            Ok(()) => {}
-            Err(e) => {
-                let out = e.into_inner();
-                match out.ack {
-                    Some(ack) => {
-                        let _ = ack.send(Err(StoreError::Cluster("the queue to NATS is full".into())));
-                    }
-                    None => {
-                        if self.dropped.fetch_add(1, Ordering::Relaxed).is_power_of_two() {
-                            tracing::warn!(
-                                dropped = self.dropped.load(Ordering::Relaxed),
-                                "cluster: the queue to NATS is full; live messages to other nodes dropped"
-                            );
-                        }
-                    }
+        let out = Outgoing { subject, record: buf.into(), ack };
+        let bytes = out.bytes();
+        let refused = if self.queued.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES {
+            Some(out)
+        } else {
+            self.tx.try_send(out).err().map(mpsc::error::TrySendError::into_inner)
+        };
+        let Some(out) = refused else { return };
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        match out.ack {
+            Some(ack) => {
+                let _ = ack.send(Err(StoreError::Cluster("the queue to NATS is full".into())));
+            }
+            None => {
+                if self.dropped.fetch_add(1, Ordering::Relaxed).is_power_of_two() {
+                    tracing::warn!(
+                        dropped = self.dropped.load(Ordering::Relaxed),
+                        "cluster: the queue to NATS is full; live messages to other nodes dropped"
+                    );
                 }
             }
         }
@@ -183,8 +199,10 @@ async fn write_loop(
     js: jetstream::Context,
     node: Arc<str>,
     mut rx: mpsc::Receiver<Outgoing>,
+    queued: Arc<AtomicUsize>,
 ) {
     while let Some(out) = rx.recv().await {
+        queued.fetch_sub(out.bytes(), Ordering::Relaxed);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(NODE_HEADER, &*node);
         match out.ack {
