@@ -114,6 +114,9 @@ impl Config {
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
+                // DATALOOM_CLUSTER__NATS_URLS=nats://a:4222,nats://b:4222 (only this key is a list).
+                .list_separator(",")
+                .with_list_parse_key("cluster.nats_urls")
                 .source(Some(env)),
         );
         let layered = builder.build()?;
