@@ -306,6 +306,14 @@ async fn restarted_node_keeps_its_state_and_catches_up() {
         node_id,
         "the generated node id survives restarts"
     );
+    let (status, metrics) = common::http_get(b.http_addr().await, "/metrics").await;
+    assert_eq!(status, 200);
+    let applied: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dataloom_cluster_state_applied_sequence "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the applied position is a metric");
+    assert!(applied >= 6, "six changes were acknowledged, B applied up to {applied}");
     drop(a);
     b.stop().await;
 }

@@ -24,6 +24,13 @@ pub(super) struct Link {
     sync_timeout: Duration,
 }
 
+impl Link {
+    /// Messages the bus dropped so far (queue to the other nodes full).
+    pub(super) fn dropped(&self) -> u64 {
+        self.bus.dropped()
+    }
+}
+
 /// Pause before reading a feed again after it failed.
 const RETRY: Duration = Duration::from_millis(500);
 

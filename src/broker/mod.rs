@@ -230,6 +230,8 @@ impl Broker {
             runtime_tasks: tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks()),
             memory_budget: self.memory.limit(),
             memory_used: self.memory.used() + self.store.memory_bytes(),
+            cluster_applied: self.cluster_applied(),
+            cluster_dropped: self.cluster.get().map_or(0, cluster::Link::dropped),
         }
     }
 

@@ -45,6 +45,9 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// cannot be queued is dropped and counted.
     fn fan_out(&self, msg: &Message);
 
+    /// Messages [`Bus::fan_out`] dropped so far because they could not be queued.
+    fn dropped(&self) -> u64;
+
     /// Appends a retained change (an empty payload deletes) to the state log; the commit
     /// resolves once a quorum of replicas stored it, or fails.
     fn put_state(&self, msg: &Message) -> Commit;

@@ -239,6 +239,10 @@ impl Bus for NatsBus {
         self.send(&self.live_prefix, msg, None);
     }
 
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
     fn put_state(&self, msg: &Message) -> Commit {
         let (tx, rx) = oneshot::channel();
         self.send(&self.state_prefix, msg, Some(tx));
