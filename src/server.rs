@@ -255,6 +255,7 @@ impl Running {
         self.broker.kill_all(KillReason::Shutdown);
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(grace, self.permits.acquire_many(all)).await;
+        self.broker.flush_cluster(grace).await;
         if let Err(e) = self.broker.close_store() {
             tracing::error!(error = %e, "final store sync failed");
         }

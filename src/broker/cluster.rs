@@ -58,6 +58,14 @@ impl Broker {
         Ok(())
     }
 
+    /// Hands what waits for the other nodes to NATS (at most `limit`): graceful shutdown,
+    /// after the clients are gone. Nothing to do outside a cluster.
+    pub async fn flush_cluster(&self, limit: Duration) {
+        if let Some(link) = self.cluster.get() {
+            link.bus.flush(limit).await;
+        }
+    }
+
     /// The bus a local message on `topic` crosses, when in a cluster and the topic is shared.
     pub(super) fn cluster_bus(&self, topic: &str) -> Option<&Arc<dyn Bus>> {
         let link = self.cluster.get()?;

@@ -55,6 +55,10 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// The position of the last change in the state log now (0 when empty).
     fn last_seq(&self) -> BoxFuture<'static, Result<u64, StoreError>>;
 
+    /// Sends everything queued so far and waits (at most `limit`) until the engine has it:
+    /// graceful shutdown.
+    fn flush(&self, limit: std::time::Duration) -> BoxFuture<'static, ()>;
+
     /// Subscribes to the messages of other nodes (this node's own are left out).
     fn messages(&self) -> BoxFuture<'static, Result<Messages, StoreError>>;
 

@@ -46,6 +46,14 @@ struct Outgoing {
     ack: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
+/// What the connection task does next.
+#[derive(Debug)]
+enum Job {
+    Write(Outgoing),
+    /// Every earlier write reached the server (a ping answered after them): graceful shutdown.
+    Flush(oneshot::Sender<Result<(), async_nats::client::FlushError>>),
+}
+
 impl Outgoing {
     /// What it counts against [`QUEUE_BYTES`].
     fn bytes(&self) -> usize {
@@ -62,7 +70,7 @@ pub struct NatsBus {
     /// `{prefix}.m` and `{prefix}.s`.
     live_prefix: String,
     state_prefix: String,
-    tx: mpsc::Sender<Outgoing>,
+    tx: mpsc::Sender<Job>,
     /// Live messages dropped because the queue to NATS was full.
     dropped: Arc<AtomicU64>,
     /// Bytes queued for the connection task (at most [`QUEUE_BYTES`]).
@@ -152,7 +160,13 @@ impl NatsBus {
         let refused = if self.queued.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES {
             Some(out)
         } else {
-            self.tx.try_send(out).err().map(mpsc::error::TrySendError::into_inner)
+            match self.tx.try_send(Job::Write(out)) {
+                Ok(()) => None,
+                Err(e) => match e.into_inner() {
+                    Job::Write(out) => Some(out),
+                    Job::Flush(_) => None,
+                },
+            }
         };
         let Some(out) = refused else { return };
         self.queued.fetch_sub(bytes, Ordering::Relaxed);
@@ -198,10 +212,17 @@ async fn write_loop(
     client: async_nats::Client,
     js: jetstream::Context,
     node: Arc<str>,
-    mut rx: mpsc::Receiver<Outgoing>,
+    mut rx: mpsc::Receiver<Job>,
     queued: Arc<AtomicUsize>,
 ) {
-    while let Some(out) = rx.recv().await {
+    while let Some(job) = rx.recv().await {
+        let out = match job {
+            Job::Write(out) => out,
+            Job::Flush(done) => {
+                let _ = done.send(client.flush().await);
+                continue;
+            }
+        };
         queued.fetch_sub(out.bytes(), Ordering::Relaxed);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(NODE_HEADER, &*node);
@@ -254,6 +275,26 @@ impl Bus for NatsBus {
         Box::pin(async move {
             let info = stream.get_info().await.map_err(|e| cluster_error("read the state stream", e))?;
             Ok(info.state.last_sequence)
+        })
+    }
+
+    fn flush(&self, limit: std::time::Duration) -> BoxFuture<'static, ()> {
+        let tx = self.tx.clone();
+        Box::pin(async move {
+            let (done, flushed) = oneshot::channel();
+            let drained = async {
+                // Queued behind every earlier write.
+                tx.send(Job::Flush(done)).await.map_err(|_| "the connection task stopped".to_string())?;
+                match flushed.await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err("the connection task stopped".to_string()),
+                }
+            };
+            match tokio::time::timeout(limit, drained).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cluster: messages to other nodes not flushed"),
+                Err(_) => tracing::warn!(?limit, "cluster: messages to other nodes not flushed in time"),
+            }
         })
     }
 
