@@ -10,9 +10,15 @@
 //! A NATS message's payload is the message record of `store/record.rs` (the bytes fjall keeps
 //! for a retained message: flags, expiry as wall-clock time, properties, topic, payload), and
 //! its header `Dl-Node` names the node that sent it. The connection is opened with `no_echo`
-//! and the header is checked too, so a node never routes its own message twice.
+//! and the header is checked too, so a node never routes its own message twice (`wire`).
+//! `node` names the node, `subject` maps topics to subjects.
 
+mod node;
 pub mod subject;
+mod wire;
+
+pub use node::node_id;
+use wire::{NODE_HEADER, decode, state_change};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -23,14 +29,11 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use super::bus::{Bus, Messages, StateChange, States};
-use super::record::{self, Clock};
+use super::bus::{Bus, Messages, States};
 use super::{Commit, StoreError};
 use crate::config::Cluster;
 use crate::model::Message;
 
-/// Header naming the node that sent a message.
-const NODE_HEADER: &str = "Dl-Node";
 /// Messages waiting for the connection task; beyond, live messages are dropped (counted) and
 /// state changes fail their commit.
 const QUEUE: usize = 16_384;
@@ -153,9 +156,7 @@ impl NatsBus {
             }
             return;
         };
-        let mut buf = Vec::with_capacity(msg.payload.len() + msg.topic.len() + 32);
-        record::encode_message_into(msg, &Clock::now(), &mut buf);
-        let out = Outgoing { subject, record: buf.into(), ack };
+        let out = Outgoing { subject, record: wire::encode(msg), ack };
         let bytes = out.bytes();
         let refused = if self.queued.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES {
             Some(out)
@@ -344,90 +345,4 @@ impl Bus for NatsBus {
             Ok(feed.boxed())
         })
     }
-}
-
-/// A stream message as a [`StateChange`] (one that cannot be read is logged and carries no
-/// message).
-fn state_change(prefix: &str, m: jetstream::Message) -> Result<StateChange, StoreError> {
-    let seq = m.info().map_err(|e| cluster_error("state stream message", e))?.stream_sequence;
-    let m = m.message;
-    let message = decode(prefix, "", &m.subject, m.headers.as_ref(), m.payload)
-        .map_err(|e| tracing::warn!(seq, error = %e, "cluster: state change skipped"))
-        .ok()
-        .flatten();
-    Ok(StateChange { seq, message })
-}
-
-/// Decodes a message record sent on `subject`; `Ok(None)` for a message of node `own`.
-fn decode(
-    prefix: &str,
-    own: &str,
-    subject: &str,
-    headers: Option<&async_nats::HeaderMap>,
-    payload: Bytes,
-) -> Result<Option<Message>, StoreError> {
-    let from = headers.and_then(|h| h.get(NODE_HEADER)).map(async_nats::HeaderValue::as_str);
-    if !own.is_empty() && from == Some(own) {
-        return Ok(None);
-    }
-    let topic = subject::decode(prefix, subject)
-        .ok_or_else(|| StoreError::Cluster(format!("subject {subject:?} is not a topic")))?;
-    let mut msg = record::decode_message(payload, &Clock::now())
-        .map_err(|e| StoreError::Cluster(format!("record on {subject:?}: {e}")))?;
-    if *msg.topic != *topic {
-        return Err(StoreError::Cluster(format!("record of {:?} sent on {subject:?}", msg.topic)));
-    }
-    msg.publisher = None;
-    Ok(Some(msg))
-}
-
-/// File in the data directory that keeps a generated node id across restarts.
-const NODE_ID_FILE: &str = "node-id";
-
-/// This node's id: `configured` when set; else the one kept in `data_dir` (`node-id`), made
-/// once from the host name and a random suffix; without a data directory (memory backend), a
-/// new one per start.
-///
-/// # Errors
-/// [`StoreError::Io`] when the id file cannot be read or written.
-pub fn node_id(configured: Option<&str>, data_dir: Option<&std::path::Path>) -> Result<String, StoreError> {
-    if let Some(id) = configured {
-        return Ok(id.to_string());
-    }
-    let io = |path: &std::path::Path, e: std::io::Error| StoreError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let Some(dir) = data_dir else { return Ok(generated_id()) };
-    let path = dir.join(NODE_ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(s) if crate::config::is_node_token(s.trim()) => return Ok(s.trim().to_string()),
-        Ok(_) => {
-            return Err(StoreError::Corrupt {
-                path: path.display().to_string(),
-                message: "not a node id".into(),
-            });
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&path, e)),
-    }
-    let id = generated_id();
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    std::fs::write(&path, format!("{id}\n")).map_err(|e| io(&path, e))?;
-    Ok(id)
-}
-
-/// The host name (its `[A-Za-z0-9_-]` characters, at most 40) and 8 random hex digits.
-fn generated_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let mut host: String = host
-        .trim()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .take(40)
-        .collect();
-    if host.is_empty() {
-        host.push_str("node");
-    }
-    format!("{host}-{:08x}", rand::random::<u32>())
 }
