@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Broker;
 use super::route::Origin;
@@ -22,7 +23,15 @@ use crate::store::{Op, StoreError};
 pub(super) struct Link {
     bus: Arc<dyn Bus>,
     sync_timeout: Duration,
+    /// Waiters for the state log's last position, answered in rounds (`last_seq_rounds`).
+    rounds: mpsc::Sender<LastSeqWaiter>,
 }
+
+/// Where one reader of the state log's last position gets its answer.
+type LastSeqWaiter = oneshot::Sender<Result<u64, StoreError>>;
+
+/// Readers of the last position that may wait for a round; beyond, each asks on its own.
+const MAX_ROUND_WAITERS: usize = 65_536;
 
 impl Link {
     /// Messages the bus dropped so far (queue to the other nodes full).
@@ -50,9 +59,11 @@ impl Broker {
         sync_timeout: Duration,
     ) -> Result<(), StoreError> {
         let feed = bus.messages().await?;
-        if self.cluster.set(Link { bus: bus.clone(), sync_timeout }).is_err() {
+        let (rounds, waiters) = mpsc::channel(MAX_ROUND_WAITERS);
+        if self.cluster.set(Link { bus: bus.clone(), sync_timeout, rounds }).is_err() {
             return Err(StoreError::Cluster("this broker joined a cluster already".into()));
         }
+        tokio::spawn(last_seq_rounds(bus.clone(), waiters));
         tokio::spawn(remote_messages(Arc::downgrade(self), bus.clone(), Some(feed)));
         tokio::spawn(follow_state(Arc::downgrade(self), bus));
         Ok(())
@@ -83,7 +94,15 @@ impl Broker {
     /// view is served as it is (logged).
     pub fn cluster_sync(&self) -> Option<BoxFuture<'static, ()>> {
         let link = self.cluster.get()?;
-        let (last, limit) = (link.bus.last_seq(), link.sync_timeout);
+        // Registered now, so the round that answers asks the stream after this call.
+        let (tx, rx) = oneshot::channel();
+        let last: BoxFuture<'static, Result<u64, StoreError>> = match link.rounds.try_send(tx) {
+            Ok(()) => Box::pin(async move {
+                rx.await.unwrap_or_else(|_| Err(StoreError::Cluster("the cluster link stopped".into())))
+            }),
+            Err(_) => link.bus.last_seq(),
+        };
+        let limit = link.sync_timeout;
         let mut applied = self.cluster_applied.subscribe();
         Some(Box::pin(async move {
             let caught_up = async {
@@ -136,6 +155,20 @@ impl Broker {
         while let Some((session, _)) = blocked.first() {
             session.mailbox.space(Duration::from_millis(5)).await;
             self.offer_blocked(&mut blocked, false);
+        }
+    }
+}
+
+/// Answers readers of the state log's last position in rounds: every reader waiting when a
+/// round starts shares its one request to the stream, sent after they all registered; those
+/// arriving meanwhile wait for the next round. However many SUBSCRIBEs arrive at once, a node
+/// has one such request in flight. Ends with the link.
+async fn last_seq_rounds(bus: Arc<dyn Bus>, mut waiters: mpsc::Receiver<LastSeqWaiter>) {
+    let mut round = Vec::new();
+    while waiters.recv_many(&mut round, MAX_ROUND_WAITERS).await > 0 {
+        let last = bus.last_seq().await;
+        for w in round.drain(..) {
+            let _ = w.send(last.clone());
         }
     }
 }
