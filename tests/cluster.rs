@@ -228,6 +228,13 @@ async fn retained_state_acknowledged_on_one_node_is_read_on_another() {
     let got = snapshot(a.addr, "reader-a", "state/#").await;
     let want = [("state/y", "y"), ("state/z", "from b")].map(|(t, v)| (t.to_string(), v.to_string()));
     assert_eq!(got, want);
+    // Ten SUBSCRIBEs at once right after an ack share the catch-up rounds, and all see it.
+    retain(&mut pub_a, 102, "state/y", b"y2").await;
+    let ids: Vec<String> = (0..10).map(|i| format!("burst-{i}")).collect();
+    let burst = futures_util::future::join_all(ids.iter().map(|id| snapshot(b.addr, id, "state/y"))).await;
+    for got in burst {
+        assert_eq!(got, vec![("state/y".to_string(), "y2".to_string())]);
+    }
     // The same with the mosquitto clients: mosquitto_pub returns after the PUBACK.
     let (a_port, b_port) = (a.addr.port().to_string(), b.addr.port().to_string());
     let (ok, _) = common::mosquitto(

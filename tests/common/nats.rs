@@ -38,10 +38,19 @@ pub fn nats_server_binary() -> PathBuf {
     p
 }
 
-/// A loopback port free now (bound, then released).
+/// A loopback port free now (bound, then released), never one this test process handed out
+/// before: the tests of one binary start their clusters in parallel.
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().expect("port list");
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = l.local_addr().expect("local addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl NatsCluster {
@@ -70,6 +79,8 @@ impl NatsCluster {
             let child = Command::new(nats_server_binary())
                 .arg("-c")
                 .arg(&conf)
+                .arg("-l")
+                .arg(dir.path().join(format!("{name}.log")))
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
@@ -104,10 +115,19 @@ impl NatsCluster {
             {
                 return;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no JetStream meta leader within {ELECTION:?}: {leaders:?}"
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let logs: Vec<String> = self
+                    .servers
+                    .iter()
+                    .map(|s| {
+                        let log = std::fs::read_to_string(self._dir.path().join(format!("{}.log", s.name)));
+                        let log = log.unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                        format!("{}:\n{}", s.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                    })
+                    .collect();
+                panic!("no JetStream meta leader within {ELECTION:?}: {leaders:?}\n{}", logs.join("\n"));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -122,17 +122,15 @@ impl NatsBus {
         wait_connected(&client, cfg.sync_timeout * 2).await?;
         let js = jetstream::new(client.clone());
         let state_prefix = format!("{}.s", cfg.prefix);
-        let stream = js
-            .get_or_create_stream(jetstream::stream::Config {
-                name: format!("{}-state", cfg.prefix),
-                subjects: vec![format!("{state_prefix}.>")],
-                max_messages_per_subject: 1,
-                num_replicas: cfg.replicas,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| cluster_error("create the state stream", e))?;
+        let config = jetstream::stream::Config {
+            name: format!("{}-state", cfg.prefix),
+            subjects: vec![format!("{state_prefix}.>")],
+            max_messages_per_subject: 1,
+            num_replicas: cfg.replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let stream = state_stream(&js, config, STREAM_DEADLINE).await?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let queued = Arc::new(AtomicUsize::new(0));
         tokio::spawn(write_loop(client.clone(), js, Arc::from(node), rx, queued.clone()));
@@ -193,6 +191,29 @@ fn too_long(topic: &str) -> StoreError {
         topic.len(),
         subject::MAX_SUBJECT
     ))
+}
+
+/// How long a start may retry creating the state stream: a NATS cluster that is forming (no
+/// meta leader yet, peers not known) answers with errors or not at all for a while.
+const STREAM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The state stream, created when missing; failures are retried until `deadline` has passed.
+async fn state_stream(
+    js: &jetstream::Context,
+    config: jetstream::stream::Config,
+    deadline: std::time::Duration,
+) -> Result<jetstream::stream::Stream, StoreError> {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if tokio::time::Instant::now() < until => {
+                tracing::info!(error = %e, stream = %config.name, "cluster: state stream not ready; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(cluster_error(&format!("create the state stream {}", config.name), e)),
+        }
+    }
 }
 
 /// Waits until the client is connected, at most `limit`.
