@@ -33,6 +33,21 @@ test-deps:
 	  echo "installing the npm packages of tests/typed (json-schema-to-typescript, typescript, mqtt)"; \
 	  cd tests/typed && npm ci --no-audit --no-fund >/dev/null; }
 
+# The web console test (tests/console.rs): Debian's chromium (apt) driven by playwright-core
+# from tests/console/package-lock.json (npm ci; it never downloads a browser of its own).
+CONSOLE := tests/console
+test-deps: test-deps-console
+.PHONY: test-deps-console
+test-deps-console: test-deps-clients
+	@[ -x /usr/bin/chromium ] || { \
+	  echo "installing chromium"; \
+	  $(SUDO) apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y --no-install-recommends chromium >/dev/null; }; }
+	@cmp -s $(CONSOLE)/package-lock.json $(CONSOLE)/node_modules/.installed-lock.json || { \
+	  echo "installing playwright-core (npm ci in $(CONSOLE))"; \
+	  (cd $(CONSOLE) && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >/dev/null) && \
+	  cp $(CONSOLE)/package-lock.json $(CONSOLE)/node_modules/.installed-lock.json; }
+
 # The client libraries of tests/clients.rs: MQTT.js from tests/clients/package-lock.json
 # (npm ci into tests/clients/node_modules) and paho-mqtt from tests/clients/requirements.txt
 # (a virtualenv in target/venv). Node 20, npm, python3-venv and curl come from apt when missing.
@@ -102,6 +117,13 @@ certs:
 .PHONY: bench
 bench:
 	CARGO="$(CARGO)" QUICK="$(QUICK)" bash benches/run.sh $(BENCH_ARGS)
+
+# Heap bytes and allocations per delivery of a v5 message with 8 user properties, under
+# valgrind's DHAT (benches/alloc.sh; issue 18).
+.PHONY: bench-alloc
+bench-alloc: test-deps-clients
+	$(CARGO) build --release -p dataloom
+	bash benches/alloc.sh
 
 # Crash soak (issue 13; not part of `make test`): the checker of tests/checker.rs on a release
 # build for SOAK_SECS seconds per durability mode (fsync and buffered side by side): publishers,

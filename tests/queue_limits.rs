@@ -73,3 +73,40 @@ async fn the_default_max_queued_bytes_is_finite() {
     assert_eq!(delivered_after_reconnect(&b, 20, 1_000_000).await, 16);
     b.stop().await;
 }
+
+/// `mqtt.max_inflight_bytes` bounds the outgoing window by bytes: with 1,000 bytes, 303-byte
+/// messages (300 of payload, 3 of topic) go out four at a time (the fourth starts below the
+/// limit), each PUBACK lets one more out, and a message larger than the whole limit still goes
+/// out alone when nothing is in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_inflight_bytes_bounds_the_outgoing_window() {
+    let b = TestBroker::start_with(|c| c.mqtt.max_inflight_bytes = 1000).await;
+    let mut sub = connect_ok(&b, "window", v311(true)).await;
+    subscribe(&mut sub, 1, "w/#", QoS::AtLeastOnce).await;
+    let mut publisher = connect_ok(&b, "pusher", v311(true)).await;
+    for pkid in 1..=10 {
+        // Each PUBACK comes after routing: all ten are queued for "window" after the loop.
+        send_publish(&mut publisher, publish("w/t", QoS::AtLeastOnce, pkid, &[b'x'; 300])).await;
+    }
+    let mut sent = Vec::new();
+    for _ in 0..4 {
+        sent.push(recv_publish(&mut sub).await.pkid);
+    }
+    let quiet = |got: Vec<Packet>| got.iter().filter(|p| matches!(p, Packet::Publish(_))).count();
+    assert_eq!(quiet(until_pingresp(&mut sub).await), 0, "1,000 bytes let four 303-byte messages out");
+    send_ack(&mut sub, Packet::PubAck, sent[0]).await;
+    recv_publish(&mut sub).await;
+    assert_eq!(quiet(until_pingresp(&mut sub).await), 0, "one PUBACK lets one more out");
+
+    let mut big = connect_ok(&b, "big", v311(true)).await;
+    subscribe(&mut big, 1, "big/#", QoS::AtLeastOnce).await;
+    for pkid in 11..=12 {
+        send_publish(&mut publisher, publish("big/t", QoS::AtLeastOnce, pkid, &[b'y'; 2000])).await;
+    }
+    let first = recv_publish(&mut big).await;
+    assert_eq!(first.payload.len(), 2000, "a message over the limit goes out alone");
+    assert_eq!(quiet(until_pingresp(&mut big).await), 0, "and nothing beside it");
+    send_ack(&mut big, Packet::PubAck, first.pkid).await;
+    recv_publish(&mut big).await;
+    b.stop().await;
+}

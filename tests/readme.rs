@@ -21,7 +21,8 @@
 //! setting) apply; only the two listeners move to free ports, through
 //! `DATALOOM_LISTENERS__TCP__BIND` and `DATALOOM_HTTP__BIND`. The examples keep the default
 //! addresses: `mosquitto_pub`/`mosquitto_sub` read `-p PORT` from their options files
-//! (`$XDG_CONFIG_HOME/mosquitto_pub`), `curl` maps `127.0.0.1:9883` with `connect-to` in its
+//! (`$XDG_CONFIG_HOME/mosquitto_pub`), `curl` maps `127.0.0.1:9883` and `localhost:9883` (a
+//! name the Host rule of `/v1` and `/` accepts on any port) with `connect-to` in its
 //! `.curlrc` (`CURL_HOME`), and the `dataloom` CLI (first on `PATH`) finds the HTTP listener
 //! through `DATALOOM_HTTP__BIND`.
 
@@ -207,7 +208,11 @@ async fn every_shell_example_in_the_readme_works_as_written() {
     for tool in ["mosquitto_pub", "mosquitto_sub", "mosquitto_rr"] {
         std::fs::write(config.join(tool), &port).expect("mosquitto options file");
     }
-    std::fs::write(config.join(".curlrc"), format!("connect-to = 127.0.0.1:9883:{http}\n")).expect(".curlrc");
+    std::fs::write(
+        config.join(".curlrc"),
+        format!("connect-to = 127.0.0.1:9883:{http}\nconnect-to = localhost:9883:{http}\n"),
+    )
+    .expect(".curlrc");
     let bin = Path::new(env!("CARGO_BIN_EXE_dataloom")).parent().expect("binary dir").to_owned();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let env: Vec<(String, String)> = [

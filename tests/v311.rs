@@ -507,8 +507,8 @@ async fn qos_matrix_delivers_at_the_minimum_of_publish_and_subscription() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_from_the_subscriber_free_the_inflight_window() {
-    // max_inflight_messages is 20: 60 messages only all arrive if PUBACK / PUBCOMP free slots.
-    let b = TestBroker::start().await;
+    // With a window of 20, 60 messages only all arrive if PUBACK / PUBCOMP free slots.
+    let b = TestBroker::start_with(|c| c.mqtt.max_inflight_messages = 20).await;
     let mut s1 = mq(&b, "win-sub1", true).await;
     s1.subscribe("win/t", QoS::AtLeastOnce).await;
     let mut s2 = mq(&b, "win-sub2", true).await;

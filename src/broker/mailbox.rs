@@ -220,10 +220,21 @@ impl Mailbox {
         }
     }
 
-    /// Moves up to `max` deliveries into `out`; returns how many.
-    pub fn drain_into(&self, out: &mut Vec<Delivery>, max: usize) -> usize {
+    /// Moves up to `max` deliveries into `out`, of which at most `max_acked` QoS 1/2 ones (the
+    /// room left in the client's window: taking more would only put them back); returns how
+    /// many.
+    pub fn drain_into(&self, out: &mut Vec<Delivery>, max: usize, max_acked: usize) -> usize {
         let mut q = self.queue.lock();
-        let n = q.items.len().min(max);
+        let mut acked = 0;
+        let n = q
+            .items
+            .iter()
+            .take(max)
+            .take_while(|d| {
+                acked += usize::from(d.qos != QoS::AtMostOnce);
+                acked <= max_acked
+            })
+            .count();
         let was_full = q.full(self.limit, self.byte_limit, 0);
         let start = out.len();
         out.extend(q.items.drain(..n));

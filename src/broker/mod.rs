@@ -2,13 +2,15 @@
 //! Attaching, detaching and ending sessions live in `lifecycle`, their timers in `timers`,
 //! routing and retained state in `route`, which member of a shared subscription gets a message
 //! in `share`, reading state in topic order (the HTTP state API) in `state`, the QoS 1/2 flows of a session in `flows`, the schema gate in `gate`, restoring
-//! from the store in `recovery`, this node's part of a cluster in `cluster`.
+//! from the store in `recovery`, subscribers without a connection (the web console) in `watch`,
+//! the session listing in `clients`, this node's part of a cluster in `cluster`.
 //!
 //! Every durable effect (persistent session records, subscriptions) is submitted to the
 //! [`Store`] and the returned [`Commit`] tells the caller when it may acknowledge.
 
 pub(crate) mod mailbox;
 
+mod clients;
 mod cluster;
 mod expiry;
 mod flows;
@@ -22,6 +24,8 @@ mod share;
 mod state;
 pub(crate) mod subtree;
 mod timers;
+mod watch;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,10 +40,12 @@ use retained_tree::RetainedTree;
 use session::Session;
 use subtree::SubscriptionTree;
 
+pub use clients::ClientInfo;
 pub use flows::{PubRecAnswer, Qos2Arrival};
 pub use lifecycle::{AttachError, AttachRequest};
 pub use route::Published;
 pub use state::StatePage;
+pub use watch::Watch;
 
 /// A subscription as the trie stores it: the session to deliver to and the options.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 //! generation and fires the old connection's [`Kill`] switch, so a stale connection can tell it
 //! must not touch the session any more.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
 use super::mailbox::Mailbox;
+use super::window::Window;
 use crate::model::{Budget, Delivery, Kill, KillReason, ReadAccess, SessionId, SessionOwner, SubOptions};
 
 /// Where an outgoing QoS 1/2 message stands.
@@ -43,7 +44,7 @@ pub(super) struct SessionState {
     /// Subscriptions by the filter as the client wrote it (including `$share/g/`).
     pub(super) subscriptions: HashMap<String, SubOptions>,
     /// Outgoing QoS 1/2 messages in send order.
-    pub(super) outgoing: VecDeque<Inflight>,
+    pub(super) outgoing: Window,
     /// Incoming QoS 2 packet ids received but not yet released by PUBREL.
     pub(super) incoming_qos2: HashSet<u16>,
     /// Last packet id used for an outgoing message.
@@ -86,6 +87,11 @@ impl Outgoing<'_> {
         self.0.outgoing.is_empty()
     }
 
+    /// Payload and topic bytes in flight.
+    pub fn bytes(&self) -> usize {
+        self.0.outgoing.bytes()
+    }
+
     /// Next free packet identifier (1..=65535, skipping those in flight), or `None` if all
     /// are used.
     pub fn next_pkid(&mut self) -> Option<u16> {
@@ -99,7 +105,7 @@ impl Outgoing<'_> {
 
     /// Takes everything in flight, in send order (to resend it after a resume).
     pub fn take_all(&mut self) -> Vec<Inflight> {
-        self.0.outgoing.drain(..).collect()
+        self.0.outgoing.take_all()
     }
 
     /// Sets `w` aside for the session; gives it back when `cap` deliveries are withheld already.
@@ -130,7 +136,7 @@ impl SessionState {
             self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
             let id = self.last_pkid;
             let withheld = |w: &Withheld| matches!(w, Withheld::InFlight(i) if i.pkid == id);
-            if !self.outgoing.iter().any(|i| i.pkid == id) && !self.withheld.iter().any(withheld) {
+            if !self.outgoing.holds(id) && !self.withheld.iter().any(withheld) {
                 return Some(id);
             }
         }
@@ -311,20 +317,22 @@ impl Session {
     /// the window; returns it.
     pub(super) fn complete_outgoing(&self, pkid: u16, phase: Phase) -> Option<Inflight> {
         let mut st = self.state.lock();
-        let pos = st.outgoing.iter().position(|i| i.pkid == pkid && i.phase == phase)?;
+        let pos = st.outgoing.position(|i| i.pkid == pkid && i.phase == phase)?;
         st.outgoing.remove(pos)
     }
 
     /// PUBREC for the outgoing message `pkid`; `failed` when its reason code is ≥ 0x80.
     pub(super) fn outgoing_received(&self, pkid: u16, failed: bool) -> PubRecOutcome {
         let mut st = self.state.lock();
-        let Some(pos) = st.outgoing.iter().position(|i| i.pkid == pkid && i.phase != Phase::AwaitAck) else {
+        let Some(pos) = st.outgoing.position(|i| i.pkid == pkid && i.phase != Phase::AwaitAck) else {
             return PubRecOutcome::Unknown;
         };
         if failed {
             return st.outgoing.remove(pos).map_or(PubRecOutcome::Unknown, PubRecOutcome::Ended);
         }
-        let i = &mut st.outgoing[pos];
+        let Some(i) = st.outgoing.phase_mut(pos) else {
+            return PubRecOutcome::Unknown;
+        };
         i.phase = Phase::AwaitComp;
         PubRecOutcome::Release { seq: i.delivery.seq, pkid: i.pkid }
     }

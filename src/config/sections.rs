@@ -76,8 +76,13 @@ pub struct Mqtt {
     pub packet_timeout: Duration,
     /// Largest keep alive accepted, seconds; v5 clients asking more are told Server Keep Alive.
     pub max_keepalive: u16,
-    /// Unacknowledged outgoing QoS 1/2 messages per client.
+    /// Unacknowledged outgoing QoS 1/2 messages per client (a v5 client's Receive Maximum
+    /// lowers it). Default 1,000: with `max_inflight_bytes` the window is bounded by bytes,
+    /// not by a small count that caps throughput on every round trip.
     pub max_inflight_messages: u16,
+    /// Payload and topic bytes of unacknowledged outgoing QoS 1/2 messages per client (0: no
+    /// limit); one message is always allowed. Default 1 MiB.
+    pub max_inflight_bytes: usize,
     /// Incoming QoS 1 messages unacknowledged plus QoS 2 unreleased per v5 client (its Receive Maximum).
     pub receive_maximum: u16,
     /// Topic aliases a v5 client may use towards the broker.
@@ -199,7 +204,8 @@ impl Default for Mqtt {
             connect_timeout: Duration::from_secs(10),
             packet_timeout: Duration::from_secs(60),
             max_keepalive: 3600,
-            max_inflight_messages: 20,
+            max_inflight_messages: 1000,
+            max_inflight_bytes: 1024 * 1024,
             receive_maximum: 20,
             topic_alias_maximum: 10,
             max_queued_messages: 1000,

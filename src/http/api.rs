@@ -1,7 +1,8 @@
 //! The HTTP/JSON state API under `/v1` (issue 17): its routes, who the caller is
 //! (`Authorization: Bearer <key id>:<secret>`, or anonymous) and the errors every route answers
 //! with (`{"error", "detail"}`, a 4xx for any bad input). The state routes are in `state`, the
-//! schema routes and the OpenAPI document in `schemas`.
+//! schema routes and the OpenAPI document in `schemas`, what the web console shows besides
+//! (rejections, clients, counters) in `live`, its event stream in `events`.
 //!
 //! Every request passes [`guard`]'s Host rule; a write (PUT, DELETE) also its Origin rule, so
 //! a web page cannot change state unless `http.allowed_origins` lists its origin. A request
@@ -40,6 +41,8 @@ pub struct StateApi {
 pub(super) struct Api {
     pub broker: Arc<Broker>,
     pub api: StateApi,
+    /// The open event streams (`/v1/events`) and the shutdown signal that ends them.
+    pub streams: super::events::Streams,
 }
 
 /// Why a request was refused; each maps to one status and a JSON body.
@@ -115,10 +118,17 @@ pub(super) fn error_response(status: StatusCode, error: &str, detail: &str) -> R
     r
 }
 
-/// The `/v1` routes, checked against `rules` ([`guard`]).
-pub fn routes(broker: Arc<Broker>, api: StateApi, rules: guard::Rules) -> Router {
+/// The `/v1` routes, checked against `rules` ([`guard`]); event streams end when `shutdown`
+/// turns true.
+pub fn routes(
+    broker: Arc<Broker>,
+    api: StateApi,
+    rules: guard::Rules,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Router {
     let max_body = api.max_body;
-    let state = Api { broker, api };
+    let slots = Arc::new(tokio::sync::Semaphore::new(super::events::MAX_STREAMS));
+    let state = Api { broker, api, streams: super::events::Streams { slots, shutdown } };
     let v1 = Router::new()
         .route("/v1/state", get(super::state::list))
         .route(
@@ -128,6 +138,10 @@ pub fn routes(broker: Arc<Broker>, api: StateApi, rules: guard::Rules) -> Router
         .route("/v1/schemas", get(super::schemas::list))
         .route("/v1/schemas/{*filter}", get(super::schemas::get_one))
         .route("/v1/openapi.json", get(super::schemas::openapi))
+        .route("/v1/rejections", get(super::live::rejections))
+        .route("/v1/clients", get(super::live::clients))
+        .route("/v1/stats", get(super::live::stats))
+        .route("/v1/events", get(super::events::events))
         .route("/v1", axum::routing::any(unknown))
         .route("/v1/{*rest}", axum::routing::any(unknown))
         .method_not_allowed_fallback(not_allowed)

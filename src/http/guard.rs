@@ -12,7 +12,10 @@
 //!   can send without a CORS preflight. → 415
 //!
 //! The state API (`/v1`, [`protect_api`]) takes the Host rule on every request and the Origin
-//! rule on writes, and no Content-Type rule (a value is stored with its own).
+//! rule on writes, and no Content-Type rule (a value is stored with its own). For the state
+//! API the broker's own origin (`http://` and the `Host` that passed the Host rule) is allowed
+//! too: it is the web console's, served by this listener; a write from it still needs an API
+//! key, since a request with an `Origin` never gets the trust of a local client.
 //!
 //! `/metrics`, `/healthz` and `/readyz` are not guarded: they change nothing, and scrapers and
 //! probes reach them under whatever name the network gives the broker.
@@ -77,8 +80,9 @@ pub fn protect_api(routes: Router, rules: Rules) -> Router {
 
 async fn check_api(State(rules): State<Arc<Rules>>, req: Request, next: Next) -> Response {
     let safe = [Method::GET, Method::HEAD, Method::OPTIONS].contains(req.method());
-    let refused = host_refusal(&rules, req.headers())
-        .or_else(|| if safe { None } else { origin_refusal(&rules, req.headers()) });
+    let refused = host_refusal(&rules, req.headers()).or_else(|| {
+        if safe || same_origin(req.headers()) { None } else { origin_refusal(&rules, req.headers()) }
+    });
     match refused {
         Some((status, detail)) => {
             tracing::debug!(%status, detail, path = %req.uri().path(), "state API request refused");
@@ -106,6 +110,17 @@ fn origin_refusal(rules: &Rules, headers: &HeaderMap) -> Option<(StatusCode, Str
     let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("");
     (!origin_allowed(&rules.allowed_origins, origin))
         .then(|| (StatusCode::FORBIDDEN, format!("Origin {origin:?} is not in http.allowed_origins")))
+}
+
+/// `Origin` is `http://` and the request's own `Host`: a page this listener served.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let value = |name| headers.get(name).and_then(|v: &header::HeaderValue| v.to_str().ok());
+    match (value(header::ORIGIN), value(header::HOST)) {
+        (Some(origin), Some(host)) => {
+            origin.strip_prefix("http://").is_some_and(|o| o.eq_ignore_ascii_case(host))
+        }
+        _ => false,
+    }
 }
 
 fn has_body(method: &Method, headers: &HeaderMap) -> bool {
@@ -171,5 +186,20 @@ mod tests {
         assert_eq!(status(Method::DELETE, &[host]), None);
         let body = ("content-length", "5");
         assert_eq!(status(Method::DELETE, &[host, body]), Some(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
+
+    #[test]
+    fn the_listeners_own_origin_is_same_origin() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:9883"));
+        assert!(!same_origin(&h));
+        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:9883"));
+        assert!(same_origin(&h));
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://127.0.0.1:9883"));
+        assert!(!same_origin(&h));
+        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:9884"));
+        assert!(!same_origin(&h));
+        h.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
+        assert!(!same_origin(&h));
     }
 }

@@ -1,10 +1,15 @@
 //! The HTTP listener (`http.bind`): `/metrics` (Prometheus text format), `/healthz` (the
 //! process answers) and `/readyz` (listeners bound and the store accepting writes), and the
 //! key-management routes `/admin/*` behind [`guard`] (Host, Origin and Content-Type rules),
-//! and the HTTP/JSON state API under `/v1` ([`api`]: `state`, `schemas`, `/v1/openapi.json`).
+//! the HTTP/JSON state API under `/v1` ([`api`]: `state`, `schemas`, `/v1/openapi.json`, and
+//! the console's `rejections`, `clients`, `stats` and `events`), and the web console at `/`
+//! (`console`).
 
 pub mod api;
+mod console;
+mod events;
 pub mod guard;
+mod live;
 mod schemas;
 mod state;
 
@@ -90,7 +95,8 @@ pub async fn serve_with(
         };
         app = app.merge(guard::protect(crate::auth::admin::routes(admin.auth), rules.clone()));
         if let Some(api) = api {
-            app = app.merge(api::routes(broker, api, rules));
+            app = app.merge(api::routes(broker, api, rules.clone(), shutdown.clone()));
+            app = app.merge(console::routes(rules));
         }
     }
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -106,7 +112,7 @@ pub async fn serve_with(
             warn!(error = %e, "HTTP listener failed");
         }
     });
-    info!(addr = %local, "HTTP listener ready (/metrics, /healthz, /readyz, /v1 state API)");
+    info!(addr = %local, "HTTP listener ready (/metrics, /healthz, /readyz, /v1 state API, / web console)");
     Ok(local)
 }
 

@@ -6,28 +6,43 @@ use std::net::SocketAddr;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Uri, header};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
-use super::api::{Api, ApiError, Json, path_param};
+use super::api::{Api, ApiError, Json, path_param, query_param};
 use crate::model::Message;
 use crate::schema::filter::{SCHEMA_PREFIX, topic_of_filter};
 
 /// The API's OpenAPI document, kept in the repository.
 const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
-/// `GET /v1/schemas`.
+/// `GET /v1/schemas?count_invalid=`: with `count_invalid=true` each item also says how many
+/// retained values its schema governs and refuses (`invalid_retained`), counted over the
+/// state under its filter that the caller may read.
 pub(super) async fn list(
     State(s): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> Result<Json, ApiError> {
     let caller = s.caller(peer, &headers).await?;
+    let count = match query_param(uri.query(), "count_invalid")?.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::BadRequest("count_invalid must be true or false".into())),
+    };
     let mut found = s.broker.retained_under(&format!("{SCHEMA_PREFIX}#"));
     found.retain(|m| caller.perms.may_read(&m.topic));
     found.sort_by(|a, b| a.topic.cmp(&b.topic));
-    let items: Vec<Value> = found.iter().map(|m| schema(m)).collect();
+    let mut items: Vec<Value> = found.iter().map(|m| schema(m)).collect();
+    if count {
+        for item in &mut items {
+            let filter = item["filter"].as_str().unwrap_or_default().to_string();
+            let readable = |t: &str| caller.perms.may_read(t);
+            item["invalid_retained"] = json!(s.api.schemas.invalid_retained(&s.broker, &filter, &readable));
+        }
+    }
     Ok(Json(json!({ "items": items, "revision": s.broker.revision() })))
 }
 

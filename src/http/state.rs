@@ -62,7 +62,7 @@ pub(super) async fn list(
     cluster_sync(&s.broker).await;
     let page = s.broker.state_page(&filter, after.as_deref(), limit, &readable);
     let next = page.more.then(|| page.items.last().map(|m| encode_cursor(&m.topic))).flatten();
-    let items: Vec<Value> = page.items.iter().map(|m| item(m)).collect();
+    let items: Vec<Value> = page.items.iter().map(|m| item_of(&s, m)).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next, "revision": page.revision })))
 }
 
@@ -82,7 +82,7 @@ pub(super) async fn get_one(
     }
     cluster_sync(&s.broker).await;
     match s.broker.state_of(&topic) {
-        (Some(m), _) => Ok(Json(item(&m))),
+        (Some(m), _) => Ok(Json(item_of(&s, &m))),
         (None, _) => Err(ApiError::NotFound(format!("{topic} has no state"))),
     }
 }
@@ -199,6 +199,16 @@ fn valid_topic(s: &Api, topic: &str) -> Result<(), ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("topic {topic:?}: {e}")))
 }
 
+/// One state as JSON ([`item`]) with the schema that governs its topic, if any
+/// (`"schema": {"filter", "version"}`: the console's badge).
+pub(super) fn item_of(s: &Api, m: &Message) -> Value {
+    let mut v = item(m);
+    if let Some(schema) = s.api.schemas.lookup(&m.topic) {
+        v["schema"] = json!({ "filter": &*schema.filter, "version": schema.version });
+    }
+    v
+}
+
 /// One state as JSON: `value` is the JSON document when the payload is one, else the text
 /// (UTF-8) or base64, as `encoding` says.
 fn item(m: &Message) -> Value {
@@ -223,7 +233,7 @@ fn item(m: &Message) -> Value {
 }
 
 /// UNIX milliseconds as RFC 3339 (`null` when unknown: state stored before revisions).
-fn rfc3339(unix_ms: u64) -> Value {
+pub(super) fn rfc3339(unix_ms: u64) -> Value {
     /// 9999-12-31T23:59:59Z, the last time RFC 3339's four-digit year can write.
     const LAST: Duration = Duration::from_secs(253_402_300_799);
     if unix_ms == 0 {

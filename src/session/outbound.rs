@@ -6,16 +6,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::Ctx;
 use super::pending::Pending;
-use crate::broker::session::{Inflight, Phase, Session};
+use crate::broker::session::{Inflight, Outgoing, Phase, Session};
 use crate::broker::{Broker, PubRecAnswer};
 use crate::model::Delivery;
 use crate::store::Commit;
 use dataloom_codec::{
-    Ack, Packet, Properties, ProtocolVersion, Publish, QoS, encode, encode_publish, reason,
+    Ack, OutgoingPublish, Packet, Properties, ProtocolVersion, QoS, encode, encode_outgoing_publish, reason,
 };
 
 /// Deliveries taken from the mailbox per lock.
@@ -30,6 +30,8 @@ const HELD_FULL: usize = 256;
 pub struct OutboundLimits {
     /// Unacknowledged QoS 1/2 messages at once.
     pub window: usize,
+    /// Payload and topic bytes of unacknowledged QoS 1/2 messages at once (0: no limit).
+    pub window_bytes: usize,
     /// Largest packet the client accepts.
     pub max_packet: usize,
     /// Topic aliases the client accepts from us.
@@ -42,6 +44,7 @@ impl OutboundLimits {
         let receive_max = props.receive_maximum.unwrap_or(u16::MAX);
         OutboundLimits {
             window: usize::from(receive_max.min(ctx.mqtt.max_inflight_messages)),
+            window_bytes: ctx.mqtt.max_inflight_bytes,
             max_packet: props.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
             alias_max: props.topic_alias_maximum.unwrap_or(0),
         }
@@ -92,7 +95,14 @@ impl Outbound {
 
     /// True while another QoS 1/2 message may be sent.
     pub fn has_window(&self, session: &Session) -> bool {
-        session.outgoing().len() < self.limits.window
+        !self.window_full(&session.outgoing())
+    }
+
+    /// True when the window holds `mqtt.max_inflight_messages` (or the client's Receive
+    /// Maximum) or `mqtt.max_inflight_bytes`.
+    fn window_full(&self, st: &Outgoing<'_>) -> bool {
+        st.len() >= self.limits.window
+            || (self.limits.window_bytes > 0 && st.bytes() >= self.limits.window_bytes)
     }
 
     /// Encodes queued deliveries into `out` until the mailbox is empty, the window is full or
@@ -108,11 +118,12 @@ impl Outbound {
         let now = Instant::now();
         while out.len() < OUT_FULL && pending.len() < HELD_FULL {
             let mut st = session.outgoing();
-            if st.len() >= self.limits.window {
+            if self.window_full(&st) {
                 return;
             }
             self.batch.clear();
-            if session.mailbox.drain_into(&mut self.batch, BATCH) == 0 {
+            let room = self.limits.window - st.len();
+            if session.mailbox.drain_into(&mut self.batch, BATCH, room) == 0 {
                 return;
             }
             let mut batch = std::mem::take(&mut self.batch);
@@ -166,7 +177,7 @@ impl Outbound {
                 } else {
                     broker.forget(session, d.seq);
                 }
-                if st.len() >= self.limits.window {
+                if self.window_full(&st) {
                     break;
                 }
             }
@@ -227,9 +238,9 @@ impl Outbound {
         if self.limits.max_packet == usize::MAX {
             return true;
         }
-        let p = publish_of(d, d.msg.topic_bytes.clone(), 1, false, version, Instant::now(), None);
+        let p = outgoing(d, &d.msg.topic_bytes, 1, false, version, Instant::now(), None);
         self.scratch.clear();
-        encode_publish(&p, version, &mut self.scratch);
+        encode_outgoing_publish(&p, version, &mut self.scratch);
         self.scratch.len() <= self.limits.max_packet
     }
 
@@ -244,22 +255,22 @@ impl Outbound {
         now: Instant,
         out: &mut BytesMut,
     ) -> bool {
-        let mut topic = d.msg.topic_bytes.clone();
+        let mut topic: &[u8] = &d.msg.topic_bytes;
         let mut alias = None;
         let mut new_alias = None;
         if version.is_v5() {
             if let Some(&a) = self.aliases.get(&d.msg.topic) {
                 alias = Some(a);
-                topic = Bytes::new();
+                topic = &[];
             } else if self.aliases.len() < usize::from(self.limits.alias_max) {
                 let a = u16::try_from(self.aliases.len() + 1).unwrap_or(u16::MAX);
                 alias = Some(a);
                 new_alias = Some(a);
             }
         }
-        let p = publish_of(d, topic, pkid, dup, version, now, alias);
+        let p = outgoing(d, topic, pkid, dup, version, now, alias);
         let start = out.len();
-        encode_publish(&p, version, out);
+        encode_outgoing_publish(&p, version, out);
         if out.len() - start > self.limits.max_packet {
             out.truncate(start);
             self.dropped_too_large += 1;
@@ -274,24 +285,29 @@ impl Outbound {
     }
 }
 
-/// The PUBLISH of delivery `d` with `topic` (empty when `alias` names it).
-fn publish_of(
-    d: &Delivery,
-    topic: Bytes,
+/// The PUBLISH of delivery `d` with `topic` (empty when `alias` names it), borrowing the
+/// message's properties (only v5 encodes them).
+fn outgoing<'a>(
+    d: &'a Delivery,
+    topic: &'a [u8],
     pkid: u16,
     dup: bool,
     version: ProtocolVersion,
     now: Instant,
     alias: Option<u16>,
-) -> Publish {
-    let mut properties = Properties::default();
-    if version.is_v5() {
-        properties = d.msg.properties.clone();
-        properties.subscription_identifiers.clone_from(&d.sub_ids);
-        properties.message_expiry_interval = d.msg.remaining_expiry(now);
-        properties.topic_alias = alias;
+) -> OutgoingPublish<'a> {
+    OutgoingPublish {
+        dup,
+        qos: d.qos,
+        retain: d.retain,
+        topic,
+        pkid,
+        forwarded: &d.msg.properties,
+        subscription_identifiers: &d.sub_ids,
+        message_expiry_interval: if version.is_v5() { d.msg.remaining_expiry(now) } else { None },
+        topic_alias: alias,
+        payload: &d.msg.payload,
     }
-    Publish { dup, qos: d.qos, retain: d.retain, topic, pkid, properties, payload: d.msg.payload.clone() }
 }
 
 /// Writes PUBACK/PUBREC/PUBREL/PUBCOMP with `code` (codes are dropped for 3.x by the encoder).

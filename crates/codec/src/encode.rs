@@ -169,6 +169,97 @@ pub fn encode_publish(p: &Publish, version: ProtocolVersion, out: &mut BytesMut)
     publish_body(p, version.is_v5(), out);
 }
 
+/// A PUBLISH the server sends, borrowed from the routed message: its forwarded properties
+/// (Payload Format Indicator, Content Type, Response Topic, Correlation Data, User Properties;
+/// any other property in `forwarded` is left out) plus the ones each delivery sets itself. One
+/// message goes to many subscribers without a copy of its properties per subscriber.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingPublish<'a> {
+    /// DUP flag.
+    pub dup: bool,
+    /// QoS of the delivery.
+    pub qos: QoS,
+    /// RETAIN flag of the delivery.
+    pub retain: bool,
+    /// Topic name (empty when `topic_alias` names it).
+    pub topic: &'a [u8],
+    /// Packet identifier (QoS 1/2).
+    pub pkid: u16,
+    /// The message's properties as published.
+    pub forwarded: &'a Properties,
+    /// Subscription Identifiers of the matching subscriptions (v5).
+    pub subscription_identifiers: &'a [u32],
+    /// Remaining Message Expiry Interval (v5).
+    pub message_expiry_interval: Option<u32>,
+    /// Topic Alias (v5).
+    pub topic_alias: Option<u16>,
+    /// Application payload.
+    pub payload: &'a [u8],
+}
+
+fn outgoing_props_body<S: Sink>(p: &OutgoingPublish<'_>, s: &mut S) {
+    let f = p.forwarded;
+    if let Some(v) = f.payload_format_indicator {
+        s.u8(0x01);
+        s.u8(v);
+    }
+    if let Some(v) = p.message_expiry_interval {
+        s.u8(0x02);
+        s.u32(v);
+    }
+    if let Some(v) = &f.content_type {
+        s.u8(0x03);
+        s.bin(v.as_bytes());
+    }
+    if let Some(v) = &f.response_topic {
+        s.u8(0x08);
+        s.bin(v.as_bytes());
+    }
+    if let Some(d) = &f.correlation_data {
+        s.u8(0x09);
+        s.bin(d);
+    }
+    for &id in p.subscription_identifiers {
+        s.u8(0x0B);
+        s.varint(id);
+    }
+    if let Some(v) = p.topic_alias {
+        s.u8(0x23);
+        s.u16(v);
+    }
+    for (k, v) in &f.user_properties {
+        s.u8(0x26);
+        s.bin(k.as_bytes());
+        s.bin(v.as_bytes());
+    }
+}
+
+fn outgoing_body<S: Sink>(p: &OutgoingPublish<'_>, v5: bool, s: &mut S) {
+    s.bin(p.topic);
+    if p.qos != QoS::AtMostOnce {
+        s.u16(p.pkid);
+    }
+    if v5 {
+        let mut c = Counter(0);
+        outgoing_props_body(p, &mut c);
+        s.varint(c.0 as u32);
+        outgoing_props_body(p, s);
+    }
+    s.put(p.payload);
+}
+
+/// Encodes an [`OutgoingPublish`] with a single reservation (the delivery hot path); for 3.x
+/// the properties are left out.
+pub fn encode_outgoing_publish(p: &OutgoingPublish<'_>, version: ProtocolVersion, out: &mut BytesMut) {
+    let v5 = version.is_v5();
+    let mut c = Counter(0);
+    outgoing_body(p, v5, &mut c);
+    out.reserve(1 + varint_len(c.0) + c.0);
+    out.put_u8(0x30 | (u8::from(p.dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain));
+    Sink::varint(out, c.0 as u32);
+    outgoing_body(p, v5, out);
+}
+
 /// v5 acks: reason code and properties only when needed (3.4.2.1).
 fn ack_body<S: Sink>(a: &Ack, v5: bool, s: &mut S) {
     s.u16(a.pkid);

@@ -21,7 +21,7 @@ mod tests;
 mod tests_errors;
 
 pub use decode::{Limits, decode, decode_from_server};
-pub use encode::{encode, encode_publish};
+pub use encode::{OutgoingPublish, encode, encode_outgoing_publish, encode_publish};
 pub use error::DecodeError;
 pub use packet::*;
 pub use properties::Properties;

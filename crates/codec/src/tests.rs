@@ -394,3 +394,57 @@ fn publish_payload_is_zero_copy_and_large_lengths_work() {
     assert_eq!(got.payload.as_ptr() as usize, base + 9);
     assert_eq!(got, p);
 }
+
+/// The borrowed encoder of server-sent PUBLISH writes the same bytes as encoding a `Publish`
+/// whose properties were cloned and given the per-delivery ones, for 3.1.1 and 5.0, and leaves
+/// out what a message's properties may not forward.
+#[test]
+fn outgoing_publish_encodes_like_a_cloned_publish() {
+    let forwarded = Properties {
+        payload_format_indicator: Some(1),
+        content_type: Some("application/json".into()),
+        response_topic: Some("reply/to".into()),
+        correlation_data: Some(Bytes::from_static(b"\x01\x02")),
+        user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+        ..Properties::default()
+    };
+    let per_delivery = Properties {
+        message_expiry_interval: Some(30),
+        subscription_identifiers: vec![7, 300],
+        topic_alias: Some(2),
+        ..forwarded.clone()
+    };
+    let with_extra = Properties {
+        reason_string: Some("never forwarded".into()),
+        subscription_identifiers: vec![99],
+        ..forwarded.clone()
+    };
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let cloned = Publish {
+            dup: true,
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            topic: Bytes::from_static(b"a/b"),
+            pkid: 513,
+            properties: per_delivery.clone(),
+            payload: Bytes::from_static(b"{\"x\":1}"),
+        };
+        let mut want = BytesMut::new();
+        encode_publish(&cloned, version, &mut want);
+        let borrowed = OutgoingPublish {
+            dup: true,
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            topic: b"a/b",
+            pkid: 513,
+            forwarded: &with_extra,
+            subscription_identifiers: &[7, 300],
+            message_expiry_interval: Some(30),
+            topic_alias: Some(2),
+            payload: b"{\"x\":1}",
+        };
+        let mut got = BytesMut::new();
+        encode_outgoing_publish(&borrowed, version, &mut got);
+        assert_eq!(got, want, "{version:?}");
+    }
+}

@@ -55,18 +55,26 @@ impl SchemaGate {
         let msg = schema_message(filter, version, payload, template);
         let published = broker.publish(Arc::new(msg), extra)?;
         self.put(filter, version, compiled);
-        let invalid_retained = self.count_invalid(broker, filter);
+        let invalid_retained = self.count_invalid(broker, filter, &|_| true);
         Ok(Installed { version, unchanged, invalid_retained, published })
     }
 
-    /// Retained values under `filter` that its schema governs and refuses.
-    fn count_invalid(&self, broker: &Broker, filter: &str) -> usize {
+    /// Retained values under `filter` that its schema governs and refuses, among the topics
+    /// `readable` accepts.
+    pub(super) fn count_invalid(
+        &self,
+        broker: &Broker,
+        filter: &str,
+        readable: &dyn Fn(&str) -> bool,
+    ) -> usize {
         let Some(schema) = self.get(filter) else { return 0 };
         broker
             .retained_under(filter)
             .iter()
             .filter(|m| {
-                self.lookup(&m.topic).is_some_and(|s| Arc::ptr_eq(&s, &schema)) && !schema.accepts(&m.payload)
+                readable(&m.topic)
+                    && self.lookup(&m.topic).is_some_and(|s| Arc::ptr_eq(&s, &schema))
+                    && !schema.accepts(&m.payload)
             })
             .count()
     }

@@ -4,10 +4,12 @@
 //! refused message is never routed and never becomes state; the session layer answers the
 //! [`Refusal`] (v5 ack reason code, or the `schemas.on_invalid` policy) and optionally it goes
 //! to `$dead/`. Registrations are routed and stored here ([`install`]), and the registry is
-//! rebuilt at start from the store and `schemas.dir` ([`load`]).
+//! rebuilt at start from the store and `schemas.dir` ([`load`]). The last refusals are kept
+//! for the web console ([`recent`]).
 
 mod install;
 mod load;
+pub mod recent;
 #[cfg(test)]
 mod tests;
 
@@ -60,6 +62,7 @@ pub use load::LoadError;
 #[derive(Debug)]
 pub struct SchemaGate {
     registry: Registry,
+    recent: recent::RecentRejections,
 }
 
 impl Deref for SchemaGate {
@@ -73,12 +76,12 @@ impl Deref for SchemaGate {
 impl SchemaGate {
     /// An empty gate with the `[schemas]` policy (no schema in force).
     pub fn new(cfg: &Schemas) -> SchemaGate {
-        SchemaGate { registry: Registry::new(cfg) }
+        SchemaGate { registry: Registry::new(cfg), recent: Default::default() }
     }
 
     /// A gate around `registry` (unit tests use an unmetered one).
     pub fn with_registry(registry: Registry) -> SchemaGate {
-        SchemaGate { registry }
+        SchemaGate { registry, recent: Default::default() }
     }
 
     /// Runs a client PUBLISH through the schema step and routes it (with `extra` store ops)
@@ -136,9 +139,23 @@ impl SchemaGate {
         }
     }
 
-    /// Counts a refused message and dead-letters it when configured.
+    /// The last messages the gate refused (see [`recent`]).
+    pub fn recent(&self) -> &recent::RecentRejections {
+        &self.recent
+    }
+
+    /// Retained values under `filter` that its schema governs and refuses, among the topics
+    /// `readable` accepts (0 when no schema is registered for exactly `filter`). Walks the
+    /// state under `filter`: its cost grows with the number of topics there.
+    pub fn invalid_retained(&self, broker: &Broker, filter: &str, readable: &dyn Fn(&str) -> bool) -> usize {
+        self.count_invalid(broker, filter, readable)
+    }
+
+    /// Counts a refused message, keeps it among the recent ones, and dead-letters it when
+    /// configured.
     fn refused(&self, broker: &Broker, msg: &Message, r: &Rejection, client_id: &str) {
         crate::metrics::get().dropped(crate::metrics::reasons::DropReason::SchemaInvalid);
+        self.recent.record(r, &msg.topic, client_id);
         if !self.dead_letter() || msg.topic.len() + DEAD_PREFIX.len() > dataloom_codec::topic::MAX_TOPIC_LEN {
             return;
         }

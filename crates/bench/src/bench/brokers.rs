@@ -83,10 +83,11 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// The in-flight window (unacknowledged QoS 1/2 messages per client) every broker gets, so the
-/// QoS 1 and 2 scenarios compare brokers, not their default windows (Mosquitto's and dataloom's
-/// default is 20, rumqttd's demo config 100).
-pub const INFLIGHT: u16 = 100;
+/// rumqttd's in-flight window (unacknowledged QoS 1/2 messages per client) as in its shipped
+/// demo configuration, which it needs to start. dataloom and Mosquitto run on their own
+/// defaults (dataloom: 1,000 messages and 1 MiB, Mosquitto: 20): the bench compares brokers as
+/// shipped, not tuned alike (issue 18).
+pub const RUMQTTD_INFLIGHT: u16 = 100;
 
 fn mosquitto_conf(port: u16) -> String {
     format!(
@@ -96,7 +97,6 @@ fn mosquitto_conf(port: u16) -> String {
          persistence false\n\
          log_dest none\n\
          max_queued_messages 1000000\n\
-         max_inflight_messages {INFLIGHT}\n\
          max_connections -1\n"
     )
 }
@@ -118,7 +118,7 @@ fn rumqttd_conf(port: u16) -> String {
          [v4.1.connections]\n\
          connection_timeout_ms = 60000\n\
          max_payload_size = 1048576\n\
-         max_inflight_count = {INFLIGHT}\n\
+         max_inflight_count = {RUMQTTD_INFLIGHT}\n\
          dynamic_filters = true\n"
     )
 }
@@ -158,8 +158,7 @@ pub async fn start_with(
             args.extend(["--log-level".into(), "warn".into()]);
             args.push("--config".into());
             let conf = dir.join(format!("{name}.toml"));
-            let mqtt = format!("[mqtt]\nmax_inflight_messages = {INFLIGHT}\n");
-            std::fs::write(&conf, format!("{mqtt}{}", opts.toml))?;
+            std::fs::write(&conf, &opts.toml)?;
             args.push(conf.display().to_string());
         }
         Kind::Mosquitto => {
