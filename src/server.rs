@@ -101,6 +101,12 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     };
     let broker = Broker::new(limits, store)?;
     broker.enable_history(&cfg.history);
+    if let Some(cluster) = &cfg.cluster {
+        let data_dir = (cfg.storage.backend == Backend::Fjall).then_some(cfg.storage.data_dir.as_path());
+        let node = crate::store::nats::node_id(cluster.node_id.as_deref(), data_dir)?;
+        let bus = crate::store::nats::NatsBus::connect(cluster, &node).await?;
+        broker.join_cluster(bus, cluster.sync_timeout).await?;
+    }
     // What the process held before any client: the binary, the runtime, recovered state's
     // overhead beyond its charged messages. Charged for good, so the budget covers RSS.
     broker.memory().add(resident_bytes().saturating_sub(broker.memory().used()));
@@ -250,6 +256,7 @@ impl Running {
         self.broker.kill_all(KillReason::Shutdown);
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(grace, self.permits.acquire_many(all)).await;
+        self.broker.flush_cluster(grace).await;
         if let Err(e) = self.broker.close_store() {
             tracing::error!(error = %e, "final store sync failed");
         }

@@ -3,7 +3,7 @@
 //! routing and retained state in `route`, which member of a shared subscription gets a message
 //! in `share`, reading state in topic order (the HTTP state API) in `state`, the QoS 1/2 flows of a session in `flows`, the schema gate in `gate`, restoring
 //! from the store in `recovery`, subscribers without a connection (the web console) in `watch`,
-//! the session listing in `clients`.
+//! the session listing in `clients`, this node's part of a cluster in `cluster`.
 //!
 //! Every durable effect (persistent session records, subscriptions) is submitted to the
 //! [`Store`] and the returned [`Commit`] tells the caller when it may acknowledge.
@@ -11,6 +11,7 @@
 pub(crate) mod mailbox;
 
 mod clients;
+mod cluster;
 mod expiry;
 mod flows;
 pub(crate) mod gate;
@@ -167,6 +168,10 @@ pub struct Broker {
     revision: AtomicU64,
     /// Topics that keep history (`[[history]]`); unset: none, and no cost when publishing.
     history: std::sync::OnceLock<history::History>,
+    /// The cluster this node joined (`Broker::join_cluster`); unset for a single node.
+    cluster: std::sync::OnceLock<cluster::Link>,
+    /// The position of the cluster's state log applied last; restored from the store.
+    cluster_applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl Broker {
@@ -195,6 +200,8 @@ impl Broker {
             memory: Budget::new(max_memory),
             revision: AtomicU64::new(recovered.revision),
             history: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
+            cluster_applied: tokio::sync::watch::Sender::new(recovered.cluster_seq),
         });
         broker.restore(recovered);
         tokio::spawn(timers::run(Arc::downgrade(&broker), broker.timers.clone()));
@@ -243,6 +250,8 @@ impl Broker {
             runtime_tasks: tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks()),
             memory_budget: self.memory.limit(),
             memory_used: self.memory.used() + self.store.memory_bytes(),
+            cluster_applied: self.cluster_applied(),
+            cluster_dropped: self.cluster.get().map_or(0, cluster::Link::dropped),
         }
     }
 

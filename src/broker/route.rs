@@ -44,7 +44,7 @@ impl Broker {
     /// # Errors
     /// [`StoreError`] when the store refuses writes (poisoned); nothing was routed.
     pub fn publish(&self, msg: Arc<Message>, extra: Vec<Op>) -> Result<Published, StoreError> {
-        self.route(msg, extra, false)
+        self.route(msg, extra, false, Origin::Local)
     }
 
     /// As [`Broker::publish`], but deliveries to full queues of clients that are draining them
@@ -59,12 +59,29 @@ impl Broker {
         msg: Arc<Message>,
         extra: Vec<Op>,
     ) -> Result<Published, StoreError> {
-        self.route(msg, extra, true)
+        self.route(msg, extra, true, Origin::Local)
     }
 
-    fn route(&self, msg: Arc<Message>, mut extra: Vec<Op>, may_wait: bool) -> Result<Published, StoreError> {
+    /// Routes `msg` once here. A `Local` message (accepted by this node) in a cluster also
+    /// goes to the other nodes, and a retained one to the cluster's state log instead of the
+    /// local index (which follows the log: `broker/cluster.rs`); a `Remote` one (from another
+    /// node) only reaches this node's subscribers.
+    pub(super) fn route(
+        &self,
+        msg: Arc<Message>,
+        mut extra: Vec<Op>,
+        may_wait: bool,
+        origin: Origin,
+    ) -> Result<Published, StoreError> {
         if let Some(e) = self.store.poisoned() {
             return Err(e);
+        }
+        let bus = match origin {
+            Origin::Local => self.cluster_bus(&msg.topic),
+            Origin::Remote => None,
+        };
+        if let Some(bus) = bus {
+            bus.check_topic(&msg.topic)?;
         }
         // $SYS state is regenerated every interval; storing it would only cost writes.
         let stores_state = msg.retain && !msg.topic.starts_with("$SYS/");
@@ -96,10 +113,15 @@ impl Broker {
             stamp = Some(taken);
         }
         let mut revision = 0;
-        if msg.retain {
-            let (ops, taken) = self.set_retained(&msg, stores_state, stamp);
-            extra.extend(ops);
-            revision = taken;
+        let mut state = Commit::done();
+        match (msg.retain, origin, bus) {
+            (false, ..) | (true, Origin::Remote, _) => {}
+            (true, Origin::Local, Some(bus)) => state = bus.put_state(&stamped(&msg)),
+            (true, Origin::Local, None) => {
+                let (ops, taken) = self.set_retained(&msg, stores_state, stamp, super::lifecycle::unix_ms());
+                extra.extend(ops);
+                revision = taken;
+            }
         }
         if let Some(s) = stamp {
             revision = s.revision;
@@ -120,11 +142,15 @@ impl Broker {
                 extra.push(Op::Enqueue { client_id: session.client_id.clone(), seq, delivery: d.clone() });
             }
         }
-        let commit = self.submit(extra, msg.qos != QoS::AtMostOnce);
+        let commit = self.submit(extra, msg.qos != QoS::AtMostOnce).and(state);
         drop(clock);
+        if let Some(bus) = bus {
+            bus.fan_out(&msg);
+        }
         drop(_order);
-        // A group nobody in it may read matched (its drop is counted as not authorized).
-        let (matched, mut routed) = (targets.len() + unfit, 0);
+        // A group nobody in it may read matched (its drop is counted as not authorized). A
+        // message sent to the other nodes may match there: this node cannot say 0x10.
+        let (matched, mut routed) = (targets.len() + unfit + usize::from(bus.is_some()), 0);
         let mut blocked = Vec::new();
         let pressure = self.pressure();
         for (session, d) in targets {
@@ -158,9 +184,16 @@ impl Broker {
     /// write lock, so a reader holding the read lock sees exactly the changes up to
     /// [`Broker::revision`]; a deletion stores the revision it took ([`Op::Revision`]).
     /// Returns the ops and the revision taken (0 for none).
-    /// A message that keeps history comes with the `stamp` it took, and the state takes it too.
-    fn set_retained(&self, msg: &Arc<Message>, durable: bool, stamp: Option<Stamp>) -> (Vec<Op>, u64) {
-        let next = |current: &AtomicU64| match stamp {
+    /// A message that keeps history comes with the stamp it `taken`, and the state takes it
+    /// too; otherwise the state takes the next revision at `unix_ms`.
+    pub(super) fn set_retained(
+        &self,
+        msg: &Arc<Message>,
+        durable: bool,
+        taken: Option<Stamp>,
+        unix_ms: u64,
+    ) -> (Vec<Op>, u64) {
+        let next = |current: &AtomicU64| match taken {
             Some(s) => s.revision,
             None if durable => current.fetch_add(1, Ordering::Relaxed) + 1,
             None => 0,
@@ -186,7 +219,7 @@ impl Broker {
                 payload: bytes::Bytes::copy_from_slice(&msg.payload),
                 stamp: Stamp {
                     revision: next(&self.revision),
-                    unix_ms: stamp.map_or_else(super::lifecycle::unix_ms, |s| s.unix_ms),
+                    unix_ms: taken.map_or(unix_ms, |s| s.unix_ms),
                 },
                 ..Message::clone(msg)
             });
@@ -324,6 +357,20 @@ impl Broker {
         self.retained.read().for_each_match(filter, |_, m| out.push(m.clone()));
         out
     }
+}
+
+/// Where a routed message comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// Accepted by this node (a client, a will, the state API, `$SYS`).
+    Local,
+    /// Sent by another node of the cluster.
+    Remote,
+}
+
+/// `msg` with its update time set now (the state log carries it to every node).
+fn stamped(msg: &Message) -> Message {
+    Message { stamp: Stamp { revision: 0, unix_ms: super::lifecycle::unix_ms() }, ..msg.clone() }
 }
 
 /// The delivery for one session from its matching subscriptions: highest QoS, every

@@ -4,6 +4,7 @@
 //! Every key has a default, so an empty file (or none) is a valid configuration. A bad value is
 //! a [`ConfigError`] whose message names the key and what is allowed.
 
+mod cluster;
 mod history;
 mod keys;
 mod limits;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use cluster::{Cluster, is_node_token};
 pub use history::HistoryRule;
 pub use keys::{AnonymousConfig, KeyRecord, OnForbidden, check_filter, check_id, parse_hash, parse_time};
 pub use limits::{Limits, MemorySize, available_memory};
@@ -52,6 +54,9 @@ pub struct Config {
     /// `[[history]]`: topics that keep a history of their messages (none by default).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryRule>,
+    /// `[cluster]`: the NATS JetStream cluster this node joins; absent, the broker runs alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
 }
 
 /// Why a configuration was refused. Each message names the key and what is allowed.
@@ -114,6 +119,9 @@ impl Config {
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
+                // DATALOOM_CLUSTER__NATS_URLS=nats://a:4222,nats://b:4222 (only this key is a list).
+                .list_separator(",")
+                .with_list_parse_key("cluster.nats_urls")
                 .source(Some(env)),
         );
         let layered = builder.build()?;
@@ -220,6 +228,16 @@ impl Config {
                 "needs storage.backend = \"fjall\" (the memory store keeps no history); \
                  remove [[history]] or give the broker a data directory",
             ));
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+            if !self.history.is_empty() {
+                return Err(invalid(
+                    "history",
+                    "is not kept by a cluster yet: the nodes would each keep their own; remove \
+                     [[history]] or [cluster]",
+                ));
+            }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{e} (e.g. \"info\" or \"dataloom=debug\")")))?;

@@ -110,3 +110,33 @@ fn session_takeover_and_persistent_expiry_load_and_validate() {
     let e = Config::load(Some(&path), &Overrides::default()).expect_err("zero");
     assert!(e.to_string().contains("mqtt.persistent_session_expiry"), "{e}");
 }
+
+#[test]
+fn cluster_is_absent_by_default_and_validated_when_present() {
+    assert!(Config::default().cluster.is_none());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[cluster]\nnats_urls = [\"nats://127.0.0.1:4222\"]\n").expect("write");
+    let c = Config::load(Some(&path), &Overrides::default()).expect("load");
+    let cluster = c.cluster.expect("cluster section");
+    assert_eq!(cluster.replicas, 3);
+    assert_eq!(cluster.sync_timeout, Duration::from_secs(5));
+    assert_eq!(cluster.prefix, "dataloom");
+    for (text, key) in [
+        ("[cluster]\n", "cluster.nats_urls"),
+        ("[cluster]\nnats_urls = [\"http://x:4222\"]\n", "cluster.nats_urls"),
+        ("[cluster]\nnats_urls = [\"nats://x:4222\"]\nreplicas = 7\n", "cluster.replicas"),
+        ("[cluster]\nnats_urls = [\"nats://x:4222\"]\nnode_id = \"a.b\"\n", "cluster.node_id"),
+        ("[cluster]\nnats_urls = [\"nats://x:4222\"]\nprefix = \"a>\"\n", "cluster.prefix"),
+        ("[cluster]\nnats_urls = [\"nats://x:4222\"]\nsync_timeout = \"0s\"\n", "cluster.sync_timeout"),
+        ("[cluster]\nnats_urls = [\"nats://x:4222\"]\nuser = \"u\"\n", "cluster.user"),
+        (
+            "[cluster]\nnats_urls = [\"nats://x:4222\"]\nca_file = \"/nonexistent/ca.pem\"\n",
+            "cluster.ca_file",
+        ),
+    ] {
+        std::fs::write(&path, text).expect("write");
+        let e = Config::load(Some(&path), &Overrides::default()).expect_err(text).to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+}

@@ -59,6 +59,7 @@ pub(super) async fn list(
     };
     let after = query_param(query, "cursor")?.map(|c| decode_cursor(&c)).transpose()?;
     let readable = |t: &str| caller.perms.may_read(t);
+    cluster_sync(&s.broker).await;
     let page = s.broker.state_page(&filter, after.as_deref(), limit, &readable);
     let next = page.more.then(|| page.items.last().map(|m| encode_cursor(&m.topic))).flatten();
     let items: Vec<Value> = page.items.iter().map(|m| item_of(&s, m)).collect();
@@ -79,6 +80,7 @@ pub(super) async fn get_one(
         crate::auth::count_denial(crate::auth::action::SUBSCRIBE);
         return Err(ApiError::Forbidden(format!("this key may not read {topic}")));
     }
+    cluster_sync(&s.broker).await;
     match s.broker.state_of(&topic) {
         (Some(m), _) => Ok(Json(item_of(&s, &m))),
         (None, _) => Err(ApiError::NotFound(format!("{topic} has no state"))),
@@ -169,6 +171,14 @@ async fn write(
 /// Offers the deliveries that met full subscriber queues again as room appears, for up to
 /// [`BLOCKED_PATIENCE`]; what still does not fit is then dropped and counted, as for a
 /// stalled subscriber.
+/// In a cluster, waits until this node applied every retained change acknowledged anywhere
+/// before the request (at most `cluster.sync_timeout`), as a SUBSCRIBE does.
+async fn cluster_sync(broker: &Broker) {
+    if let Some(wait) = broker.cluster_sync() {
+        wait.await;
+    }
+}
+
 async fn offer_until_room(broker: &Broker, mut blocked: Vec<(Arc<Session>, Delivery)>) {
     let deadline = tokio::time::Instant::now() + BLOCKED_PATIENCE;
     while let Some((session, _)) = blocked.first() {

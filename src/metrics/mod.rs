@@ -219,6 +219,8 @@ pub struct Metrics {
     load_shed: [IntCounter; SHED_ACTIONS.len()],
     memory_budget: IntGauge,
     memory_used: IntGauge,
+    cluster_applied: IntGauge,
+    cluster_dropped: IntCounter,
 }
 
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -474,6 +476,18 @@ impl Metrics {
                 "dataloom_memory_used_bytes",
                 "Bytes in the broker's memory account (start-up baseline, store backlog reserve, messages, queues, connection buffers).",
             )?,
+            cluster_applied: gauge(
+                &r,
+                "dataloom_cluster_state_applied_sequence",
+                "Position in the cluster's state stream this node applied last (0 outside a cluster).",
+            )?,
+            cluster_dropped: register(
+                &r,
+                IntCounter::new(
+                    "dataloom_cluster_messages_dropped_total",
+                    "Messages not sent to the other nodes because the queue to NATS was full.",
+                )?,
+            )?,
             registry: r,
         })
     }
@@ -616,6 +630,8 @@ impl Metrics {
         self.store_backlog_bytes.set(to_i64(s.store_backlog_bytes));
         self.memory_budget.set(to_i64(s.memory_budget));
         self.memory_used.set(to_i64(s.memory_used));
+        self.cluster_applied.set(i64::try_from(s.cluster_applied).unwrap_or(i64::MAX));
+        follow(&self.cluster_dropped, s.cluster_dropped);
         follow(&self.dropped[DropReason::QueueFull as usize], s.dropped_queue_full);
         follow(&self.dropped[DropReason::OfflineQos0 as usize], s.dropped_offline_qos0);
     }
@@ -648,6 +664,10 @@ pub struct Snapshot {
     pub memory_budget: usize,
     /// Bytes in the memory account.
     pub memory_used: usize,
+    /// Position in the cluster's state stream applied last (0 outside a cluster).
+    pub cluster_applied: u64,
+    /// Messages not sent to the other nodes because the queue to NATS was full, so far.
+    pub cluster_dropped: u64,
 }
 
 /// Brings a counter up to a total kept elsewhere (never down: a counter only grows).

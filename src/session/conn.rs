@@ -69,6 +69,9 @@ pub struct Conn {
     pub(super) awaiting_store: bool,
     /// The schema governing this connection's last PUBLISH topic.
     pub(super) schema_memo: crate::schema::Memo,
+    /// A SUBSCRIBE waiting for this node to catch up with the cluster's state
+    /// (`Broker::cluster_sync`); nothing more is read or decoded until it is served.
+    pub(super) deferred: Option<(dataloom_codec::Subscribe, futures_util::future::BoxFuture<'static, ()>)>,
     /// This connection's share of the memory account: its state and both buffers.
     mem: crate::model::Charge,
 }
@@ -102,6 +105,7 @@ impl Conn {
             blocked: Vec::new(),
             awaiting_store: false,
             schema_memo: crate::schema::Memo::default(),
+            deferred: None,
             mem: crate::model::Charge::default(),
         }
     }
@@ -346,7 +350,8 @@ impl Conn {
             let want_read = self.wbuf.len() < high
                 && self.pending.len() < MAX_PENDING
                 && self.blocked.is_empty()
-                && !self.awaiting_store;
+                && !self.awaiting_store
+                && self.deferred.is_none();
             tokio::select! {
                 biased;
                 r = &mut killed => return self.killed(r, rd, rbuf),
@@ -400,6 +405,17 @@ impl Conn {
                         Err(close) => return close,
                     }
                 }
+                () = cluster_synced(&mut self.deferred), if self.deferred.is_some() => {
+                    if let Some((s, _)) = self.deferred.take()
+                        && let Err(close) = self.subscribe_now(s)
+                    {
+                        return close;
+                    }
+                    match self.handle_input(rbuf) {
+                        Ok(decoded) => live.on_input(decoded, rbuf.len(), Instant::now()),
+                        Err(close) => return close,
+                    }
+                }
                 _ = &mut timer, if live.deadline().is_some() => {
                     let now = Instant::now();
                     if !want_read {
@@ -427,7 +443,7 @@ impl Conn {
         // one queued 10-byte message would keep the whole allocation alive.
         let large = rbuf.capacity() > RELEASE_ABOVE;
         loop {
-            if !self.blocked.is_empty() || self.awaiting_store {
+            if !self.blocked.is_empty() || self.awaiting_store || self.deferred.is_some() {
                 return Ok(decoded);
             }
             match codec::decode(rbuf, Some(self.version), &self.ctx.decode_limits) {
@@ -463,6 +479,16 @@ fn rare<'a, F: Future<Output = ()> + Send + 'a>(
 async fn wait_for_room(blocked: &[(Arc<Session>, Delivery)]) {
     if let Some((session, _)) = blocked.first() {
         session.mailbox.space(Duration::from_millis(5)).await;
+    }
+}
+
+/// Resolves when the deferred SUBSCRIBE's cluster sync is done (never when none waits).
+async fn cluster_synced(
+    deferred: &mut Option<(dataloom_codec::Subscribe, futures_util::future::BoxFuture<'static, ()>)>,
+) {
+    match deferred {
+        Some((_, wait)) => wait.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -199,6 +199,20 @@ impl Conn {
 
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         self.check_filter_count(s.filters.len())?;
+        // In a cluster, retained state acknowledged on any node must be in this snapshot:
+        // the SUBSCRIBE waits (reading nothing more) until this node caught up.
+        let wants_retained = s.filters.iter().any(|f| {
+            f.retain_handling != dataloom_codec::RetainHandling::Never && !f.filter.starts_with("$share/")
+        });
+        if wants_retained && let Some(wait) = self.ctx.broker.cluster_sync() {
+            self.deferred = Some((s, wait));
+            return Ok(());
+        }
+        self.subscribe_now(s)
+    }
+
+    /// Subscribes and queues the retained snapshot (after the cluster sync, in a cluster).
+    pub(super) fn subscribe_now(&mut self, s: Subscribe) -> Result<(), Close> {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut accepted = Vec::with_capacity(s.filters.len());
         let mut room = SubscriptionRoom::new(self.ctx.mqtt.max_subscriptions_per_client);

@@ -51,6 +51,9 @@ const FORMAT_KEY: &[u8] = b"format_version";
 /// Key of the highest state revision in the `meta` keyspace (u64 big-endian; see
 /// [`Op::Revision`]).
 pub(crate) const REVISION_KEY: &[u8] = b"revision";
+/// Key of the cluster state log position applied last in the `meta` keyspace (u64
+/// big-endian; see [`Op::ClusterSeq`]).
+pub(crate) const CLUSTER_SEQ_KEY: &[u8] = b"cluster_seq";
 
 /// Largest key fjall stores (its keys carry a 16-bit length).
 const MAX_KEY_LEN: usize = u16::MAX as usize;
@@ -235,6 +238,7 @@ fn op_key_len(op: &Op) -> usize {
         Op::Revision(_) => REVISION_KEY.len(),
         Op::AppendHistory(m) => m.topic.len() + 9,
         Op::DeleteHistory { topic, .. } => topic.len() + 9,
+        Op::ClusterSeq(_) => CLUSTER_SEQ_KEY.len(),
     }
 }
 
@@ -306,14 +310,14 @@ impl FjallStore {
         self.shared.batches.load(Ordering::Relaxed)
     }
 
-    /// The revision [`Op::Revision`] last stored (0 when none).
-    fn stored_revision(&self) -> Result<u64, StoreError> {
-        let Some(v) = self.ks.meta.get(REVISION_KEY).map_err(|e| self.read_error(e))? else {
+    /// The u64 stored under `key` in `meta` ([`Op::Revision`], [`Op::ClusterSeq`]; 0 when none).
+    fn stored_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
+        let Some(v) = self.ks.meta.get(key).map_err(|e| self.read_error(e))? else {
             return Ok(0);
         };
-        let bytes: [u8; 8] = (*v).try_into().map_err(|_| {
-            corrupt(&self.path, "meta", REVISION_KEY, &RecordError::Invalid("revision length"))
-        })?;
+        let bytes: [u8; 8] = (*v)
+            .try_into()
+            .map_err(|_| corrupt(&self.path, "meta", key, &RecordError::Invalid("u64 length")))?;
         Ok(u64::from_be_bytes(bytes))
     }
 
@@ -446,9 +450,10 @@ impl Store for FjallStore {
             }
         }
 
-        out.revision = out.revision.max(self.stored_revision()?);
+        out.revision = out.revision.max(self.stored_u64(REVISION_KEY)?);
         let last_history = history::last_revision(&self.ks.history).map_err(|e| self.read_error(e))?;
         out.revision = out.revision.max(last_history);
+        out.cluster_seq = self.stored_u64(CLUSTER_SEQ_KEY)?;
         if !cleanup.is_empty() {
             drop(self.submit(cleanup, false));
         }

@@ -7,10 +7,12 @@
 //! embedded LSM store. Nothing outside this module touches fjall.
 
 pub(crate) mod backlog;
+pub mod bus;
 pub(crate) mod disk;
 pub(crate) mod fjall;
 pub(crate) mod history;
 pub(crate) mod memory;
+pub mod nats;
 pub(crate) mod progress;
 pub(crate) mod record;
 
@@ -45,6 +47,9 @@ pub enum StoreError {
     /// Below `storage.min_free_bytes`.
     #[error("store is out of space: {0}")]
     DiskFull(String),
+    /// The cluster (NATS) refused or could not take a change, or cannot be reached.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// A write or fsync failed earlier.
     #[error("store failed an fsync and stopped accepting writes: {0}; restart the broker")]
     Poisoned(String),
@@ -142,6 +147,9 @@ pub enum Op {
     /// The broker-wide state revision reached this value (stored with a deleted state, which
     /// leaves no record to carry it); [`Recovered::revision`] reads it back.
     Revision(u64),
+    /// The cluster's state log was applied up to this position (stored with the changes it
+    /// applied, so a restart resumes after them); [`Recovered::cluster_seq`] reads it back.
+    ClusterSeq(u64),
 }
 
 /// An API key record read back: its id (the store's key) and the bytes `auth` encoded.
@@ -184,6 +192,8 @@ pub struct Recovered {
     pub sessions: Vec<RecoveredSession>,
     /// The highest state revision stored (0 when none): the next change gets a higher one.
     pub revision: u64,
+    /// The position in the cluster's state log applied last (0: none, or no cluster).
+    pub cluster_seq: u64,
 }
 
 /// Resolves when submitted ops are durable (or at once when nobody needs to wait).
@@ -199,6 +209,26 @@ impl Commit {
     /// A commit completed through `rx`.
     pub fn pending(rx: tokio::sync::oneshot::Receiver<Result<(), StoreError>>) -> Commit {
         Commit(Some(rx))
+    }
+
+    /// A commit that resolves once both `self` and `other` did (the first failure wins).
+    /// Costs a task only when both are still pending.
+    pub fn and(self, other: Commit) -> Commit {
+        match (self.0, other.0) {
+            (None, b) => Commit(b),
+            (a, None) => Commit(a),
+            (Some(a), Some(b)) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    let r = match Commit(Some(a)).wait().await {
+                        Ok(()) => Commit(Some(b)).wait().await,
+                        Err(e) => Err(e),
+                    };
+                    let _ = tx.send(r);
+                });
+                Commit(Some(rx))
+            }
+        }
     }
 
     /// True when there is nothing to wait for.

@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod flows;
+pub mod nats;
 
 use std::net::SocketAddr;
 use std::time::Duration;

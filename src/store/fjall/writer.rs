@@ -359,6 +359,7 @@ impl Writer {
                 b.history.set(&revision.to_be_bytes(), None);
                 b.history_index.set(&super::history::index_key(&topic, revision), None);
             }
+            Op::ClusterSeq(n) => b.meta.set(super::CLUSTER_SEQ_KEY, Some(UserValue::new(&n.to_be_bytes()))),
         }
         Ok(())
     }
