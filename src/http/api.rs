@@ -178,6 +178,26 @@ pub(super) struct Caller {
 }
 
 impl Api {
+    /// The `filter` query parameter of a read (default `#`): a valid filter, not `$share/`,
+    /// that `caller` may subscribe to.
+    ///
+    /// # Errors
+    /// [`ApiError::BadRequest`] for a shared or invalid filter, [`ApiError::Forbidden`] when
+    /// the caller's key may not subscribe to it (counted as a denial).
+    pub fn read_filter(&self, caller: &Caller, query: Option<&str>) -> Result<String, ApiError> {
+        let filter = query_param(query, "filter")?.unwrap_or_else(|| "#".into());
+        if filter.starts_with("$share/") {
+            return Err(ApiError::BadRequest("a $share/ filter reads nothing: use the plain filter".into()));
+        }
+        dataloom_codec::topic::validate_filter(&filter, self.api.max_topic_levels)
+            .map_err(|e| ApiError::BadRequest(format!("filter {filter:?}: {e}")))?;
+        if !caller.perms.may_subscribe(&filter) {
+            crate::auth::count_denial(crate::auth::action::SUBSCRIBE);
+            return Err(ApiError::Forbidden(format!("this key may not subscribe to {filter}")));
+        }
+        Ok(filter)
+    }
+
     /// The caller of a request from `peer` with `headers`. Refused credentials are answered
     /// after the brute-force throttle's delay for `peer`, as a CONNECT is.
     ///

@@ -29,13 +29,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use super::api::{Api, ApiError, query_param};
+use super::api::{Api, ApiError};
 use super::live::{Counters, counters, rejection};
 use super::state::item_of;
 use crate::auth::Perms;
 use crate::broker::Watch;
 use crate::schema::filter::SCHEMA_PREFIX;
-use dataloom_codec::topic;
 
 /// Streams open at once, over all callers.
 pub const MAX_STREAMS: usize = 32;
@@ -59,16 +58,7 @@ pub(super) async fn events(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let caller = s.caller(peer, &headers).await?;
-    let filter = query_param(uri.query(), "filter")?.unwrap_or_else(|| "#".into());
-    if filter.starts_with("$share/") {
-        return Err(ApiError::BadRequest("a $share/ filter reads nothing: use the plain filter".into()));
-    }
-    topic::validate_filter(&filter, s.api.max_topic_levels)
-        .map_err(|e| ApiError::BadRequest(format!("filter {filter:?}: {e}")))?;
-    if !caller.perms.may_subscribe(&filter) {
-        crate::auth::count_denial(crate::auth::action::SUBSCRIBE);
-        return Err(ApiError::Forbidden(format!("this key may not subscribe to {filter}")));
-    }
+    let filter = s.read_filter(&caller, uri.query())?;
     let streams = s.streams.clone();
     let permit = streams.slots.clone().try_acquire_owned().map_err(|_| {
         ApiError::Unavailable(format!("{MAX_STREAMS} event streams are open already: try again later"))

@@ -40,16 +40,7 @@ pub(super) async fn list(
 ) -> Result<Json, ApiError> {
     let caller = s.caller(peer, &headers).await?;
     let query = query_owned(uri.query());
-    let filter = query_param(query.as_deref(), "filter")?.unwrap_or_else(|| "#".into());
-    if filter.starts_with("$share/") {
-        return Err(ApiError::BadRequest("a $share/ filter reads nothing: use the plain filter".into()));
-    }
-    topic::validate_filter(&filter, s.api.max_topic_levels)
-        .map_err(|e| ApiError::BadRequest(format!("filter {filter:?}: {e}")))?;
-    if !caller.perms.may_subscribe(&filter) {
-        crate::auth::count_denial(crate::auth::action::SUBSCRIBE);
-        return Err(ApiError::Forbidden(format!("this key may not subscribe to {filter}")));
-    }
+    let filter = s.read_filter(&caller, query.as_deref())?;
     let store = s.broker.store().clone();
     let perms = caller.perms;
     let chunk = read(move || {

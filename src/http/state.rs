@@ -39,16 +39,7 @@ pub(super) async fn list(
 ) -> Result<Json, ApiError> {
     let caller = s.caller(peer, &headers).await?;
     let query = uri.query();
-    let filter = query_param(query, "filter")?.unwrap_or_else(|| "#".into());
-    if filter.starts_with("$share/") {
-        return Err(ApiError::BadRequest("a $share/ filter reads nothing: use the plain filter".into()));
-    }
-    topic::validate_filter(&filter, s.api.max_topic_levels)
-        .map_err(|e| ApiError::BadRequest(format!("filter {filter:?}: {e}")))?;
-    if !caller.perms.may_subscribe(&filter) {
-        crate::auth::count_denial(crate::auth::action::SUBSCRIBE);
-        return Err(ApiError::Forbidden(format!("this key may not subscribe to {filter}")));
-    }
+    let filter = s.read_filter(&caller, query)?;
     let limit = match query_param(query, "limit")? {
         None => DEFAULT_LIMIT,
         Some(l) => l
