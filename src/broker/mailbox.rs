@@ -78,6 +78,9 @@ pub struct Mailbox {
     notify: Notify,
     /// Woken when the connection task takes messages out (publishers waiting for room).
     space: Notify,
+    /// Waiters in [`Mailbox::below`]: while there are any, every drain wakes `space`, not only
+    /// a drain of a full queue.
+    low_waiters: std::sync::atomic::AtomicUsize,
     online: AtomicBool,
     limit: usize,
     /// Most payload + topic bytes queued (0: no limit).
@@ -108,6 +111,7 @@ impl Mailbox {
             byte_limit,
             notify: Notify::new(),
             space: Notify::new(),
+            low_waiters: std::sync::atomic::AtomicUsize::new(0),
             online: AtomicBool::new(false),
             limit,
             dropped: AtomicU64::new(0),
@@ -194,10 +198,12 @@ impl Mailbox {
         let woken = self.space.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        if self.len() < n {
-            return;
+        // Counted before the check: a drain after it sees the waiter and wakes it.
+        self.low_waiters.fetch_add(1, Ordering::SeqCst);
+        if self.len() >= n {
+            let _ = tokio::time::timeout(max, woken).await;
         }
-        let _ = tokio::time::timeout(max, woken).await;
+        self.low_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Counts a delivery the publisher gave up waiting for.
@@ -254,7 +260,7 @@ impl Mailbox {
         drop(q);
         self.memory.release(n * ITEM_BYTES);
         self.last_drain_ms.store(now_ms(), Ordering::Relaxed);
-        if was_full && n > 0 {
+        if n > 0 && (was_full || self.low_waiters.load(Ordering::Relaxed) > 0) {
             self.space.notify_waiters();
         }
         n
