@@ -11,21 +11,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/dataloom}
 PY=${PY:-target/venv/bin/python}
-command -v valgrind >/dev/null || { echo "alloc: installing valgrind"; apt-get install -y valgrind >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y valgrind >/dev/null; }; }
+. benches/dhat-broker.sh
 [ -x "$PY" ] || make test-deps-clients >/dev/null
 
 # run NS M -> "bytes blocks" allocated over the whole run
 run() {
-  local d port pid
+  local d
   d=$(mktemp -d)
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  printf '[listeners.tcp]\nbind = "127.0.0.1:%s"\n[http]\nbind = "127.0.0.1:0"\n[storage]\ndata_dir = "%s/data"\n' "$port" "$d" >"$d/c.toml"
-  valgrind --tool=dhat --dhat-out-file="$d/dhat.json" "$BIN" serve --config "$d/c.toml" >"$d/log" 2>&1 &
-  pid=$!
-  for _ in $(seq 300); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
-  "$PY" benches/alloc_driver.py "$port" "$1" "$2" >/dev/null
-  kill -TERM "$pid"
-  wait "$pid" || true
+  dhat_start "$BIN" "$d"
+  "$PY" benches/alloc_driver.py "$PORT" "$1" "$2" >/dev/null
+  kill -TERM "$PID"
+  wait "$PID" || true
   sed -n 's/.*Total: *\([0-9,]*\) bytes in \([0-9,]*\) blocks.*/\1 \2/p' "$d/log" | tr -d ,
   rm -rf "$d"
 }

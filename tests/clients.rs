@@ -22,7 +22,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::binary::{Proc, Site};
-use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 /// How long one client script may run (it gives up by itself after 10 s).
@@ -39,31 +38,6 @@ fn python() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python")
 }
 
-/// The `[[auth.keys]]` block for a key that may publish and subscribe under `sensors/`,
-/// from the CLI as the README's "API keys" section shows.
-async fn key_block() -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dataloom"));
-    cmd.args(["key", "create", "--name", KEY, "--publish", "sensors/#", "--subscribe", "sensors/#"])
-        .args(["--print-config", "--secret-stdin"])
-        .env_remove("DATALOOM_ADMIN_KEY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("dataloom key create runs");
-    let mut stdin = child.stdin.take().expect("stdin piped");
-    stdin.write_all(SECRET.as_bytes()).await.expect("write the secret");
-    drop(stdin);
-    let out = tokio::time::timeout(SCRIPT, child.wait_with_output()).await.expect("in time").expect("output");
-    let block = String::from_utf8(out.stdout).expect("utf8");
-    assert!(
-        out.status.success() && block.contains("[[auth.keys]]"),
-        "{block}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    block
-}
-
 /// A broker with the repository's schemas, `schemas.on_invalid`, the WebSocket listener on,
 /// and the key; the config file lives in the site's directory.
 async fn broker(on_invalid: &str) -> (Site, Proc) {
@@ -71,7 +45,7 @@ async fn broker(on_invalid: &str) -> (Site, Proc) {
     let config = format!(
         "[listeners.ws]\nbind = \"127.0.0.1:0\"\n\n[schemas]\ndir = {:?}\non_invalid = {on_invalid:?}\n\n{}",
         schemas.display().to_string(),
-        key_block().await
+        common::key_block(KEY, SECRET, &["--publish", "sensors/#", "--subscribe", "sensors/#"]).await
     );
     let mut site = Site::new();
     let path = site.tmp.path().join("dataloom.toml");

@@ -34,33 +34,12 @@ fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// The `[[auth.keys]]` block of an admin key that may publish and read everything.
-async fn key_block() -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dataloom"));
-    cmd.args(["key", "create", "--name", KEY, "--admin", "--publish", "#", "--subscribe", "#"])
-        .args(["--print-config", "--secret-stdin"])
-        .env_remove("DATALOOM_ADMIN_KEY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("dataloom key create runs");
-    let mut stdin = child.stdin.take().expect("stdin piped");
-    stdin.write_all(SECRET.as_bytes()).await.expect("write the secret");
-    drop(stdin);
-    let out =
-        tokio::time::timeout(WAIT * 4, child.wait_with_output()).await.expect("in time").expect("output");
-    let block = String::from_utf8(out.stdout).expect("utf8");
-    assert!(out.status.success() && block.contains("[[auth.keys]]"), "{block}");
-    block
-}
-
 async fn broker() -> (Site, Proc) {
     let config = format!(
         "[auth]\nallow_anonymous = true\n\n[auth.anonymous]\npublish = []\nsubscribe = [\"#\"]\n\
          deny_subscribe = [\"secret/#\"]\n\n[schemas]\ndir = {:?}\n\n{}",
         repo("schemas").display().to_string(),
-        key_block().await
+        common::key_block(KEY, SECRET, &["--admin", "--publish", "#", "--subscribe", "#"]).await
     );
     let mut site = Site::new();
     let path = site.tmp.path().join("dataloom.toml");

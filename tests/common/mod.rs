@@ -194,3 +194,32 @@ pub async fn http_json(
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"));
     (status, json)
 }
+
+/// The `[[auth.keys]]` block `dataloom key create --print-config` prints for a key named
+/// `name` with `secret` (given on stdin) and the extra `args` (permissions, `--admin`), as the
+/// README's "API keys" section shows.
+pub async fn key_block(name: &str, secret: &str, args: &[&str]) -> String {
+    use std::process::Stdio;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dataloom"));
+    cmd.args(["key", "create", "--name", name])
+        .args(args)
+        .args(["--print-config", "--secret-stdin"])
+        .env_remove("DATALOOM_ADMIN_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("dataloom key create runs");
+    let mut stdin = child.stdin.take().expect("stdin piped");
+    stdin.write_all(secret.as_bytes()).await.expect("write the secret");
+    drop(stdin);
+    let out =
+        tokio::time::timeout(WAIT * 6, child.wait_with_output()).await.expect("in time").expect("output");
+    let block = String::from_utf8(out.stdout).expect("utf8");
+    assert!(
+        out.status.success() && block.contains("[[auth.keys]]"),
+        "{block}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    block
+}
